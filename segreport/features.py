@@ -1,0 +1,168 @@
+"""The feature spaces, each built once per data set and reused by every k.
+
+- encoded   (K-means): ordinal or one-hot encoding per column + Yeo-Johnson power transform
+- mixed     (K-Prototypes): power-transformed numeric columns + categorical codes
+- embedding (LLM): sentence embeddings of each row's text (see embed.py)
+- common    (comparison): standardised numeric + one-hot categorical, the space in
+            which every method's labels are scored on the same footing
+
+Each builder returns the matrix and a fitted transformer, so that `assign` can
+map new customers into the same space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransformer, StandardScaler
+
+from .data import Table
+
+
+def _levels(table: Table, col: str) -> list[str]:
+    spec = table.spec(col)
+    seen = sorted(table.frame[col].unique().tolist())
+    if spec.order:
+        return [lv for lv in spec.order if lv in seen] + [lv for lv in seen if lv not in spec.order]
+    return seen
+
+
+def encoded_transformer(table: Table) -> ColumnTransformer:
+    """Ordinal (default) or one-hot per column, then a power transform of numeric and ordinal columns."""
+    ordinal, onehot, numeric = [], [], list(table.numeric)
+    for spec in table.used:
+        if spec.kind == "numeric":
+            continue
+        enc = spec.encoding or "ordinal"
+        (onehot if enc == "onehot" else ordinal).append(spec.name)
+    parts = []
+    if numeric or ordinal:
+        steps = []
+        cols = numeric + ordinal
+        if ordinal:
+            oe = ColumnTransformer(
+                [("ord", OrdinalEncoder(categories=[_levels(table, c) for c in ordinal],
+                                        handle_unknown="use_encoded_value", unknown_value=np.nan), ordinal)],
+                remainder="passthrough", verbose_feature_names_out=False)
+            # reorder so that numeric columns pass through after the ordinal ones
+            cols = ordinal + numeric
+            steps.append(oe)
+        steps.append(PowerTransformer(method="yeo-johnson", standardize=True))
+        parts.append(("power", make_pipeline(*steps), cols))
+    if onehot:
+        parts.append(("onehot", OneHotEncoder(categories=[_levels(table, c) for c in onehot], drop="first",
+                                              handle_unknown="ignore", sparse_output=False), onehot))
+    return ColumnTransformer(parts, verbose_feature_names_out=False)
+
+
+def common_transformer(table: Table) -> ColumnTransformer:
+    """Standardised numeric + one-hot categorical (each dummy scaled so a mismatch costs 1)."""
+    parts = []
+    if table.numeric:
+        parts.append(("num", make_pipeline(PowerTransformer(method="yeo-johnson", standardize=True)), table.numeric))
+    if table.categorical:
+        parts.append(("cat", make_pipeline(
+            OneHotEncoder(categories=[_levels(table, c) for c in table.categorical], handle_unknown="ignore",
+                          sparse_output=False),
+            _Scale(1 / np.sqrt(2))), table.categorical))
+    return ColumnTransformer(parts, verbose_feature_names_out=False)
+
+
+class _Scale:
+    """Multiply by a constant (a stateless transformer usable in a pipeline)."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.asarray(X, dtype=float) * self.factor
+
+    def fit_transform(self, X, y=None):
+        return self.transform(X)
+
+    def get_params(self, deep=True):
+        return {"factor": self.factor}
+
+    def set_params(self, **p):
+        self.factor = p.get("factor", self.factor)
+        return self
+
+    def get_feature_names_out(self, input_features=None):
+        return np.asarray(input_features, dtype=object)
+
+
+@dataclass
+class MixedEncoder:
+    """K-Prototypes input: power-transformed numeric block + integer codes of the categorical block."""
+
+    numeric: list[str]
+    categorical: list[str]
+    levels: dict[str, list[str]] = field(default_factory=dict)
+    power: PowerTransformer | None = None
+
+    def fit(self, frame: pd.DataFrame, table: Table) -> "MixedEncoder":
+        self.levels = {c: _levels(table, c) for c in self.categorical}
+        if self.numeric:
+            self.power = PowerTransformer(method="yeo-johnson", standardize=True).fit(frame[self.numeric].to_numpy(float))
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+        """(X_num, X_cat, number of unseen category values). Unseen levels get code -1 (never matches)."""
+        n = len(frame)
+        xn = self.power.transform(frame[self.numeric].to_numpy(float)) if self.numeric else np.zeros((n, 0))
+        xc = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        unseen = 0
+        for j, c in enumerate(self.categorical):
+            codes = pd.Categorical(frame[c].astype(str), categories=self.levels[c]).codes.astype(np.int64)
+            unseen += int((codes < 0).sum())
+            xc[:, j] = codes
+        return np.ascontiguousarray(xn, dtype=np.float64), xc, unseen
+
+
+def fit_encoded(table: Table) -> tuple[np.ndarray, ColumnTransformer, list[str]]:
+    ct = encoded_transformer(table)
+    X = ct.fit_transform(table.frame)
+    return np.asarray(X, dtype=np.float64), ct, list(ct.get_feature_names_out())
+
+
+def fit_common(table: Table) -> tuple[np.ndarray, ColumnTransformer]:
+    ct = common_transformer(table)
+    return np.asarray(ct.fit_transform(table.frame), dtype=np.float64), ct
+
+
+def fit_mixed(table: Table) -> tuple[np.ndarray, np.ndarray, MixedEncoder]:
+    enc = MixedEncoder(table.numeric, table.categorical).fit(table.frame, table)
+    xn, xc, _ = enc.transform(table.frame)
+    return xn, xc, enc
+
+
+def ecod_outliers(X: np.ndarray, contamination: float):
+    """ECOD (pyod) outlier flags on a feature space; returns (flags, scores, fitted detector)."""
+    from pyod.models.ecod import ECOD
+
+    det = ECOD(contamination=contamination)
+    det.fit(X)
+    return det.labels_.astype(bool), det.decision_scores_.astype(np.float64), det
+
+
+def sample_rows(n: int, size: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
+    """A seeded sample of row indices (sorted), stratified when strata are given."""
+    if size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return np.sort(rng.choice(n, size=size, replace=False))
+    picked = []
+    values, inverse = np.unique(strata, return_inverse=True)
+    for g in range(len(values)):
+        idx = np.flatnonzero(inverse == g)
+        take = max(1, int(round(size * len(idx) / n)))
+        picked.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
+    return np.sort(np.concatenate(picked))

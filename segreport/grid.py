@@ -1,0 +1,158 @@
+"""Runs the grid: one papermill-executed notebook per (method, k), in a pool of worker processes.
+
+A cell whose inputs (feature space, parameters, k, seed, code version) did not
+change since it last succeeded is reused. Each cell's notebook is written next to
+its results; a failing cell is recorded with its error and does not stop the
+others. Only this (parent) process writes the manifest.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import SegreportError, __version__
+from .store import RunLayout, atomic_write_json, key, read_json, sha256_file
+
+KERNEL = "segreport"
+ANALYSIS = Path(__file__).resolve().parent.parent / "analysis"
+
+
+def ensure_kernel() -> str:
+    """The project's own kernel spec (this interpreter), installed into the environment if absent."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL, display_name="segreport (project environment)", prefix=sys.prefix)
+    return KERNEL
+
+
+def cell_key(ctx: dict, method: str, k: int) -> str:
+    p = ctx["params"]
+    explain = {n: p[n] for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size")}
+    return key(__version__, method, k, p["seed"], p[method], ctx["spaces"][method]["key"],
+               ctx["spaces"]["common"]["key"], explain, notebook_hash(method))
+
+
+def notebook_hash(method: str) -> str:
+    return sha256_file(ANALYSIS / f"{method}.ipynb")[:16]
+
+
+def _execute(project: str, run_dir: str, method: str, k: int, threads: int) -> dict:
+    """Worker: execute analysis/<method>.ipynb for one k with papermill."""
+    import papermill as pm
+
+    for var in ("SEGREPORT_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["PYTHONHASHSEED"] = "0"
+    out_dir = Path(run_dir) / "cells" / method / f"k{k}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".notebook.ipynb.tmp"
+    t0 = time.perf_counter()
+    status = {"status": "done", "error": None}
+    try:
+        pm.execute_notebook(str(ANALYSIS / f"{method}.ipynb"), str(tmp),
+                            parameters={"run_dir": str(Path(run_dir).resolve()), "method": method, "k": int(k)},
+                            kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
+    except Exception as exc:  # kernel died, could not start, ...
+        status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+    if tmp.exists():
+        os.replace(tmp, out_dir / "notebook.ipynb")
+    status["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return status
+
+
+def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
+             progress: bool = True, project: Path | None = None) -> dict:
+    """Execute the cells not already done; update the manifest as each finishes."""
+    from tqdm.auto import tqdm
+
+    ensure_kernel()
+    project = (project or Path.cwd()).resolve()
+    todo, statuses = [], manifest.setdefault("cells", {})
+    for method, k in cells:
+        name = f"{method}/k{k}"
+        ck = cell_key(ctx, method, k)
+        done = layout.cell(method, k) / "done.json"
+        if done.exists() and _safe_json(done).get("key") == ck and (layout.cell(method, k) / "metrics.json").exists():
+            prev = statuses.get(name, {})
+            statuses[name] = {**prev, "status": "done", "reused": True, "key": ck, "error": None,
+                              "notebook": str(layout.cell(method, k) / "notebook.ipynb")}
+            statuses[name].setdefault("wall_seconds", _safe_json(done).get("wall_seconds"))
+        else:
+            todo.append((method, k, ck))
+    _write_manifest(layout, manifest)
+    if not todo:
+        return statuses
+    workers = max(1, min(workers, len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)
+    ctx_mp = mp.get_context("spawn")  # the parent may hold torch threads: never fork it
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx_mp) as pool:
+        futures = {pool.submit(_execute, str(project), str(layout.root), m, k, threads): (m, k, ck)
+                   for m, k, ck in todo}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    m, k, ck = futures[fut]
+                    name = f"{m}/k{k}"
+                    try:
+                        st = fut.result()
+                    except Exception as exc:  # the worker process itself died
+                        st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_seconds": None}
+                    st.update(key=ck, reused=False, notebook=str(layout.cell(m, k) / "notebook.ipynb"))
+                    if st["status"] == "done":
+                        cdir = layout.cell(m, k)
+                        st["hashes"] = {f: sha256_file(cdir / f) for f in ("labels.parquet", "metrics.json")}
+                        atomic_write_json(cdir / "done.json", {"key": ck, "wall_seconds": st["wall_seconds"]})
+                    statuses[name] = st
+                    _write_manifest(layout, manifest)
+                    bar.set_postfix_str(f"{name} {st['status']}")
+                    bar.update(1)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+    bar.close()
+    return statuses
+
+
+def _safe_json(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(layout: RunLayout, manifest: dict) -> None:
+    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(layout.manifest, manifest)
+
+
+def failed_cells(statuses: dict) -> list[str]:
+    return sorted(n for n, s in statuses.items() if s.get("status") != "done")
+
+
+def require_some(statuses: dict) -> None:
+    if statuses and all(s.get("status") != "done" for s in statuses.values()):
+        first = next(iter(statuses.items()))
+        raise SegreportError(f"every grid cell failed; first: {first[0]}: {first[1].get('error')} "
+                             f"(see {first[1].get('notebook')})")
