@@ -61,10 +61,14 @@ def _params(ns, extra: dict | None = None):
 
 
 def cmd_run(ns) -> int:
+    import os
+
     from .runner import run
 
+    if ns.pages_only and os.environ.get("SEGREPORT_PAGES_READY"):
+        return 0  # `segreport render` already wrote the pages and called quarto
     params = _params(ns, {"render": False} if ns.no_render else None)
-    summary = run(params, progress=not ns.quiet)
+    summary = run(params, progress=not ns.quiet, build_site=not ns.pages_only)
     print(summary)
     return 0
 
@@ -130,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_options(p)
     p.add_argument("--no-render", action="store_true", help="analysis only; render later with `segreport render`")
+    p.add_argument("--pages-only", action="store_true",
+                   help="analysis + report/*.qmd pages, no site (what `quarto render` calls before it renders)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 

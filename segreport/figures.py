@@ -32,9 +32,11 @@ def metric_lines(table: pd.DataFrame, y: str, title: str, y_title: str, chosen: 
     data = table.dropna(subset=[y])
     base = alt.Chart(data).encode(x=alt.X("k:O", title="k (number of segments)"),
                                   y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)))
-    if color_by:
-        enc = {"color": alt.Color(f"{color_by}:N", title=color_by,
+    if color_by == "method":
+        enc = {"color": alt.Color("method:N", title="method",
                                   scale=alt.Scale(domain=list(METHOD_COLORS), range=list(METHOD_COLORS.values())))}
+    elif color_by:
+        enc = {"color": alt.Color(f"{color_by}:N", title=color_by)}
     else:
         enc = {}
     chart = base.mark_line(point=True).encode(**enc, tooltip=["k", alt.Tooltip(f"{y}:Q", format=".3f")])

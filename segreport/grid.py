@@ -61,7 +61,7 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int) -> d
     os.environ["PYTHONHASHSEED"] = "0"
     out_dir = Path(run_dir) / "cells" / method / f"k{k}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".notebook.ipynb.tmp"
+    tmp = out_dir / ".notebook.tmp.ipynb"
     t0 = time.perf_counter()
     status = {"status": "done", "error": None}
     try:

@@ -17,7 +17,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run(params: Params, progress: bool = True, root: Path = Path(".")) -> str:
+def run(params: Params, progress: bool = True, root: Path = Path("."), build_site: bool = True) -> str:
     t0 = time.perf_counter()
     started = _now()
     layout, ctx = prepare(params, root=root, progress=progress)
@@ -67,8 +67,9 @@ def run(params: Params, progress: bool = True, root: Path = Path(".")) -> str:
         from .render import render
 
         t3 = time.perf_counter()
-        out = render(params, layout=layout)
+        out = render(params, layout=layout, project=root, build_site=build_site)
         manifest["timings"]["render"] = round(time.perf_counter() - t3, 3)
         _write_manifest(layout, manifest)
-        summary.append(f"report: {out['html']}" + (f" and {out['pdf']}" if out.get("pdf") else ""))
+        if out.get("html"):
+            summary.append(f"report: {out['html']}" + (f" and {out['pdf']}" if out.get("pdf") else ""))
     return "\n".join(summary)

@@ -67,48 +67,92 @@ _POLISH_RTOL = 1e-12
 
 
 @njit(cache=True)
-def _pairwise_sum(buf, lo, n):
-    """Sum ``buf[lo:lo + n]`` in exactly the order numpy's ``np.sum`` uses.
-
-    kmodes computes ``np.sum((a - b) ** 2, axis=1)``; numpy sums a contiguous
-    row sequentially below 8 elements and with 8 interleaved accumulators
-    (recursively halved above 128) otherwise.  Rounding differs between the
-    two orders, so we copy numpy's to keep argmin ties and near-ties identical.
-    """
+def _pairwise_block(buf, lo, n):
+    """numpy's pairwise sum of ``buf[lo:lo + n]`` for ``n <= 128``."""
     if n < 8:
         res = 0.0
         for i in range(lo, lo + n):
             res += buf[i]
         return res
+    r0 = buf[lo]
+    r1 = buf[lo + 1]
+    r2 = buf[lo + 2]
+    r3 = buf[lo + 3]
+    r4 = buf[lo + 4]
+    r5 = buf[lo + 5]
+    r6 = buf[lo + 6]
+    r7 = buf[lo + 7]
+    i = 8
+    stop = n - (n % 8)
+    while i < stop:
+        r0 += buf[lo + i]
+        r1 += buf[lo + i + 1]
+        r2 += buf[lo + i + 2]
+        r3 += buf[lo + i + 3]
+        r4 += buf[lo + i + 4]
+        r5 += buf[lo + i + 5]
+        r6 += buf[lo + i + 6]
+        r7 += buf[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += buf[lo + i]
+        i += 1
+    return res
+
+
+@njit(cache=True)
+def _pairwise_sum(buf, lo, n):
+    """Sum ``buf[lo:lo + n]`` in exactly the order numpy's ``np.sum`` uses.
+
+    kmodes computes ``np.sum((a - b) ** 2, axis=1)``; numpy sums a contiguous
+    row sequentially below 8 elements, with 8 interleaved accumulators up to
+    128, and splits longer rows in two (at a multiple of 8) recursively.
+    Rounding differs between orders, so we copy numpy's to keep argmin ties
+    and near-ties identical to kmodes.
+
+    The split is evaluated with an explicit stack, not by recursion: numba
+    crashes when loading a cached recursive function (numba issue #6061).
+    """
     if n <= _PW_BLOCKSIZE:
-        r0 = buf[lo]
-        r1 = buf[lo + 1]
-        r2 = buf[lo + 2]
-        r3 = buf[lo + 3]
-        r4 = buf[lo + 4]
-        r5 = buf[lo + 5]
-        r6 = buf[lo + 6]
-        r7 = buf[lo + 7]
-        i = 8
-        stop = n - (n % 8)
-        while i < stop:
-            r0 += buf[lo + i]
-            r1 += buf[lo + i + 1]
-            r2 += buf[lo + i + 2]
-            r3 += buf[lo + i + 3]
-            r4 += buf[lo + i + 4]
-            r5 += buf[lo + i + 5]
-            r6 += buf[lo + i + 6]
-            r7 += buf[lo + i + 7]
-            i += 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res += buf[lo + i]
-            i += 1
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pairwise_sum(buf, lo, n2) + _pairwise_sum(buf, lo + n2, n - n2)
+        return _pairwise_block(buf, lo, n)
+    # Post-order walk of the split tree. stage 0: visit left child,
+    # 1: visit right child, 2: add the two results (left + right).
+    depth = 64  # n halves at each level, so 64 levels cover any int64 n
+    los = np.empty(depth, dtype=np.int64)
+    ns = np.empty(depth, dtype=np.int64)
+    stage = np.zeros(depth, dtype=np.int64)
+    vals = np.empty(depth + 1)
+    top = 0
+    nvals = 0
+    los[0] = lo
+    ns[0] = n
+    while top >= 0:
+        m = ns[top]
+        if m <= _PW_BLOCKSIZE:
+            vals[nvals] = _pairwise_block(buf, los[top], m)
+            nvals += 1
+            top -= 1
+            continue
+        half = m // 2
+        half -= half % 8
+        if stage[top] == 0:
+            stage[top] = 1
+            los[top + 1] = los[top]
+            ns[top + 1] = half
+            stage[top + 1] = 0
+            top += 1
+        elif stage[top] == 1:
+            stage[top] = 2
+            los[top + 1] = los[top] + half
+            ns[top + 1] = m - half
+            stage[top + 1] = 0
+            top += 1
+        else:
+            vals[nvals - 2] = vals[nvals - 2] + vals[nvals - 1]
+            nvals -= 1
+            top -= 1
+    return vals[0]
 
 
 @njit(cache=True)
