@@ -210,10 +210,10 @@ def infer_schema(df: pd.DataFrame, max_levels: int = 30) -> tuple[list[ColumnSpe
                 kind, why = "numeric", f"{num_share:.0%} of values are numbers"
         elif _looks_like_date(name, nonnull):
             kind, why = "date", "values parse as dates"
-        elif nun == len(nonnull) and n > 50:
-            kind, why = "identifier", "unique per row"
         elif nonnull.astype(str).str.len().mean() > 25 and nonnull.astype(str).str.count(" ").mean() >= 3:
             kind, why = "text", "long free text"
+        elif nun == len(nonnull) and n > 50:
+            kind, why = "identifier", "unique per row"
         else:
             kind = "categorical"
             why = f"{nun} distinct values" + (f"; top {max_levels} kept, rest pooled as '{OTHER_LEVEL}'" if nun > max_levels else "")
@@ -337,6 +337,8 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
             f"{path}: every line is one field: no delimiter among ',', ';', tab and '|' splits the header "
             f"{str(df.columns[0])[:60]!r}"
         )
+    if len(df) < 2:
+        raise SegreportError(f"{path}: a single row; segments need more distinct rows than k")
     specs, decisions = resolve_schema(df, schema, path)
     if outcome is not None:
         if outcome not in df.columns:

@@ -85,6 +85,12 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
     data_path = resolve_data(params, root)
     table = load_table(data_path, params.schema, params.outcome)
     check_k(table, params.k)
+    template_text, template_source = (None, None)
+    if "llm" in params.methods:
+        from .embed import resolve_model
+
+        resolve_model(params.llm.model)  # a bad model path fails here, before anything is written
+        template_text, template_source = read_template(params, table, root)
     layout = RunLayout(run_dir(params, data_path))
     layout.root.mkdir(parents=True, exist_ok=True)
     fp = table.fingerprint()
@@ -98,9 +104,6 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
         atomic_write_json(layout.root / "table.json", {"fingerprint": fp})
     threads = threads_per_worker(1)
     spaces = {}
-    template_text, template_source = (None, None)
-    if "llm" in params.methods:
-        template_text, template_source = read_template(params, table, root)
     for method in params.methods:
         spaces[method] = build_space(method, params, table, layout, fp, template_text, progress)
     spaces["common"] = build_space("common", params, table, layout, fp, None, progress)

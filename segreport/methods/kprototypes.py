@@ -161,14 +161,23 @@ def _point_dissim(Xnum, Xcat, i, cnum, ccat, gamma, out, buf):
     k, p = cnum.shape
     q = ccat.shape[1]
     for c in range(k):
-        for a in range(p):
-            d = cnum[c, a] - Xnum[i, a]
-            buf[a] = d * d
+        if p < 8:
+            # numpy sums fewer than 8 terms left to right from 0.0: same
+            # result as _pairwise_sum without the buffer round trip.
+            num = 0.0
+            for a in range(p):
+                d = cnum[c, a] - Xnum[i, a]
+                num += d * d
+        else:
+            for a in range(p):
+                d = cnum[c, a] - Xnum[i, a]
+                buf[a] = d * d
+            num = _pairwise_sum(buf, 0, p)
         mismatches = 0
         for a in range(q):
             if ccat[c, a] != Xcat[i, a]:
                 mismatches += 1
-        out[c] = _pairwise_sum(buf, 0, p) + gamma * mismatches
+        out[c] = num + gamma * mismatches
 
 
 @njit(cache=True)
@@ -579,6 +588,22 @@ def _decode(cat, books):
     return np.column_stack([b[cat[:, a]] for a, b in enumerate(books)]).astype(np.int64)
 
 
+def _count_distinct_rows(X, limit):
+    """Number of distinct rows of ``X`` if it is at most ``limit``, else some
+    count above ``limit``.
+
+    Only "fewer than / exactly / more than n_clusters distinct rows" matters,
+    so growing prefixes avoid sorting all rows of a large data set.
+    """
+    n = X.shape[0]
+    end = min(n, 4 * limit + 64)
+    while True:
+        count = np.unique(X[:end], axis=0).shape[0]
+        if count > limit or end == n:
+            return count
+        end = min(n, 2 * end)
+
+
 def initial_prototypes(X_num, X_cat, n_clusters, init="Huang", gamma=None,
                        random_state=None):
     """Initial prototypes of one K-Prototypes run, drawn exactly as kmodes does.
@@ -718,7 +743,7 @@ class KPrototypesSegmenter:
             raise ValueError(f"gamma must be a non-negative number or None, got {self.gamma!r}")
         X_num, X_cat = _check_data(X_num, X_cat, k)
         init = _check_init(self.init, k, X_num.shape[1], X_cat.shape[1])
-        n_distinct = np.unique(np.hstack([X_num, X_cat.astype(np.float64)]), axis=0).shape[0]
+        n_distinct = _count_distinct_rows(np.hstack([X_num, X_cat.astype(np.float64)]), k)
         if n_distinct < k:
             raise ValueError(f"only {n_distinct} distinct rows, cannot form {k} clusters")
 
