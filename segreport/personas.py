@@ -112,7 +112,7 @@ def personas(prof: dict, mean_abs_shap: dict | None, labels: dict[str, str], uni
             card["traits"] = ts
             card["name"] = " · ".join(t["short"] for t in ts[:2]) or "Close to the average customer"
             shap_seg = (mean_abs_shap or {}).get(str(seg["segment"])) or (mean_abs_shap or {}).get(seg["segment"]) or {}
-            drivers = sorted(shap_seg.items(), key=lambda kv: -kv[1])[:top_drivers]
+            drivers = [d for d in sorted(shap_seg.items(), key=lambda kv: -kv[1])[:top_drivers] if d[1] >= 0.005]
             card["drivers"] = [{"column": c, "label": labels.get(c, c), "mean_abs_shap": v} for c, v in drivers]
         cards.append(card)
     # disambiguate identical names within one segmentation

@@ -350,7 +350,7 @@ def builtin_render(project: Path, site: Path) -> dict:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PROJECT / "templates")), autoescape=True)
         layout = env.get_template("site/layout.html.j2")
         for i, pg in enumerate(pages):
-            html_body = _pandoc(pg["body"], "html5", ["--section-divs"])
+            html_body = _pandoc(pg["body"], "html5")
             nav = [{"title": p["title"], "href": os.path.relpath(p["rel"], pg["rel"].parent), "current": p is pg}
                    for p in pages]
             out = tmp_site / pg["rel"]

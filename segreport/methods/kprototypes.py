@@ -762,7 +762,11 @@ class KPrototypesSegmenter:
         if n_distinct == k:
             # kmodes' shortcut: as many distinct rows as clusters -> each
             # distinct row is a prototype, cost 0, no iterations.
-            rows = np.unique(np.hstack([X_num, X_cat.astype(np.float64)]), axis=0)
+            # Same row order as kmodes (its get_unique_rows iterates a set of
+            # row tuples; float hashing is deterministic), so both engines
+            # number the clusters alike.
+            rows = np.vstack(list({tuple(row) for row in
+                                   np.hstack([X_num, X_cat.astype(np.float64)])}))
             num, cat = rows[:, :X_num.shape[1]], rows[:, X_num.shape[1]:].astype(np.int64)
             self._set_result(num, cat, 0, (num.copy(), cat.copy()), X_num, X_cat)
             return
