@@ -105,6 +105,7 @@ class Params(_Strict):
     shap_sample: int = Field(2000, ge=50)
     lgbm_folds: int = Field(3, ge=2)
     render: bool = True
+    analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
     kmeans: KMeansParams = Field(default_factory=KMeansParams)
     kprototypes: KPrototypesParams = Field(default_factory=KPrototypesParams)
     llm: LLMParams = Field(default_factory=LLMParams)

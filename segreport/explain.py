@@ -41,7 +41,7 @@ def _fit(X, y, seed, threads):
     strat = y if counts[counts > 0].min() >= 2 else None
     Xtr, Xval, ytr, yval = train_test_split(X, y, test_size=0.1, random_state=seed, stratify=strat)
     clf = _classifier(n_classes, seed, threads)
-    clf.fit(Xtr, ytr, eval_set=[(Xval, yval)], callbacks=[lgb.early_stopping(15, verbose=False)])
+    clf.fit(Xtr, ytr, eval_X=(Xval,), eval_y=(yval,), callbacks=[lgb.early_stopping(15, verbose=False)])
     return clf
 
 

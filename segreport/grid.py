@@ -39,18 +39,27 @@ def ensure_kernel() -> str:
     return KERNEL
 
 
+def analysis_dir(ctx: dict) -> Path:
+    """The folder of the analysis notebooks: the project's own, or the one params name."""
+    name = ctx["params"].get("analysis")
+    return Path(name).resolve() if name else ANALYSIS
+
+
 def cell_key(ctx: dict, method: str, k: int) -> str:
     p = ctx["params"]
     explain = {n: p[n] for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size")}
     return key(__version__, method, k, p["seed"], p[method], ctx["spaces"][method]["key"],
-               ctx["spaces"]["common"]["key"], explain, notebook_hash(method))
+               ctx["spaces"]["common"]["key"], explain, notebook_hash(ctx, method))
 
 
-def notebook_hash(method: str) -> str:
-    return sha256_file(ANALYSIS / f"{method}.ipynb")[:16]
+def notebook_hash(ctx: dict, method: str) -> str:
+    path = analysis_dir(ctx) / f"{method}.ipynb"
+    if not path.exists():
+        raise SegreportError(f"{path}: analysis notebook not found")
+    return sha256_file(path)[:16]
 
 
-def _execute(project: str, run_dir: str, method: str, k: int, threads: int) -> dict:
+def _execute(project: str, run_dir: str, method: str, k: int, threads: int, analysis: str) -> dict:
     """Worker: execute analysis/<method>.ipynb for one k with papermill."""
     import papermill as pm
 
@@ -65,7 +74,7 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int) -> d
     t0 = time.perf_counter()
     status = {"status": "done", "error": None}
     try:
-        pm.execute_notebook(str(ANALYSIS / f"{method}.ipynb"), str(tmp),
+        pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
                             parameters={"run_dir": str(Path(run_dir).resolve()), "method": method, "k": int(k)},
                             kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as exc:
@@ -85,6 +94,7 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
 
     ensure_kernel()
     project = (project or Path.cwd()).resolve()
+    analysis = analysis_dir(ctx)
     todo, statuses = [], manifest.setdefault("cells", {})
     for method, k in cells:
         name = f"{method}/k{k}"
@@ -104,33 +114,36 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
     threads = max(1, (os.cpu_count() or 1) // workers)
     bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)
     ctx_mp = mp.get_context("spawn")  # the parent may hold torch threads: never fork it
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx_mp) as pool:
-        futures = {pool.submit(_execute, str(project), str(layout.root), m, k, threads): (m, k, ck)
-                   for m, k, ck in todo}
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    m, k, ck = futures[fut]
-                    name = f"{m}/k{k}"
-                    try:
-                        st = fut.result()
-                    except Exception as exc:  # the worker process itself died
-                        st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_seconds": None}
-                    st.update(key=ck, reused=False, notebook=str(layout.cell(m, k) / "notebook.ipynb"))
-                    if st["status"] == "done":
-                        cdir = layout.cell(m, k)
-                        st["hashes"] = {f: sha256_file(cdir / f) for f in ("labels.parquet", "metrics.json")}
-                        atomic_write_json(cdir / "done.json", {"key": ck, "wall_seconds": st["wall_seconds"]})
-                    statuses[name] = st
-                    _write_manifest(layout, manifest)
-                    bar.set_postfix_str(f"{name} {st['status']}")
-                    bar.update(1)
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx_mp)
+    futures = {pool.submit(_execute, str(project), str(layout.root), m, k, threads, str(analysis)): (m, k, ck)
+               for m, k, ck in todo}
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                m, k, ck = futures[fut]
+                name = f"{m}/k{k}"
+                try:
+                    st = fut.result()
+                except Exception as exc:  # the worker process itself died
+                    st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_seconds": None}
+                st.update(key=ck, reused=False, notebook=str(layout.cell(m, k) / "notebook.ipynb"))
+                if st["status"] == "done":
+                    cdir = layout.cell(m, k)
+                    st["hashes"] = {f: sha256_file(cdir / f) for f in ("labels.parquet", "metrics.json")}
+                    atomic_write_json(cdir / "done.json", {"key": ck, "wall_seconds": st["wall_seconds"]})
+                statuses[name] = st
+                _write_manifest(layout, manifest)
+                bar.set_postfix_str(f"{name} {st['status']}")
+                bar.update(1)
+    except BaseException:
+        # interrupted: stop the workers now; finished cells are on disk, unfinished ones rerun next time
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     bar.close()
     return statuses
 

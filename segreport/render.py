@@ -123,7 +123,8 @@ def _load_cells(layout: RunLayout, ctx: dict, manifest: dict) -> dict:
             st = manifest.get("cells", {}).get(name, {"status": "missing"})
             d = layout.cell(method, k)
             cell = {"method": method, "k": k, "status": st.get("status"), "error": st.get("error"),
-                    "wall_seconds": st.get("wall_seconds"), "notebook": f"notebooks/{method}-k{k}"}
+                    "wall_seconds": st.get("wall_seconds"), "notebook": f"notebooks/{method}-k{k}",
+                    "metrics": None, "personas": None, "shap": None}
             if st.get("status") == "done" and (d / "metrics.json").exists():
                 cell.update(metrics=read_json(d / "metrics.json"), personas=read_json(d / "personas.json"),
                             shap=read_json(d / "shap.json"))
@@ -155,7 +156,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
         sub = table[table.method == method]
         done = sub[sub.status == "done"]
         k_star = rec["k"]
-        chosen = cells.get((method, k_star), {})
+        chosen = cells.get((method, k_star)) or {"metrics": None, "personas": None, "shap": None}
         m = {"key": method, "title": METHOD_TITLES[method], "ran": True, "rec": rec, "k": k_star,
              "cells": [cells[(method, k)] for k in params["k"]],
              "failed": [cells[(method, k)] for k in params["k"] if cells[(method, k)]["status"] != "done"],
