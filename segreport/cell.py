@@ -27,29 +27,84 @@ def _threads() -> int:
     return int(os.environ.get("SEGREPORT_THREADS", os.cpu_count() or 1))
 
 
-def fit_method(method: str, k: int, space: dict, params: dict, seed: int):
-    """The fitted segmenter, its labels, cost and own-space matrix for metrics."""
+def make_segmenter(method: str, k: int, mp: dict, seed: int, n_init: int | None = None):
+    """The method's estimator, unfitted, with the run's parameters."""
     from .methods.kmeans import KMeansSegmenter
 
-    mp = params[method]
-    outliers = space.get("outliers")
+    n_init = n_init or mp["n_init"]
     if method in ("kmeans", "llm"):
-        X = space["X"]
-        model = KMeansSegmenter(n_clusters=k, n_init=mp["n_init"], max_iter=mp["max_iter"],
-                                random_state=seed).fit(X, exclude=outliers)
-        return model, model.labels_, model.inertia_, X, model.distance_
+        return KMeansSegmenter(n_clusters=k, n_init=n_init, max_iter=mp["max_iter"], random_state=seed)
     if method == "kprototypes":
         from .methods.kprototypes import KPrototypesSegmenter
 
-        xn, xc = space["X_num"], space["X_cat"]
-        fit_rows = np.ones(len(xn), bool) if outliers is None else ~outliers
-        model = KPrototypesSegmenter(n_clusters=k, gamma=mp["gamma"], init=mp["init"], n_init=mp["n_init"],
-                                     max_iter=mp["max_iter"], engine=mp["engine"], random_state=seed)
-        model.fit(xn[fit_rows], xc[fit_rows])
-        dist = model.transform(xn, xc)
-        labels = dist.argmin(axis=1).astype(np.int64)
-        return model, labels, float(model.cost_), None, dist[np.arange(len(labels)), labels]
+        rs = mp.get("random_state")
+        return KPrototypesSegmenter(n_clusters=k, gamma=mp["gamma"], init=mp["init"], n_init=n_init,
+                                    max_iter=mp["max_iter"], engine=mp["engine"],
+                                    random_state=seed if rs is None else rs)
     raise ValueError(f"unknown method {method!r}")
+
+
+def fit_rows(method: str, model, space: dict, rows: np.ndarray):
+    """Fit `model` on the given rows of the space (outliers among them left out)."""
+    outliers = space.get("outliers")
+    keep = rows if outliers is None else rows[~outliers[rows]]
+    if len(np.unique(keep)) < model.n_clusters:
+        keep = rows
+    if method == "kprototypes":
+        return model.fit(space["X_num"][keep], space["X_cat"][keep])
+    return model.fit(space["X"][keep])
+
+
+def predict_rows(method: str, model, space: dict, rows: np.ndarray) -> np.ndarray:
+    if method == "kprototypes":
+        return model.predict(space["X_num"][rows], space["X_cat"][rows]).astype(np.int64)
+    return model.predict(space["X"][rows])
+
+
+def fit_method(method: str, k: int, space: dict, params: dict, seed: int):
+    """The fitted segmenter, its labels, cost and own-space matrix for metrics."""
+    mp = params[method]
+    n = len(space["X_num"] if method == "kprototypes" else space["X"])
+    model = fit_rows(method, make_segmenter(method, k, mp, seed), space, np.arange(n))
+    if method == "kprototypes":
+        dist = model.transform(space["X_num"], space["X_cat"])
+        cost = float(model.cost_)
+        own = None
+    else:
+        dist = model.transform(space["X"])
+        cost = float(model.inertia_)
+        own = space["X"]
+    labels = dist.argmin(axis=1).astype(np.int64)
+    return model, labels, cost, own, dist[np.arange(n), labels]
+
+
+def stability(method: str, k: int, space: dict, params: dict, seed: int, labels: np.ndarray,
+              common: np.ndarray) -> dict | None:
+    """Bootstrap refits (fewer inits, same algorithm) on a seeded subsample; see evaluate.bootstrap_stability."""
+    from sklearn.metrics import silhouette_score
+
+    from .evaluate import bootstrap_stability
+    from .features import sample_rows
+
+    B = int(params["stability_resamples"])
+    if B == 0:
+        return None
+    mp = params[method]
+
+    def refit(rows, base):
+        model = make_segmenter(method, k, mp, seed, n_init=min(3, mp["n_init"]))
+        return predict_rows(method, fit_rows(method, model, space, rows), space, base)
+
+    score_rows = None
+
+    def score(base, pred):
+        nonlocal score_rows
+        if score_rows is None:
+            score_rows = sample_rows(len(base), 2000, seed)
+        lab = pred[score_rows]
+        return float(silhouette_score(common[base[score_rows]], lab)) if len(np.unique(lab)) > 1 else None
+
+    return bootstrap_stability(refit, labels, len(labels), B, seed, int(params["stability_sample"]), score)
 
 
 def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
@@ -65,10 +120,13 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
     common = load_space(layout, "common")["X"]
     model, labels, cost, X_own, dist = fit_method(method, k, space, params, seed)
     outliers = space.get("outliers")
+    t_fit = time.perf_counter() - t0
+    t_stab = time.perf_counter()
+    stab = stability(method, k, space, params, seed, labels, common)
+    t_stab = time.perf_counter() - t_stab
     labels_df = pd.DataFrame({"row": np.arange(len(labels), dtype=np.int64), "segment": labels.astype(np.int64),
                               "outlier": outliers.astype(bool) if outliers is not None else np.zeros(len(labels), bool),
                               "distance": dist.astype(np.float64)})
-    t_fit = time.perf_counter() - t0
     sil_n = int(params["silhouette_sample"])
     if method == "kprototypes":
         own = {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None,
@@ -76,10 +134,16 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
     else:
         own = validity(X_own, labels, sil_n, seed, metric="cosine" if method == "llm" else "euclidean")
     common_m = validity(common, labels, sil_n, seed)
-    t_metrics = time.perf_counter() - t0 - t_fit
+    own_fitted = None
+    if outliers is not None and X_own is not None and outliers.any():
+        # the seed article scored K-means on the rows kept after ECOD: reported beside the full-data numbers
+        keep = ~outliers
+        own_fitted = validity(X_own[keep], labels[keep], sil_n, seed,
+                              metric="cosine" if method == "llm" else "euclidean")
+    t_metrics = time.perf_counter() - t0 - t_fit - t_stab
     ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params["lgbm_folds"]),
                    shap_sample=int(params["shap_sample"]), threads=_threads())
-    t_explain = time.perf_counter() - t0 - t_fit - t_metrics
+    t_explain = time.perf_counter() - t0 - t_fit - t_stab - t_metrics
     prof = profile(frame, labels, ctx["used"]["numeric"], ctx["used"]["categorical"],
                    int(params["min_segment_size"]))
     cards = personas(prof, {str(s): v for s, v in ex["mean_abs_shap"].items()}, ctx["labels"], ctx["units"],
@@ -90,7 +154,8 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
         "outliers": int(outliers.sum()) if outliers is not None else 0,
         "cost": cost, "cost_name": "cost" if method == "kprototypes" else "inertia",
         "sizes": np.bincount(labels, minlength=k).tolist(),
-        "own": own, "common": common_m,
+        "own": own, "common": common_m, "own_fitted_rows": own_fitted,
+        "stability": {k_: v for k_, v in stab.items() if k_ not in ("ari", "common_silhouette")} if stab else None,
         "lgbm_accuracy": ex["accuracy"], "lgbm_folds": ex["folds"], "lgbm_cv_rows": ex["cv_rows"],
         "shap_rows": ex["shap_rows"],
     }
@@ -99,17 +164,23 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
         metrics["engine"] = params["kprototypes"]["engine"]
     shap_json = {"mean_abs_shap": ex["mean_abs_shap"], "overall": ex["mean_abs_shap_overall"],
                  "rows": ex["shap_rows"]}
+    for card in cards:
+        seg = stab["segments"].get(card["segment"]) if stab else None
+        card["stability"] = seg["mean_jaccard"] if seg else None
+        card["unstable"] = bool(seg and seg["dissolved"])
     atomic_write_parquet(out / "labels.parquet", labels_df)
     atomic_write_parquet(out / "shap_sample.parquet", ex["shap_sample"])
     atomic_write_json(out / "profile.json", prof)
     atomic_write_json(out / "personas.json", cards)
     atomic_write_json(out / "shap.json", shap_json)
+    if stab:
+        atomic_write_json(out / "stability.json", stab)
     tmp = out / ".model.joblib.tmp"
     joblib.dump({"method": method, "k": k, "segmenter": model, "explainer_model": ex["model"]}, tmp)
     os.replace(tmp, out / "model.joblib")
     # timings are kept out of metrics.json so that identical reruns give identical bytes
     atomic_write_json(out / "timings.json", {"fit": round(t_fit, 3), "metrics": round(t_metrics, 3),
-                                            "explain": round(t_explain, 3),
+                                            "explain": round(t_explain, 3), "stability": round(t_stab, 3),
                                             "total": round(time.perf_counter() - t0, 3)})
     atomic_write_json(out / "metrics.json", metrics)
     return metrics

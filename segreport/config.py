@@ -59,6 +59,7 @@ class KMeansParams(_Strict):
     contamination: float = Field(0.1, gt=0, lt=0.5)
     n_init: int = Field(10, ge=1)
     max_iter: int = Field(300, ge=1)
+    power_transform: Literal["all", "numeric"] = "all"  # all = numeric + ordinal columns (the seed's first notebook)
 
 
 class KPrototypesParams(_Strict):
@@ -69,6 +70,7 @@ class KPrototypesParams(_Strict):
     max_iter: int = Field(100, ge=1)
     outliers: Literal["ecod", "none"] = "none"
     contamination: float = Field(0.1, gt=0, lt=0.5)
+    random_state: Optional[int] = None  # default: the run's seed
 
 
 class LLMParams(_Strict):
@@ -81,6 +83,8 @@ class LLMParams(_Strict):
     contamination: float = Field(0.1, gt=0, lt=0.5)
     n_init: int = Field(10, ge=1)
     max_iter: int = Field(300, ge=1)
+    numbers: Literal["plain", "words"] = "plain"  # words: "Balance: high, 1240" (quantile word + value)
+    compare_numbers: bool = True  # also try the other `numbers` option on a sample and report the difference
 
 
 class Params(_Strict):
@@ -104,6 +108,8 @@ class Params(_Strict):
     silhouette_sample: int = Field(10000, ge=100)
     shap_sample: int = Field(2000, ge=50)
     lgbm_folds: int = Field(3, ge=2)
+    stability_resamples: int = Field(20, ge=0)
+    stability_sample: int = Field(5000, ge=50)
     render: bool = True
     analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
     kmeans: KMeansParams = Field(default_factory=KMeansParams)

@@ -31,28 +31,49 @@ def _levels(table: Table, col: str) -> list[str]:
     return seen
 
 
-def encoded_transformer(table: Table) -> ColumnTransformer:
-    """Ordinal (default) or one-hot per column, then a power transform of numeric and ordinal columns."""
-    ordinal, onehot, numeric = [], [], list(table.numeric)
+def _ordinal(table: Table, cols: list[str]) -> OrdinalEncoder:
+    return OrdinalEncoder(categories=[_levels(table, c) for c in cols], handle_unknown="use_encoded_value",
+                          unknown_value=np.nan)
+
+
+def encoded_transformer(table: Table, power_transform: str = "all") -> ColumnTransformer:
+    """Ordinal (default) or one-hot per column, then a Yeo-Johnson power transform.
+
+    power_transform="all" transforms numeric and ordinal columns together (the seed's first
+    notebook); "numeric" transforms only numeric columns and leaves ordinal codes as they are
+    (the seed's later configuration). A numeric column with encoding "none" is passed through.
+    """
+    ordinal, onehot, raw = [], [], []
+    numeric = [s.name for s in table.used if s.kind == "numeric" and s.encoding != "none"]
     for spec in table.used:
         if spec.kind == "numeric":
+            if spec.encoding == "none":
+                raw.append(spec.name)
             continue
         enc = spec.encoding or "ordinal"
-        (onehot if enc == "onehot" else ordinal).append(spec.name)
+        (onehot if enc == "onehot" else raw if enc == "none" else ordinal).append(spec.name)
     parts = []
-    if numeric or ordinal:
+    if power_transform == "all" and (numeric or ordinal):
         steps = []
         cols = numeric + ordinal
         if ordinal:
-            oe = ColumnTransformer(
-                [("ord", OrdinalEncoder(categories=[_levels(table, c) for c in ordinal],
-                                        handle_unknown="use_encoded_value", unknown_value=np.nan), ordinal)],
-                remainder="passthrough", verbose_feature_names_out=False)
-            # reorder so that numeric columns pass through after the ordinal ones
+            # ordinal codes first, numeric columns passed through after them, then one power transform
+            steps.append(ColumnTransformer([("ord", _ordinal(table, ordinal), ordinal)], remainder="passthrough",
+                                           verbose_feature_names_out=False))
             cols = ordinal + numeric
-            steps.append(oe)
         steps.append(PowerTransformer(method="yeo-johnson", standardize=True))
         parts.append(("power", make_pipeline(*steps), cols))
+    else:
+        if numeric:
+            parts.append(("power", PowerTransformer(method="yeo-johnson", standardize=True), numeric))
+        if ordinal:
+            parts.append(("ordinal", _ordinal(table, ordinal), ordinal))
+    raw_cat = [c for c in raw if c not in table.numeric]
+    raw_num = [c for c in raw if c in table.numeric]
+    if raw_cat:  # encoding "none" on a category: its codes, untransformed
+        parts.append(("codes", _ordinal(table, raw_cat), raw_cat))
+    if raw_num:
+        parts.append(("asis", "passthrough", raw_num))
     if onehot:
         parts.append(("onehot", OneHotEncoder(categories=[_levels(table, c) for c in onehot], drop="first",
                                               handle_unknown="ignore", sparse_output=False), onehot))
@@ -126,8 +147,8 @@ class MixedEncoder:
         return np.ascontiguousarray(xn, dtype=np.float64), xc, unseen
 
 
-def fit_encoded(table: Table) -> tuple[np.ndarray, ColumnTransformer, list[str]]:
-    ct = encoded_transformer(table)
+def fit_encoded(table: Table, power_transform: str = "all") -> tuple[np.ndarray, ColumnTransformer, list[str]]:
+    ct = encoded_transformer(table, power_transform)
     X = ct.fit_transform(table.frame)
     return np.asarray(X, dtype=np.float64), ct, list(ct.get_feature_names_out())
 

@@ -29,7 +29,7 @@ def segment_scale(k: int) -> alt.Scale:
 
 def metric_lines(table: pd.DataFrame, y: str, title: str, y_title: str, chosen: int | None = None,
                  color_by: str | None = None) -> alt.Chart:
-    data = table.dropna(subset=[y])
+    data = table.dropna(subset=[y])[["k", y] + ([color_by] if color_by else [])]
     base = alt.Chart(data).encode(x=alt.X("k:O", title="k (number of segments)"),
                                   y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)))
     if color_by == "method":

@@ -165,7 +165,7 @@ def build_space(method: str, params: Params, table: Table, layout: RunLayout, fp
     info: dict = {"key": k, "method": method}
     outlier_X = None
     if method == "kmeans":
-        X, ct, names = features.fit_encoded(table)
+        X, ct, names = features.fit_encoded(table, params.kmeans.power_transform)
         atomic_write_npy(d / "X.npy", X)
         joblib.dump(ct, _tmp(d / "transformer.joblib")); _commit(d / "transformer.joblib")
         info.update(dims=int(X.shape[1]), features=names)
@@ -299,7 +299,9 @@ def compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     out_file = layout.root / "outcome.parquet"
     if params.get("outcome") and out_file.exists():
         outcome = outcome_separation(pd.read_parquet(out_file)["outcome"], labels, recommended)
-    result = {"recommended": recommended, "agreement": agree, "agreement_chosen": chosen, "outcome": outcome}
+    verdict = rank_methods(layout, recommended, table)
+    result = {"recommended": recommended, "agreement": agree, "agreement_chosen": chosen, "outcome": outcome,
+              "verdict": verdict}
     atomic_write_parquet(layout.comparison / "metrics.parquet", table)
     atomic_write_json(layout.comparison / "comparison.json", result)
     return result
@@ -324,3 +326,39 @@ def outcome_separation(outcome: pd.Series, labels: dict, recommended: dict) -> d
         out["methods"][method] = {"k": rec["k"], "rates": rates, "spread": float(r.max() - r.min()),
                                   "nmi": float(normalized_mutual_info_score(y, lab))}
     return out
+
+
+def rank_methods(layout: RunLayout, recommended: dict, table: pd.DataFrame) -> dict | None:
+    """Which method segments best on common ground, and how sure: paired bootstrap replicates.
+
+    Each method's segments at its recommended k are scored by silhouette in the common space; the
+    bootstrap refits (same resampled rows for every method, same seed) give one score per replicate,
+    so "A beats B in 19 of 20 resamples" is a direct measure of how sure the ranking is.
+    """
+    scores, stab = {}, {}
+    for method, rec in recommended.items():
+        f = layout.cell(method, rec["k"]) / "stability.json"
+        row = table[(table.method == method) & (table.k == rec["k"])]
+        if not len(row) or row.iloc[0]["status"] != "done":
+            continue
+        scores[method] = {"k": rec["k"], "common_silhouette": float(row.iloc[0]["common_silhouette"])}
+        if f.exists():
+            st = read_json(f)
+            reps = [x for x in st.get("common_silhouette", []) if x is not None]
+            stab[method] = reps
+            scores[method].update(ari_mean=st["ari_mean"], ari_sd=st["ari_sd"],
+                                  replicate_silhouette_mean=float(np.mean(reps)) if reps else None,
+                                  replicate_silhouette_sd=float(np.std(reps)) if reps else None,
+                                  dissolved=sum(1 for v in st["segments"].values() if v["dissolved"]))
+    if not scores:
+        return None
+    best = max(scores, key=lambda m: scores[m]["common_silhouette"])
+    wins = {}
+    for other in scores:
+        if other == best or not stab.get(best) or not stab.get(other):
+            continue
+        a, b = stab[best], stab[other]
+        n = min(len(a), len(b))
+        wins[other] = {"wins": int(sum(1 for i in range(n) if a[i] > b[i])), "of": n}
+    most_stable = max((m for m in scores if "ari_mean" in scores[m]), key=lambda m: scores[m]["ari_mean"], default=None)
+    return {"best": best, "scores": scores, "wins": wins, "most_stable": most_stable}

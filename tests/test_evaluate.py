@@ -1,0 +1,68 @@
+"""Metrics, k recommendation, stability (clusterboot), personas from profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import make_blobs
+
+from segreport.evaluate import bootstrap_stability, elbow_k, recommend_k, validity
+from segreport.methods.kmeans import KMeansSegmenter
+from segreport.personas import personas, profile
+
+
+def _stability(X, k, seed=0):
+    labels = KMeansSegmenter(k, n_init=3, random_state=seed).fit(X).labels_
+
+    def refit(rows, base):
+        return KMeansSegmenter(k, n_init=3, random_state=seed).fit(X[rows]).predict(X[base])
+
+    return bootstrap_stability(refit, labels, len(X), 15, seed, 1000)
+
+
+def test_planted_clusters_are_stable_and_noise_is_not():
+    X, _ = make_blobs(n_samples=1200, centers=4, cluster_std=0.6, random_state=1)
+    planted = _stability(X, 4)
+    assert planted["ari_mean"] > 0.97
+    assert all(s["stable"] for s in planted["segments"].values())
+    noise = np.random.default_rng(2).uniform(size=(1200, 6))
+    unif = _stability(noise, 4)
+    assert unif["ari_mean"] < 0.8 and unif["ari_mean"] < planted["ari_mean"] - 0.2
+
+
+def test_recommend_prefers_smaller_k_within_tolerance():
+    rec = recommend_k({3: 0.30, 4: 0.305, 5: 0.25})
+    assert rec["k"] == 3 and rec["best_silhouette_k"] == 4 and "within 0.01" in rec["reason"]
+    assert recommend_k({3: 0.2, 4: 0.4})["k"] == 4
+    assert recommend_k({3: None})["k"] is None
+
+
+def test_elbow_finds_the_knee():
+    assert elbow_k({2: 100, 3: 40, 4: 30, 5: 25, 6: 22}) == 3
+
+
+def test_validity_on_separated_blobs():
+    X, y = make_blobs(n_samples=600, centers=3, cluster_std=0.5, random_state=0)
+    v = validity(X, y, silhouette_sample=200, seed=0)
+    assert v["silhouette"] > 0.7 and abs(v["silhouette_rows"] - 200) <= 3 and v["davies_bouldin"] < 0.5
+
+
+def test_personas_name_the_distinctive_traits():
+    rng = np.random.default_rng(0)
+    n = 1000
+    seg = np.repeat([0, 1], n // 2)
+    frame = pd.DataFrame({
+        "age": np.where(seg == 1, rng.normal(68, 4, n), rng.normal(35, 6, n)),
+        "job": np.where(seg == 1, rng.choice(["retired", "admin."], n, p=[0.9, 0.1]),
+                        rng.choice(["admin.", "technician", "retired"], n, p=[0.5, 0.45, 0.05])),
+        "housing": np.where(seg == 1, "no", rng.choice(["yes", "no"], n, p=[0.8, 0.2])),
+    })
+    prof = profile(frame, seg, ["age"], ["job", "housing"], min_segment_size=20)
+    assert sum(s["size"] for s in prof["segments"]) == n
+    cards = personas(prof, None, {"age": "Age", "job": "Job", "housing": "Housing loan"}, {"age": "years"}, {"housing"})
+    assert "Retired" in cards[1]["name"] or "High age" in cards[1]["name"]
+    t = {x["column"]: x for x in cards[1]["traits"]}
+    assert t["age"]["direction"] == "higher" and t["job"]["level"] == "retired" and t["job"]["share"] > 0.8
+    small = profile(frame, np.r_[np.zeros(n - 5, int), np.ones(5, int)], ["age"], ["job"], min_segment_size=20)
+    assert small["segments"][1]["suppressed"] and "numeric" not in small["segments"][1]
