@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransformer, StandardScaler
@@ -93,10 +94,10 @@ def common_transformer(table: Table) -> ColumnTransformer:
     return ColumnTransformer(parts, verbose_feature_names_out=False)
 
 
-class _Scale:
+class _Scale(TransformerMixin, BaseEstimator):
     """Multiply by a constant (a stateless transformer usable in a pipeline)."""
 
-    def __init__(self, factor: float):
+    def __init__(self, factor: float = 1.0):
         self.factor = factor
 
     def fit(self, X, y=None):
@@ -104,16 +105,6 @@ class _Scale:
 
     def transform(self, X):
         return np.asarray(X, dtype=float) * self.factor
-
-    def fit_transform(self, X, y=None):
-        return self.transform(X)
-
-    def get_params(self, deep=True):
-        return {"factor": self.factor}
-
-    def set_params(self, **p):
-        self.factor = p.get("factor", self.factor)
-        return self
 
     def get_feature_names_out(self, input_features=None):
         return np.asarray(input_features, dtype=object)
@@ -141,7 +132,8 @@ class MixedEncoder:
         xc = np.zeros((n, len(self.categorical)), dtype=np.int64)
         unseen = 0
         for j, c in enumerate(self.categorical):
-            codes = pd.Categorical(frame[c].astype(str), categories=self.levels[c]).codes.astype(np.int64)
+            index = {lv: i for i, lv in enumerate(self.levels[c])}
+            codes = frame[c].astype(str).map(index).fillna(-1).to_numpy(np.int64)
             unseen += int((codes < 0).sum())
             xc[:, j] = codes
         return np.ascontiguousarray(xn, dtype=np.float64), xc, unseen
