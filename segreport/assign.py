@@ -230,19 +230,20 @@ def _space_kprototypes(run: _Run, frame: pd.DataFrame) -> tuple[tuple[np.ndarray
 
 
 def _space_llm(run: _Run, frame: pd.DataFrame) -> tuple[np.ndarray, dict]:
-    from .embed import embed_texts, render_texts
+    from .embed import embed_texts, row_texts
 
     template = (run.ctx.get("row_template") or {}).get("text")
     if not template:
         raise SegreportError(f"{run.layout.context}: no row-text template recorded; rerun `segreport run`")
     p, lp = run.params, run.params["llm"]
-    texts = render_texts(frame, template)
+    numbers, edges = lp.get("numbers", "plain"), (run.ctx.get("row_template") or {}).get("number_edges")
+    texts = row_texts(frame, template, numbers, edges)
     X = np.empty((len(texts), 0), dtype=np.float32)
     known: dict[str, int] = {}
     x_file = run.space_dir / "X.npy"
     if x_file.exists():
         X_train = np.load(x_file)
-        train_texts = render_texts(run.train, template)
+        train_texts = row_texts(run.train, template, numbers, edges)
         if len(train_texts) == len(X_train):
             known = {t: i for i, t in enumerate(train_texts)}
             X = np.empty((len(texts), X_train.shape[1]), dtype=X_train.dtype)

@@ -142,6 +142,7 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
                               metric="cosine" if method == "llm" else "euclidean")
     t_metrics = time.perf_counter() - t0 - t_fit - t_stab
     ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params["lgbm_folds"]),
+                   max_rows=int(params["explain_rows"]),
                    shap_sample=int(params["shap_sample"]), threads=_threads())
     t_explain = time.perf_counter() - t0 - t_fit - t_stab - t_metrics
     prof = profile(frame, labels, ctx["used"]["numeric"], ctx["used"]["categorical"],

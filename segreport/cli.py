@@ -33,6 +33,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", help="numbers of segments: a range '3-8' or a list '3,5,7' (default: 3-8)")
     p.add_argument("--seed", type=int, help="random seed for every random step (default: 42)")
     p.add_argument("--workers", type=int, help="parallel grid cells (default 0 = number of cores)")
+    p.add_argument("--executor", choices=["local", "dask"],
+                   help="where the grid cells run: local = a process pool on this machine (default); "
+                        "dask = Dask tasks, on a local Dask cluster of --workers processes or on --scheduler's")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: the Dask scheduler to send cells to, e.g. tcp://host:8786 "
+                        "(its workers need segreport installed and the results folder at the same path); "
+                        "default: start a local Dask cluster")
     p.add_argument("--outcome", help="column whose share per segment the report compares (never used for fitting)")
     p.add_argument("--model", dest="llm.model", help="sentence-transformers model name or folder (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--precision", dest="llm.precision", choices=["auto", "bf16", "fp32"],
@@ -46,7 +53,7 @@ def _overrides(ns: argparse.Namespace, keys: list[str]) -> dict:
 
 
 RUN_KEYS = ["data", "run", "results", "site", "methods", "k", "seed", "workers", "outcome", "llm.model",
-            "llm.precision", "kprototypes.engine"]
+            "llm.precision", "kprototypes.engine", "executor", "scheduler"]
 
 
 def _params(ns, extra: dict | None = None):

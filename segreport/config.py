@@ -100,14 +100,17 @@ class Params(_Strict):
     k: list[int] = Field(default_factory=lambda: list(range(3, 9)))
     seed: int = 42
     workers: int = Field(0, ge=0)
+    executor: Literal["local", "dask"] = "local"  # where grid cells run: a local process pool, or Dask
+    scheduler: Optional[str] = None  # Dask scheduler address; None = a LocalCluster of `workers` processes
     demo_rows: int = Field(5000, ge=10)
     outcome: Optional[str] = None
     min_segment_size: int = Field(20, ge=1)
     projection_sample: int = Field(5000, ge=100)
     figure_sample: int = Field(3000, ge=100)
-    silhouette_sample: int = Field(10000, ge=100)
+    silhouette_sample: int = Field(5000, ge=100)
     shap_sample: int = Field(2000, ge=50)
     lgbm_folds: int = Field(3, ge=2)
+    explain_rows: int = Field(10000, ge=100)  # LightGBM cross-validation on at most this many rows
     stability_resamples: int = Field(20, ge=0)
     stability_sample: int = Field(5000, ge=50)
     render: bool = True

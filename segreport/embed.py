@@ -46,6 +46,31 @@ def _fmt(v) -> str:
     return str(v)
 
 
+QUANTILE_WORDS = ("very low", "low", "medium", "high", "very high")
+
+
+def quantile_edges(frame: pd.DataFrame, numeric: list[str]) -> dict[str, list[float]]:
+    """Quintile edges of each numeric column (from the training table), for `numbers: words`."""
+    return {c: [float(q) for q in frame[c].quantile([0.2, 0.4, 0.6, 0.8])] for c in numeric}
+
+
+def with_number_words(frame: pd.DataFrame, edges: dict[str, list[float]]) -> pd.DataFrame:
+    """Numeric values rendered as 'high, 1240': a sentence model reads words, not magnitudes."""
+    out = frame.copy()
+    for c, e in edges.items():
+        idx = np.searchsorted(np.asarray(e), out[c].to_numpy(float), side="right")
+        out[c] = [f"{QUANTILE_WORDS[i]}, {_fmt(v)}" for i, v in zip(idx, out[c].to_numpy(float))]
+    return out
+
+
+def row_texts(frame: pd.DataFrame, template_text: str, numbers: str = "plain",
+              edges: dict[str, list[float]] | None = None) -> list[str]:
+    """The texts method 3 embeds: the template, with numbers plain or as quantile words."""
+    if numbers == "words" and edges:
+        frame = with_number_words(frame, edges)
+    return render_texts(frame, template_text)
+
+
 def render_texts(frame: pd.DataFrame, template_text: str) -> list[str]:
     """Render each row through the template. `row` maps column name to value."""
     import jinja2

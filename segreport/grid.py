@@ -47,7 +47,8 @@ def analysis_dir(ctx: dict) -> Path:
 
 def cell_key(ctx: dict, method: str, k: int) -> str:
     p = ctx["params"]
-    explain = {n: p[n] for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size")}
+    explain = {n: p.get(n) for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size",
+                                     "explain_rows", "stability_resamples", "stability_sample")}
     return key(__version__, method, k, p["seed"], p[method], ctx["spaces"][method]["key"],
                ctx["spaces"]["common"]["key"], explain, notebook_hash(ctx, method))
 
@@ -128,13 +129,7 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
                     st = fut.result()
                 except Exception as exc:  # the worker process itself died
                     st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_seconds": None}
-                st.update(key=ck, reused=False, notebook=str(layout.cell(m, k) / "notebook.ipynb"))
-                if st["status"] == "done":
-                    cdir = layout.cell(m, k)
-                    st["hashes"] = {f: sha256_file(cdir / f) for f in ("labels.parquet", "metrics.json")}
-                    atomic_write_json(cdir / "done.json", {"key": ck, "wall_seconds": st["wall_seconds"]})
-                statuses[name] = st
-                _write_manifest(layout, manifest)
+                record_cell(layout, manifest, m, k, ck, st)
                 bar.set_postfix_str(f"{name} {st['status']}")
                 bar.update(1)
     except BaseException:
@@ -146,6 +141,18 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
     pool.shutdown(wait=True)
     bar.close()
     return statuses
+
+
+def record_cell(layout: RunLayout, manifest: dict, method: str, k: int, ck: str, st: dict) -> dict:
+    """Record one cell the grid just ran (any executor): done.json if it succeeded, its status in the manifest."""
+    st.update(key=ck, reused=False, notebook=str(layout.cell(method, k) / "notebook.ipynb"))
+    if st["status"] == "done":
+        cdir = layout.cell(method, k)
+        st["hashes"] = {f: sha256_file(cdir / f) for f in ("labels.parquet", "metrics.json")}
+        atomic_write_json(cdir / "done.json", {"key": ck, "wall_seconds": st["wall_seconds"]})
+    manifest.setdefault("cells", {})[f"{method}/k{k}"] = st
+    _write_manifest(layout, manifest)
+    return st
 
 
 def _safe_json(path: Path) -> dict:

@@ -104,8 +104,13 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
         atomic_write_json(layout.root / "table.json", {"fingerprint": fp})
     threads = threads_per_worker(1)
     spaces = {}
+    number_edges = None
+    if "llm" in params.methods:
+        from .embed import quantile_edges
+
+        number_edges = quantile_edges(table.frame, table.numeric)
     for method in params.methods:
-        spaces[method] = build_space(method, params, table, layout, fp, template_text, progress)
+        spaces[method] = build_space(method, params, table, layout, fp, template_text, progress, number_edges)
     spaces["common"] = build_space("common", params, table, layout, fp, None, progress)
     # one seeded sample of rows for every figure and t-SNE, stratified by K-means' outlier flag if any
     strata = None
@@ -130,7 +135,8 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
         "labels": {s.name: s.display for s in table.schema},
         "units": {s.name: s.unit for s in table.schema},
         "spaces": spaces, "projections": projections,
-        "row_template": {"text": template_text, "source": template_source},
+        "row_template": {"text": template_text, "source": template_source, "numbers": params.llm.numbers,
+                         "number_edges": number_edges},
         "versions": versions(), "segreport": __version__,
         "prepare_seconds": round(time.perf_counter() - t0, 3),
     }
@@ -152,7 +158,7 @@ def space_key(method: str, params: Params, fp: str, template_text: str | None, s
 
 
 def build_space(method: str, params: Params, table: Table, layout: RunLayout, fp: str,
-                template_text: str | None, progress: bool) -> dict:
+                template_text: str | None, progress: bool, number_edges: dict | None = None) -> dict:
     from . import features
 
     d = layout.space(method)
@@ -184,9 +190,9 @@ def build_space(method: str, params: Params, table: Table, layout: RunLayout, fp
         if params.kprototypes.outliers == "ecod":
             outlier_X, _ = features.fit_common(table)
     elif method == "llm":
-        from .embed import embed_texts, render_texts
+        from .embed import embed_texts, row_texts
 
-        texts = render_texts(table.frame, template_text)
+        texts = row_texts(table.frame, template_text, params.llm.numbers, number_edges)
         emb, einfo = embed_texts(texts, params.llm.model, params.llm.precision, params.llm.batch_size,
                                  params.llm.normalize, cache_dir=params.cache_dir, progress=progress,
                                  seed=params.seed)
@@ -300,8 +306,11 @@ def compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     if params.get("outcome") and out_file.exists():
         outcome = outcome_separation(pd.read_parquet(out_file)["outcome"], labels, recommended)
     verdict = rank_methods(layout, recommended, table)
+    numbers = None
+    if "llm" in methods and params["llm"].get("compare_numbers") and recommended["llm"]["k"]:
+        numbers = numbers_experiment(layout, ctx, recommended["llm"]["k"])
     result = {"recommended": recommended, "agreement": agree, "agreement_chosen": chosen, "outcome": outcome,
-              "verdict": verdict}
+              "verdict": verdict, "numbers_experiment": numbers}
     atomic_write_parquet(layout.comparison / "metrics.parquet", table)
     atomic_write_json(layout.comparison / "comparison.json", result)
     return result
@@ -362,3 +371,54 @@ def rank_methods(layout: RunLayout, recommended: dict, table: pd.DataFrame) -> d
         wins[other] = {"wins": int(sum(1 for i in range(n) if a[i] > b[i])), "of": n}
     most_stable = max((m for m in scores if "ari_mean" in scores[m]), key=lambda m: scores[m]["ari_mean"], default=None)
     return {"best": best, "scores": scores, "wins": wins, "most_stable": most_stable}
+
+
+def numbers_experiment(layout: RunLayout, ctx: dict, k: int, max_rows: int = 3000) -> dict:
+    """Does writing numbers as quantile words ('balance: high, 1240') change the LLM segments?
+
+    On a seeded sample, both row-text variants are embedded (the run's own from its space, the
+    other freshly, cached), clustered at the LLM method's recommended k, and compared on
+    stability (bootstrap ARI), separation in the common space, and the outcome where one is given.
+    """
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    from .embed import embed_texts, row_texts
+    from .evaluate import bootstrap_stability
+    from .features import sample_rows
+    from .methods.kmeans import KMeansSegmenter
+
+    p, lp = ctx["params"], ctx["params"]["llm"]
+    seed = int(p["seed"])
+    frame = pd.read_parquet(layout.table)
+    rows = sample_rows(len(frame), max_rows, seed)
+    common = np.load(layout.space("common") / "X.npy")[rows]
+    tpl = ctx["row_template"]
+    own = lp.get("numbers", "plain")
+    other = "words" if own == "plain" else "plain"
+    texts = row_texts(frame.iloc[rows], tpl["text"], other, tpl["number_edges"])
+    X_other, _ = embed_texts(texts, lp["model"], lp["precision"], int(lp["batch_size"]), bool(lp["normalize"]),
+                             cache_dir=p.get("cache_dir"), progress=False, seed=seed)
+    variants = {own: np.load(layout.space("llm") / "X.npy")[rows], other: X_other}
+    out = {"k": k, "rows": int(len(rows)), "run_uses": own, "example": {}, "variants": {}}
+    out["example"][other] = texts[0]
+    out["example"][own] = row_texts(frame.iloc[rows[:1]], tpl["text"], own, tpl["number_edges"])[0]
+    outcome = None
+    if (layout.root / "outcome.parquet").exists():
+        outcome = pd.read_parquet(layout.root / "outcome.parquet")["outcome"].astype(str).to_numpy()[rows]
+    for name, X in variants.items():
+        labels = KMeansSegmenter(k, n_init=3, random_state=seed).fit(X).labels_
+
+        def refit(r, base, X=X):
+            return KMeansSegmenter(k, n_init=3, random_state=seed).fit(X[r]).predict(X[base])
+
+        st = bootstrap_stability(refit, labels, len(labels), 10, seed, len(labels))
+        v = {"common_silhouette": float(silhouette_score(common, labels)), "stability_ari": st["ari_mean"],
+             "stability_sd": st["ari_sd"], "labels": labels}
+        if outcome is not None:
+            pos = "yes" if "yes" in set(outcome) else sorted(set(outcome))[0]
+            rates = [float((outcome[labels == s] == pos).mean()) for s in range(k)]
+            v["outcome_spread"] = max(rates) - min(rates)
+        out["variants"][name] = v
+    out["agreement_ari"] = float(adjusted_rand_score(out["variants"][own].pop("labels"),
+                                                     out["variants"][other].pop("labels")))
+    return out

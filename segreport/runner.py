@@ -39,7 +39,13 @@ def run(params: Params, progress: bool = True, root: Path = Path("."), build_sit
     workers = params.workers or (os.cpu_count() or 1)
     try:
         t1 = time.perf_counter()
-        statuses = run_grid(layout, ctx, cells, workers, manifest, progress=progress, project=root)
+        if params.executor == "dask":
+            from .dask_grid import run_grid_dask
+
+            statuses = run_grid_dask(layout, ctx, cells, workers, manifest, progress=progress, project=root,
+                                     scheduler=params.scheduler)
+        else:
+            statuses = run_grid(layout, ctx, cells, workers, manifest, progress=progress, project=root)
         manifest["timings"]["grid"] = round(time.perf_counter() - t1, 3)
         current = {f"{m}/k{k}" for m, k in cells}
         run_statuses = {n: s for n, s in statuses.items() if n in current}

