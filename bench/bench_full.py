@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 BANK = ROOT.parent / "shared" / "data" / "bank-marketing" / "train.csv"

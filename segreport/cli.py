@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import SegreportError, __version__

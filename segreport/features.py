@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransformer, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransformer
 
 from .data import Table
 

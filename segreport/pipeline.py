@@ -126,7 +126,7 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
     context = {
         "params": params_to_dict(params),
         "data": {"path": str(data_path), "file_sha256": table.file_sha256, "fingerprint": fp,
-                 "rows": int(len(table.frame)), "columns_in_file": None, "encoding": table.encoding,
+                 "rows": int(len(table.frame)), "encoding": table.encoding,
                  "delimiter": table.delimiter, "demo": demo, "notes": table.notes,
                  "decisions": table.decisions, "outcome": params.outcome},
         "schema": [s.model_dump(mode="json") for s in table.schema],

@@ -27,7 +27,7 @@ from markupsafe import Markup
 
 from . import SegreportError
 from . import figures as F
-from .pipeline import SPACE_OF, resolve_data, run_dir
+from .pipeline import SPACE_OF, run_dir
 from .store import RunLayout, atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 PROJECT = Path(__file__).resolve().parent.parent

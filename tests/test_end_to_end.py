@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
 
 from segreport.demo import write_demo
 
-from .conftest import ROOT, make_workdir
+from .conftest import make_workdir
 
 KS = [2, 3]
 METHODS = ["kmeans", "kprototypes", "llm"]

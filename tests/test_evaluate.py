@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 from sklearn.datasets import make_blobs
 
 from segreport.evaluate import bootstrap_stability, elbow_k, recommend_k, validity

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
-import pytest
 from bs4 import BeautifulSoup
 
 from segreport.demo import generate, write_demo
