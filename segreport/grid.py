@@ -72,6 +72,9 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
     out_dir = Path(run_dir) / "cells" / method / f"k{k}"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".notebook.tmp.ipynb"
+    # the kernel inherits this worker's stderr: send its chatter to the cell's log, not the terminal
+    log = open(out_dir / "kernel.log", "ab")
+    os.dup2(log.fileno(), 2)
     t0 = time.perf_counter()
     status = {"status": "done", "error": None}
     try:
