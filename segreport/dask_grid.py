@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import SegreportError
-from .grid import _execute, _safe_json, _write_manifest, analysis_dir, cell_key, ensure_kernel, record_cell
+from .grid import _execute, analysis_dir, cells_to_run, ensure_kernel, record_cell
 from .store import RunLayout
 
 
@@ -50,19 +50,7 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
     ensure_kernel()
     project = (project or Path.cwd()).resolve()
     analysis = analysis_dir(ctx)
-    todo, statuses = [], manifest.setdefault("cells", {})
-    for method, k in cells:
-        name = f"{method}/k{k}"
-        ck = cell_key(ctx, method, k)
-        done = layout.cell(method, k) / "done.json"
-        if done.exists() and _safe_json(done).get("key") == ck and (layout.cell(method, k) / "metrics.json").exists():
-            prev = statuses.get(name, {})
-            statuses[name] = {**prev, "status": "done", "reused": True, "key": ck, "error": None,
-                              "notebook": str(layout.cell(method, k) / "notebook.ipynb")}
-            statuses[name].setdefault("wall_seconds", _safe_json(done).get("wall_seconds"))
-        else:
-            todo.append((method, k, ck))
-    _write_manifest(layout, manifest)
+    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
     if not todo:
         return statuses
 

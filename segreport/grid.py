@@ -73,8 +73,10 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".notebook.tmp.ipynb"
     # the kernel inherits this worker's stderr: send its chatter to the cell's log, not the terminal
-    log = open(out_dir / "kernel.log", "ab")
-    os.dup2(log.fileno(), 2)
+    # (restored afterwards; a worker runs one cell at a time)
+    saved_stderr = os.dup(2)
+    with open(out_dir / "kernel.log", "ab") as log:
+        os.dup2(log.fileno(), 2)
     t0 = time.perf_counter()
     status = {"status": "done", "error": None}
     try:
@@ -85,20 +87,18 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
         status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
     except Exception as exc:  # kernel died, could not start, ...
         status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
     if tmp.exists():
         os.replace(tmp, out_dir / "notebook.ipynb")
     status["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return status
 
 
-def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
-             progress: bool = True, project: Path | None = None) -> dict:
-    """Execute the cells not already done; update the manifest as each finishes."""
-    from tqdm.auto import tqdm
-
-    ensure_kernel()
-    project = (project or Path.cwd()).resolve()
-    analysis = analysis_dir(ctx)
+def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict):
+    """Mark the cells whose inputs did not change since they succeeded as reused; return the rest
+    as (method, k, key), and the manifest's cell statuses. Shared by every executor."""
     todo, statuses = [], manifest.setdefault("cells", {})
     for method, k in cells:
         name = f"{method}/k{k}"
@@ -112,6 +112,18 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
         else:
             todo.append((method, k, ck))
     _write_manifest(layout, manifest)
+    return todo, statuses
+
+
+def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
+             progress: bool = True, project: Path | None = None) -> dict:
+    """Execute the cells not already done; update the manifest as each finishes."""
+    from tqdm.auto import tqdm
+
+    ensure_kernel()
+    project = (project or Path.cwd()).resolve()
+    analysis = analysis_dir(ctx)
+    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
     if not todo:
         return statuses
     workers = max(1, min(workers, len(todo)))
