@@ -132,14 +132,14 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
         own = {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None,
                "note": "K-Prototypes' space has no Euclidean geometry; see the common space"}
     else:
-        own = validity(X_own, labels, sil_n, seed, metric="cosine" if method == "llm" else "euclidean")
+        # Euclidean in every own space: on normalised embeddings it is what K-means minimises
+        own = validity(X_own, labels, sil_n, seed)
     common_m = validity(common, labels, sil_n, seed)
     own_fitted = None
     if outliers is not None and X_own is not None and outliers.any():
         # the seed article scored K-means on the rows kept after ECOD: reported beside the full-data numbers
         keep = ~outliers
-        own_fitted = validity(X_own[keep], labels[keep], sil_n, seed,
-                              metric="cosine" if method == "llm" else "euclidean")
+        own_fitted = validity(X_own[keep], labels[keep], sil_n, seed)
     t_metrics = time.perf_counter() - t0 - t_fit - t_stab
     ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params["lgbm_folds"]),
                    max_rows=int(params["explain_rows"]),

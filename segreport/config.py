@@ -251,7 +251,10 @@ def load_params(path: str | Path | None, overrides: dict | None = None) -> Param
     try:
         return Params.model_validate(merged)
     except ValidationError as err:
-        raise SegreportError(explain_validation_error(err, source)) from None
+        top = str(err.errors()[0]["loc"][0]) if err.errors()[0]["loc"] else ""
+        given = {k.split(".")[0] for k, v in (overrides or {}).items() if v is not None}
+        where = "command line" if top in given else source
+        raise SegreportError(explain_validation_error(err, where)) from None
 
 
 def params_to_dict(params: Params) -> dict:

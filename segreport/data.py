@@ -290,7 +290,7 @@ def normalise(df: pd.DataFrame, schema: list[ColumnSpec], path: str, max_levels:
             if inf.any():
                 raise SegreportError(
                     f"{path}: column '{spec.name}' holds an infinite or absurdly large value "
-                    f"({num[inf].iloc[0]!r}, beyond ±{ABSURD:.0e}) at row(s) {_rows(inf)}"
+                    f"({float(num[inf].iloc[0])!r}, beyond ±{ABSURD:.0e}) at row(s) {_rows(inf)}"
                 )
             if num.isna().any():
                 notes.append(f"'{spec.name}': {int(num.isna().sum())} missing value(s) imputed with the median")

@@ -8,12 +8,14 @@ others. Only this (parent) process writes the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 from . import SegreportError, __version__
@@ -45,12 +47,21 @@ def analysis_dir(ctx: dict) -> Path:
     return Path(name).resolve() if name else ANALYSIS
 
 
+@lru_cache(maxsize=1)
+def code_hash() -> str:
+    """sha256 of the library's source: a cell computed by other code is not reused."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cell_key(ctx: dict, method: str, k: int) -> str:
     p = ctx["params"]
     explain = {n: p.get(n) for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size",
                                      "explain_rows", "stability_resamples", "stability_sample")}
     return key(__version__, method, k, p["seed"], p[method], ctx["spaces"][method]["key"],
-               ctx["spaces"]["common"]["key"], explain, notebook_hash(ctx, method))
+               ctx["spaces"]["common"]["key"], explain, notebook_hash(ctx, method), code_hash())
 
 
 def notebook_hash(ctx: dict, method: str) -> str:
