@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import SegreportError
 from .config import METHODS, ColumnSpec
-from .data import _FALSE, _TRUE, ABSURD, MISSING_LEVEL, OTHER_LEVEL, _rows, read_raw, resolve_schema, to_number
+from .data import _FALSE, _TRUE, MISSING_LEVEL, OTHER_LEVEL, parse_numeric, read_raw, resolve_schema
 from .store import RunLayout, atomic_write_text, read_json
 
 RESULT_COLUMNS = ("segment", "segment_name", "persona", "outlier", "distance")
@@ -127,17 +127,7 @@ def normalise_new(df: pd.DataFrame, schema: list[ColumnSpec], train: pd.DataFram
     for spec in used:
         s = df[spec.name].reset_index(drop=True)
         if spec.kind == "numeric":
-            num = to_number(s)
-            bad = num.isna() & s.notna()
-            if bad.any():
-                examples = ", ".join(repr(str(v)) for v in s[bad].head(3))
-                raise SegreportError(
-                    f"{path}: column '{spec.name}' is numeric but holds text at row(s) {_rows(bad)}: {examples}")
-            inf = ~np.isfinite(num.fillna(0.0)) | (num.abs() > ABSURD)
-            if inf.any():
-                raise SegreportError(
-                    f"{path}: column '{spec.name}' holds an infinite or absurdly large value "
-                    f"({num[inf].iloc[0]!r}, beyond ±{ABSURD:.0e}) at row(s) {_rows(inf)}")
+            num = parse_numeric(s, spec.name, path)
             if num.isna().any():
                 facts["imputed"] += int(num.isna().sum())
                 # the training column was imputed with its own median, which leaves the median unchanged

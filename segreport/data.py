@@ -265,6 +265,22 @@ def _rows(mask: pd.Series, limit: int = 3) -> str:
     return ", ".join(str(i + 2) for i in idx)
 
 
+def parse_numeric(s: pd.Series, name: str, path: str) -> pd.Series:
+    """A numeric column as floats (missing stays NaN); text, infinities and absurd magnitudes are errors."""
+    num = to_number(s)
+    bad = num.isna() & s.notna()
+    if bad.any():
+        examples = ", ".join(repr(str(v)) for v in s[bad].head(3))
+        raise SegreportError(f"{path}: column '{name}' is numeric but holds text at row(s) {_rows(bad)}: {examples}")
+    inf = ~np.isfinite(num.fillna(0.0)) | (num.abs() > ABSURD)
+    if inf.any():
+        raise SegreportError(
+            f"{path}: column '{name}' holds an infinite or absurdly large value "
+            f"({float(num[inf].iloc[0])!r}, beyond ±{ABSURD:.0e}) at row(s) {_rows(inf)}"
+        )
+    return num
+
+
 def normalise(df: pd.DataFrame, schema: list[ColumnSpec], path: str, max_levels: int = 30,
               min_level_share: float = 0.0) -> tuple[pd.DataFrame, list[ColumnSpec], list[str]]:
     """Typed, clean columns for the used part of the schema; notes on what was changed."""
@@ -279,19 +295,7 @@ def normalise(df: pd.DataFrame, schema: list[ColumnSpec], path: str, max_levels:
         if s.isna().all():
             raise SegreportError(f"{path}: column '{spec.name}' is entirely missing")
         if spec.kind == "numeric":
-            num = to_number(s)
-            bad = num.isna() & s.notna()
-            if bad.any():
-                examples = ", ".join(repr(str(v)) for v in s[bad].head(3))
-                raise SegreportError(
-                    f"{path}: column '{spec.name}' is numeric but holds text at row(s) {_rows(bad)}: {examples}"
-                )
-            inf = ~np.isfinite(num.fillna(0.0)) | (num.abs() > ABSURD)
-            if inf.any():
-                raise SegreportError(
-                    f"{path}: column '{spec.name}' holds an infinite or absurdly large value "
-                    f"({float(num[inf].iloc[0])!r}, beyond ±{ABSURD:.0e}) at row(s) {_rows(inf)}"
-                )
+            num = parse_numeric(s, spec.name, path)
             if num.isna().any():
                 notes.append(f"'{spec.name}': {int(num.isna().sum())} missing value(s) imputed with the median")
                 num = num.fillna(float(num.median()))
