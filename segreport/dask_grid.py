@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import SegreportError
-from .grid import _execute, analysis_dir, cells_to_run, ensure_kernel, record_cell
+from .grid import _execute, ensure_kernel, record_cell, start_grid
 from .store import RunLayout
 
 
@@ -47,10 +47,7 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
     """Execute the cells not already done as Dask tasks; update the manifest as each finishes."""
     from tqdm.auto import tqdm
 
-    ensure_kernel()
-    project = (project or Path.cwd()).resolve()
-    analysis = analysis_dir(ctx)
-    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
+    project, analysis, todo, statuses = start_grid(layout, ctx, cells, manifest, project)
     if not todo:
         return statuses
 

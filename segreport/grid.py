@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import SegreportError, __version__
-from .store import RunLayout, atomic_write_json, key, read_json, sha256_file
+from .store import RunLayout, atomic_write_json, key, read_json_or_empty, sha256_file
 
 KERNEL = "segreport"
 ANALYSIS = Path(__file__).resolve().parent.parent / "analysis"
@@ -115,15 +115,23 @@ def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], man
         name = f"{method}/k{k}"
         ck = cell_key(ctx, method, k)
         done = layout.cell(method, k) / "done.json"
-        if done.exists() and _safe_json(done).get("key") == ck and (layout.cell(method, k) / "metrics.json").exists():
+        if done.exists() and read_json_or_empty(done).get("key") == ck and (layout.cell(method, k) / "metrics.json").exists():
             prev = statuses.get(name, {})
             statuses[name] = {**prev, "status": "done", "reused": True, "key": ck, "error": None,
                               "notebook": str(layout.cell(method, k) / "notebook.ipynb")}
-            statuses[name].setdefault("wall_seconds", _safe_json(done).get("wall_seconds"))
+            statuses[name].setdefault("wall_seconds", read_json_or_empty(done).get("wall_seconds"))
         else:
             todo.append((method, k, ck))
     _write_manifest(layout, manifest)
     return todo, statuses
+
+
+def start_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict,
+               project: Path | None):
+    """What every executor does first: the kernel spec, the folders, and the cells left to run."""
+    ensure_kernel()
+    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
+    return (project or Path.cwd()).resolve(), analysis_dir(ctx), todo, statuses
 
 
 def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
@@ -131,10 +139,7 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
     """Execute the cells not already done; update the manifest as each finishes."""
     from tqdm.auto import tqdm
 
-    ensure_kernel()
-    project = (project or Path.cwd()).resolve()
-    analysis = analysis_dir(ctx)
-    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
+    project, analysis, todo, statuses = start_grid(layout, ctx, cells, manifest, project)
     if not todo:
         return statuses
     workers = max(1, min(workers, len(todo)))
@@ -179,13 +184,6 @@ def record_cell(layout: RunLayout, manifest: dict, method: str, k: int, ck: str,
     manifest.setdefault("cells", {})[f"{method}/k{k}"] = st
     _write_manifest(layout, manifest)
     return st
-
-
-def _safe_json(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
 
 
 def _write_manifest(layout: RunLayout, manifest: dict) -> None:

@@ -21,7 +21,8 @@ from . import SegreportError, __version__
 from .config import Params, params_to_dict
 from .data import Table, check_k, load_table
 from .demo import is_demo, write_demo
-from .store import (RunLayout, atomic_write_json, atomic_write_npy, atomic_write_parquet, key, read_json)
+from .store import (RunLayout, atomic_write_json, atomic_write_npy, atomic_write_parquet, key, read_json,
+                    read_json_or_empty)
 
 SPACE_OF = {"kmeans": "kmeans", "kprototypes": "common", "llm": "llm"}  # projection space per method
 PACKAGES = ("segreport", "numpy", "pandas", "scikit-learn", "pyod", "lightgbm", "shap", "kmodes", "numba",
@@ -99,7 +100,7 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
     if table.outcome is not None:
         # stored beside the table for the comparison only; never read by any model
         atomic_write_parquet(layout.root / "outcome.parquet", pd.DataFrame({"outcome": table.outcome.astype(str)}))
-    if not layout.table.exists() or read_json_safe(layout.root / "table.json").get("fingerprint") != fp:
+    if not layout.table.exists() or read_json_or_empty(layout.root / "table.json").get("fingerprint") != fp:
         atomic_write_parquet(layout.table, table_frame)
         atomic_write_json(layout.root / "table.json", {"fingerprint": fp})
     threads = threads_per_worker(1)
@@ -144,13 +145,6 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
     return layout, context
 
 
-def read_json_safe(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
-
-
 def space_key(method: str, params: Params, fp: str, template_text: str | None, schema: list) -> str:
     mp = getattr(params, method, None)
     return key(__version__, method, fp, [s.model_dump(mode="json") for s in schema],
@@ -164,7 +158,7 @@ def build_space(method: str, params: Params, table: Table, layout: RunLayout, fp
     d = layout.space(method)
     k = space_key(method, params, fp, template_text, table.schema)
     info_path = d / "info.json"
-    old = read_json_safe(info_path)
+    old = read_json_or_empty(info_path)
     if old.get("key") == k:
         return old
     t0 = time.perf_counter()
@@ -239,7 +233,7 @@ def build_projection(name: str, params: Params, table: Table, layout: RunLayout,
     src_key = spaces[name]["key"] if name in spaces else fp
     k = key("projection", name, src_key, rows.tolist(), params.seed)
     info_path = layout.root / "projections" / f"{name}.json"
-    old = read_json_safe(info_path)
+    old = read_json_or_empty(info_path)
     if old.get("key") == k and layout.projection(name).exists():
         return old
     t0 = time.perf_counter()

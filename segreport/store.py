@@ -68,6 +68,14 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_json_or_empty(path: str | Path) -> dict:
+    """A JSON file's contents, or {} where it is missing or unreadable (a stale or interrupted write)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
 def atomic_write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

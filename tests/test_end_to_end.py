@@ -135,8 +135,6 @@ def test_pdf_has_the_report(demo_run):
     text = "\n".join(p.extract_text() for p in pdf.pages)
     for heading in ("Overview", "K-means", "K-Prototypes", "LLM embeddings", "Segment personas", "Comparison of methods"):
         assert heading in text
-    cards = json.loads((wd / "results" / "demo" / "cells" / "kmeans" / "k2" / "personas.json").read_text())
-    names = [c["name"] for c in cards]
     manifest = json.loads((wd / "results" / "demo" / "manifest.json").read_text())
     chosen = json.loads((wd / "results" / "demo" / "cells" / "kmeans" / f"k{manifest['recommended']['kmeans']}"
                          / "personas.json").read_text())
