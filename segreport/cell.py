@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluate import validity
-from .explain import surrogate
+from .explain import surrogate, surrogate_dask
 from .personas import personas, profile
 from .pipeline import load_space
 from .store import RunLayout, atomic_write_json, atomic_write_parquet, read_json
@@ -27,13 +27,15 @@ def _threads() -> int:
     return int(os.environ.get("SEGREPORT_THREADS", os.cpu_count() or 1))
 
 
-def make_segmenter(method: str, k: int, mp: dict, seed: int, n_init: int | None = None):
-    """The method's estimator, unfitted, with the run's parameters."""
+def make_segmenter(method: str, k: int, mp: dict, seed: int, n_init: int | None = None, scale: dict | None = None):
+    """The method's estimator, unfitted, with the run's parameters (and its scale path: see pipeline.scale_plan)."""
     from .methods.kmeans import KMeansSegmenter
 
     n_init = n_init or mp["n_init"]
+    scale = scale or {}
     if method in ("kmeans", "llm"):
-        return KMeansSegmenter(n_clusters=k, n_init=n_init, max_iter=mp["max_iter"], random_state=seed)
+        return KMeansSegmenter(n_clusters=k, n_init=n_init, max_iter=mp["max_iter"], random_state=seed,
+                               algorithm=scale.get("kmeans") or "lloyd", batch_size=scale.get("batch_size") or 8192)
     if method == "kprototypes":
         from .methods.kprototypes import KPrototypesSegmenter
 
@@ -61,11 +63,11 @@ def predict_rows(method: str, model, space: dict, rows: np.ndarray) -> np.ndarra
     return model.predict(space["X"][rows])
 
 
-def fit_method(method: str, k: int, space: dict, params: dict, seed: int):
+def fit_method(method: str, k: int, space: dict, params: dict, seed: int, scale: dict | None = None):
     """The fitted segmenter, its labels, cost and own-space matrix for metrics."""
     mp = params[method]
     n = len(space["X_num"] if method == "kprototypes" else space["X"])
-    model = fit_rows(method, make_segmenter(method, k, mp, seed), space, np.arange(n))
+    model = fit_rows(method, make_segmenter(method, k, mp, seed, scale=scale), space, np.arange(n))
     if method == "kprototypes":
         dist = model.transform(space["X_num"], space["X_cat"])
         cost = float(model.cost_)
@@ -79,7 +81,7 @@ def fit_method(method: str, k: int, space: dict, params: dict, seed: int):
 
 
 def stability(method: str, k: int, space: dict, params: dict, seed: int, labels: np.ndarray,
-              common: np.ndarray) -> dict | None:
+              common: np.ndarray, scale: dict | None = None) -> dict | None:
     """Bootstrap refits (fewer inits, same algorithm) on a seeded subsample; see evaluate.bootstrap_stability."""
     from sklearn.metrics import silhouette_score
 
@@ -92,7 +94,7 @@ def stability(method: str, k: int, space: dict, params: dict, seed: int, labels:
     mp = params[method]
 
     def refit(rows, base):
-        model = make_segmenter(method, k, mp, seed, n_init=min(3, mp["n_init"]))
+        model = make_segmenter(method, k, mp, seed, n_init=min(3, mp["n_init"]), scale=scale)
         return predict_rows(method, fit_rows(method, model, space, rows), space, base)
 
     score_rows = None
@@ -118,11 +120,12 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
     frame = pd.read_parquet(layout.table)
     space = load_space(layout, method)
     common = load_space(layout, "common")["X"]
-    model, labels, cost, X_own, dist = fit_method(method, k, space, params, seed)
+    scale = ctx.get("scale") or {}
+    model, labels, cost, X_own, dist = fit_method(method, k, space, params, seed, scale)
     outliers = space.get("outliers")
     t_fit = time.perf_counter() - t0
     t_stab = time.perf_counter()
-    stab = stability(method, k, space, params, seed, labels, common)
+    stab = stability(method, k, space, params, seed, labels, common, scale)
     t_stab = time.perf_counter() - t_stab
     labels_df = pd.DataFrame({"row": np.arange(len(labels), dtype=np.int64), "segment": labels.astype(np.int64),
                               "outlier": outliers.astype(bool) if outliers is not None else np.zeros(len(labels), bool),
@@ -141,9 +144,15 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
         keep = ~outliers
         own_fitted = validity(X_own[keep], labels[keep], sil_n, seed)
     t_metrics = time.perf_counter() - t0 - t_fit - t_stab
-    ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params["lgbm_folds"]),
-                   max_rows=int(params["explain_rows"]),
-                   shap_sample=int(params["shap_sample"]), threads=_threads())
+    scheduler = os.environ.get("SEGREPORT_DASK_SCHEDULER")
+    if scale.get("lightgbm") == "dask" and scheduler:
+        ex = surrogate_dask(frame, labels, ctx["used"]["categorical"], scheduler, seed=seed,
+                            holdout=int(scale["holdout"]), rounds=int(scale["lightgbm_rounds"]),
+                            shap_sample=int(params["shap_sample"]), threads=_threads())
+    else:
+        ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params["lgbm_folds"]),
+                       max_rows=int(params["explain_rows"]),
+                       shap_sample=int(params["shap_sample"]), threads=_threads())
     t_explain = time.perf_counter() - t0 - t_fit - t_stab - t_metrics
     prof = profile(frame, labels, ctx["used"]["numeric"], ctx["used"]["categorical"],
                    int(params["min_segment_size"]))
@@ -158,7 +167,10 @@ def run_cell(run_dir: str | Path, method: str, k: int) -> dict:
         "own": own, "common": common_m, "own_fitted_rows": own_fitted,
         "stability": {k_: v for k_, v in stab.items() if k_ not in ("ari", "common_silhouette")} if stab else None,
         "lgbm_accuracy": ex["accuracy"], "lgbm_folds": ex["folds"], "lgbm_cv_rows": ex["cv_rows"],
+        "lgbm_engine": ex["engine"], "lgbm_validation": ex["validation"], "lgbm_holdout_rows": ex.get("holdout_rows"),
         "shap_rows": ex["shap_rows"],
+        "algorithm": "K-Prototypes" if method == "kprototypes"
+        else "MiniBatchKMeans" if scale.get("kmeans") == "minibatch" else "KMeans (Lloyd)",
     }
     if method == "kprototypes":
         metrics["gamma"] = float(model.gamma_)

@@ -38,6 +38,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="with --executor dask: the Dask scheduler to send cells to, e.g. tcp://host:8786 "
                         "(its workers need segreport installed and the results folder at the same path); "
                         "default: start a local Dask cluster")
+    p.add_argument("--scale-threshold", dest="scale.threshold", type=int, metavar="ROWS",
+                   help="tables of at least this many rows take the scalable path: MiniBatchKMeans, ECOD fitted "
+                        "on a sample, LightGBM on the Dask cluster with --executor dask (default: 200000)")
     p.add_argument("--outcome", help="column whose share per segment the report compares (never used for fitting)")
     p.add_argument("--model", dest="llm.model", help="sentence-transformers model name or folder (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--precision", dest="llm.precision", choices=["auto", "bf16", "fp32"],
@@ -51,7 +54,7 @@ def _overrides(ns: argparse.Namespace, keys: list[str]) -> dict:
 
 
 RUN_KEYS = ["data", "run", "results", "site", "methods", "k", "seed", "workers", "outcome", "llm.model",
-            "llm.precision", "kprototypes.engine", "executor", "scheduler"]
+            "llm.precision", "kprototypes.engine", "executor", "scheduler", "scale.threshold"]
 
 
 def _params(ns, extra: dict | None = None):

@@ -87,6 +87,16 @@ class LLMParams(_Strict):
     compare_numbers: bool = True  # also try the other `numbers` option on a sample and report the difference
 
 
+class ScaleParams(_Strict):
+    """The path for large tables: at `threshold` rows and past it, each heavy step runs its scalable form."""
+
+    threshold: int = Field(200_000, ge=1)  # rows; a table this large takes the scalable path
+    batch_size: int = Field(8192, ge=64)  # MiniBatchKMeans rows per step
+    lightgbm_rounds: int = Field(100, ge=10)  # boosting rounds of LightGBM's Dask interface (no early stopping there)
+    holdout: int = Field(20_000, ge=100)  # seeded rows held out of the Dask LightGBM fit to measure its accuracy
+    ecod_sample: int = Field(100_000, ge=1000)  # ECOD fitted on this many seeded rows; every row is scored
+
+
 class Params(_Strict):
     """Everything a run depends on. Every key can be set in params.yml or on the CLI."""
 
@@ -118,6 +128,7 @@ class Params(_Strict):
     kmeans: KMeansParams = Field(default_factory=KMeansParams)
     kprototypes: KPrototypesParams = Field(default_factory=KPrototypesParams)
     llm: LLMParams = Field(default_factory=LLMParams)
+    scale: ScaleParams = Field(default_factory=ScaleParams)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -188,7 +199,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (ColumnSpec, KMeansParams, KPrototypesParams, LLMParams):
+        for cand in (ColumnSpec, KMeansParams, KPrototypesParams, LLMParams, ScaleParams):
             if ann is cand or cand.__name__ in str(ann):
                 model = cand
                 break

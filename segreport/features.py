@@ -156,13 +156,30 @@ def fit_mixed(table: Table) -> tuple[np.ndarray, np.ndarray, MixedEncoder]:
     return xn, xc, enc
 
 
-def ecod_outliers(X: np.ndarray, contamination: float):
-    """ECOD (pyod) outlier flags on a feature space; returns (flags, scores, fitted detector)."""
+def ecod_outliers(X: np.ndarray, contamination: float, sample: int | None = None, seed: int = 0):
+    """ECOD (pyod) outlier flags on a feature space; returns (flags, scores, fitted detector).
+
+    With `sample` (the scalable path), ECOD is fitted on that many seeded rows, whose scores
+    set the threshold, and every row is scored block by block: ECOD holds several float64
+    copies of what it scores (about 15 GB for a million 384-dimensional embeddings at once).
+    """
     from pyod.models.ecod import ECOD
 
     det = ECOD(contamination=contamination)
-    det.fit(X)
-    return det.labels_.astype(bool), det.decision_scores_.astype(np.float64), det
+    if not sample or sample >= len(X):
+        det.fit(X)
+        flags, scores = det.labels_.astype(bool), det.decision_scores_.astype(np.float64)
+    else:
+        det.fit(np.asarray(X[sample_rows(len(X), sample, seed)]))
+        scores = np.empty(len(X), dtype=np.float64)
+        block = 50_000
+        for lo in range(0, len(X), block):
+            scores[lo:lo + block] = det.decision_function(np.asarray(X[lo:lo + block]))
+        flags = scores > det.threshold_
+    for scratch in ("U_l", "U_r", "U_skew", "O"):  # per-call working arrays: not needed to score new rows
+        if hasattr(det, scratch):
+            delattr(det, scratch)
+    return flags, scores, det
 
 
 def sample_rows(n: int, size: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:

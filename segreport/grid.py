@@ -60,8 +60,9 @@ def cell_key(ctx: dict, method: str, k: int) -> str:
     p = ctx["params"]
     explain = {n: p.get(n) for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size",
                                      "explain_rows", "stability_resamples", "stability_sample")}
+    scale = {n: v for n, v in (ctx.get("scale") or {}).items() if n not in ("rows", "threshold")}
     return key(__version__, method, k, p["seed"], p[method], ctx["spaces"][method]["key"],
-               ctx["spaces"]["common"]["key"], explain, notebook_hash(ctx, method), code_hash())
+               ctx["spaces"]["common"]["key"], explain, scale, notebook_hash(ctx, method), code_hash())
 
 
 def notebook_hash(ctx: dict, method: str) -> str:
@@ -71,10 +72,14 @@ def notebook_hash(ctx: dict, method: str) -> str:
     return sha256_file(path)[:16]
 
 
-def _execute(project: str, run_dir: str, method: str, k: int, threads: int, analysis: str) -> dict:
-    """Worker: execute analysis/<method>.ipynb for one k with papermill."""
+def _execute(project: str, run_dir: str, method: str, k: int, threads: int, analysis: str,
+             env: dict | None = None) -> dict:
+    """Worker: execute analysis/<method>.ipynb for one k with papermill. `env`: extra variables for
+    its kernel (the Dask executor passes its scheduler's address for LightGBM's Dask interface)."""
     import papermill as pm
 
+    os.environ.pop("SEGREPORT_DASK_SCHEDULER", None)  # a worker process runs many cells: no leftovers
+    os.environ.update(env or {})
     for var in ("SEGREPORT_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         os.environ[var] = str(threads)

@@ -80,8 +80,24 @@ def read_template(params: Params, table: Table, root: Path) -> tuple[str, str]:
     return schema_template(table.schema), "generated from the schema"
 
 
-def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tuple[RunLayout, dict]:
-    """Load + validate the data, build each needed feature space and its projections."""
+def scale_plan(params: Params, rows: int, dask_lightgbm: bool) -> dict:
+    """Which path each heavy step takes for a table of `rows` rows (written into the context and the report)."""
+    s = params.scale
+    scalable = rows >= s.threshold
+    return {"threshold": s.threshold, "rows": rows, "scalable": scalable,
+            "kmeans": "minibatch" if scalable else "lloyd", "batch_size": s.batch_size if scalable else None,
+            "ecod_sample": s.ecod_sample if scalable and rows > s.ecod_sample else None,
+            "lightgbm": "dask" if scalable and dask_lightgbm else "local",
+            "lightgbm_rounds": s.lightgbm_rounds if scalable and dask_lightgbm else None,
+            "holdout": s.holdout if scalable and dask_lightgbm else None}
+
+
+def prepare(params: Params, root: Path = Path("."), progress: bool = True, session=None) -> tuple[RunLayout, dict]:
+    """Load + validate the data, build each needed feature space and its projections.
+
+    With a Dask session (`--executor dask`) each feature space is built as a task on the
+    cluster and the embedding's parts are embedded by the workers (see dask_grid).
+    """
     t0 = time.perf_counter()
     data_path = resolve_data(params, root)
     table = load_table(data_path, params.schema, params.outcome)
@@ -104,15 +120,27 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
         atomic_write_parquet(layout.table, table_frame)
         atomic_write_json(layout.root / "table.json", {"fingerprint": fp})
     threads = threads_per_worker(1)
+    scale = scale_plan(params, len(table.frame), session is not None and session.spare_thread)
     spaces = {}
     number_edges = None
     if "llm" in params.methods:
         from .embed import quantile_edges
 
         number_edges = quantile_edges(table.frame, table.numeric)
-    for method in params.methods:
-        spaces[method] = build_space(method, params, table, layout, fp, template_text, progress, number_edges)
-    spaces["common"] = build_space("common", params, table, layout, fp, None, progress)
+    names = [m for m in params.methods if m != "llm"] + ["common"]
+    if session is None:
+        for name in names:
+            spaces[name] = build_space(name, params, table, layout, fp, None, progress, scale=scale)
+    else:
+        shared = session.client.scatter(table, direct=False)
+        # submitted first: the workers build these while this process renders the texts to embed
+        pending = session.submit_jobs({name: (build_space, (name, params, shared, layout, fp, None, False, None,
+                                                            scale)) for name in names}, "space")
+    if "llm" in params.methods:
+        spaces["llm"] = build_space("llm", params, table, layout, fp, template_text, progress, number_edges,
+                                    scale=scale, run_parts=session.run_parts if session else None)
+    if session is not None:
+        spaces.update(session.gather(pending, progress, "feature spaces"))
     # one seeded sample of rows for every figure and t-SNE, stratified by K-means' outlier flag if any
     strata = None
     out_file = layout.space("kmeans") / "outliers.npy"
@@ -135,7 +163,7 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
                  "binary": [c.name for c in table.used if c.kind == "binary"]},
         "labels": {s.name: s.display for s in table.schema},
         "units": {s.name: s.unit for s in table.schema},
-        "spaces": spaces, "projections": projections,
+        "spaces": spaces, "projections": projections, "scale": scale,
         "row_template": {"text": template_text, "source": template_source, "numbers": params.llm.numbers,
                          "number_edges": number_edges},
         "versions": versions(), "segreport": __version__,
@@ -145,18 +173,23 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True) -> tu
     return layout, context
 
 
-def space_key(method: str, params: Params, fp: str, template_text: str | None, schema: list) -> str:
+def space_key(method: str, params: Params, fp: str, template_text: str | None, schema: list,
+              ecod_sample: int | None = None) -> str:
     mp = getattr(params, method, None)
     return key(__version__, method, fp, [s.model_dump(mode="json") for s in schema],
-               mp.model_dump(mode="json") if mp is not None else None, template_text)
+               mp.model_dump(mode="json") if mp is not None else None, template_text, ecod_sample, params.seed)
 
 
 def build_space(method: str, params: Params, table: Table, layout: RunLayout, fp: str,
-                template_text: str | None, progress: bool, number_edges: dict | None = None) -> dict:
+                template_text: str | None, progress: bool, number_edges: dict | None = None,
+                scale: dict | None = None, run_parts=None) -> dict:
+    """One feature space in results/<run>/spaces/<method>/ (reused when its key is unchanged).
+    Runs in this process, or as a Dask task (then `table` arrives as the scattered table)."""
     from . import features
 
     d = layout.space(method)
-    k = space_key(method, params, fp, template_text, table.schema)
+    ecod_sample = (scale or {}).get("ecod_sample")
+    k = space_key(method, params, fp, template_text, table.schema, ecod_sample)
     info_path = d / "info.json"
     old = read_json_or_empty(info_path)
     if old.get("key") == k:
@@ -186,19 +219,23 @@ def build_space(method: str, params: Params, table: Table, layout: RunLayout, fp
     elif method == "llm":
         from .embed import embed_texts, row_texts
 
+        t_texts = time.perf_counter()
         texts = row_texts(table.frame, template_text, params.llm.numbers, number_edges)
+        einfo_texts = round(time.perf_counter() - t_texts, 3)
         emb, einfo = embed_texts(texts, params.llm.model, params.llm.precision, params.llm.batch_size,
                                  params.llm.normalize, cache_dir=params.cache_dir, progress=progress,
-                                 seed=params.seed)
+                                 seed=params.seed, run_parts=run_parts)
         atomic_write_npy(d / "X.npy", emb)
-        info.update(embedding=einfo, dims=int(emb.shape[1]), example_text=texts[0] if texts else "")
+        info.update(embedding=einfo, dims=int(emb.shape[1]), example_text=texts[0] if texts else "",
+                    texts_seconds=einfo_texts)
         outlier_X = emb
     mp = getattr(params, method, None)
     if mp is not None and getattr(mp, "outliers", "none") == "ecod" and outlier_X is not None:
-        flags, scores, det = features.ecod_outliers(outlier_X, mp.contamination)
+        flags, scores, det = features.ecod_outliers(outlier_X, mp.contamination, ecod_sample, params.seed)
         atomic_write_npy(d / "outliers.npy", flags)
         joblib.dump(det, _tmp(d / "outlier_model.joblib")); _commit(d / "outlier_model.joblib")
-        info["outliers"] = {"detector": "ECOD", "contamination": mp.contamination, "flagged": int(flags.sum())}
+        info["outliers"] = {"detector": "ECOD", "contamination": mp.contamination, "flagged": int(flags.sum()),
+                            "fitted_rows": int(min(ecod_sample or len(flags), len(flags)))}
     else:
         (d / "outliers.npy").unlink(missing_ok=True)
         info["outliers"] = None

@@ -18,9 +18,19 @@ def _now() -> str:
 
 
 def run(params: Params, progress: bool = True, root: Path = Path("."), build_site: bool = True) -> str:
+    workers = params.workers or (os.cpu_count() or 1)
+    if params.executor != "dask":
+        return _run(params, progress, root, build_site, workers, None)
+    from .dask_grid import DaskSession
+
+    with DaskSession(params.scheduler, workers) as session:  # one cluster for spaces, embedding and cells
+        return _run(params, progress, root, build_site, workers, session)
+
+
+def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: int, session) -> str:
     t0 = time.perf_counter()
     started = _now()
-    layout, ctx = prepare(params, root=root, progress=progress)
+    layout, ctx = prepare(params, root=root, progress=progress, session=session)
     old = {}
     if layout.manifest.exists():
         try:
@@ -32,18 +42,18 @@ def run(params: Params, progress: bool = True, root: Path = Path("."), build_sit
         "params": params_to_dict(params), "data": {k: ctx["data"][k] for k in
                                                     ("path", "file_sha256", "fingerprint", "rows", "demo")},
         "versions": ctx["versions"], "spaces": ctx["spaces"], "projections": ctx["projections"],
+        "scale": ctx["scale"], "executor": {"name": params.executor, **(session.describe() if session else {})},
         "cells": {n: s for n, s in old.get("cells", {}).items()},
         "timings": {"prepare": ctx["prepare_seconds"]},
     }
     cells = [(m, k) for m in params.methods for k in params.k]
-    workers = params.workers or (os.cpu_count() or 1)
     try:
         t1 = time.perf_counter()
         if params.executor == "dask":
             from .dask_grid import run_grid_dask
 
             statuses = run_grid_dask(layout, ctx, cells, workers, manifest, progress=progress, project=root,
-                                     scheduler=params.scheduler)
+                                     session=session)
         else:
             statuses = run_grid(layout, ctx, cells, workers, manifest, progress=progress, project=root)
         manifest["timings"]["grid"] = round(time.perf_counter() - t1, 3)
