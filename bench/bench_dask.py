@@ -60,6 +60,8 @@ def main():
     ap.add_argument("--k", default="3-4")
     ap.add_argument("--cores", type=int, default=64, help="cluster size for the wall-time estimate")
     ap.add_argument("--scale-threshold", type=int, help="passed to segreport run (default: its own, 200000)")
+    ap.add_argument("--cache", help="embedding cache folder (default: a fresh one in the scratch folder: a cold "
+                                    "run); a rerun with the same folder reports the parts' measured times again")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (results and report)")
     ns = ap.parse_args()
     from segreport.demo import write_demo
@@ -74,6 +76,9 @@ def main():
           f"({(wd / 'big.csv').stat().st_size / 1e6:.0f} MB) in {wd}", flush=True)
     cmd = [str(ROOT / ".venv" / "bin" / "segreport"), "run", "--data", "big.csv", "--methods", ns.methods,
            "--k", ns.k, "--executor", "dask", "--workers", str(ns.workers)]
+    if ns.cache:
+        (wd / "p.yml").write_text(f"cache_dir: {Path(ns.cache).resolve()}\n")
+        cmd += ["--params", "p.yml"]
     if ns.scale_threshold:
         cmd += ["--scale-threshold", str(ns.scale_threshold)]
     print("$", " ".join(cmd[1:]), flush=True)
@@ -115,14 +120,15 @@ def main():
     if "llm" in spaces:
         ts = spaces["llm"].get("texts_seconds")
         print(f"{'  row texts (Jinja, client)':<34}{ts:>10.1f}   {rate(n, ts)}")
-    if emb and emb.get("embed_seconds"):
+    if emb:
         u = emb["unique_texts"]
-        print(f"{'  embedding (distributed)':<34}{emb['embed_seconds']:>10.1f}   {rate(u, emb['embed_seconds'])}"
-              f"   ({u:,} distinct texts, {emb['parts']} parts, {emb['precision']})")
-        parts = list((wd / ".segreport-cache" / "embeddings").glob("part-*.parquet"))
+        print(f"{'  embedding (distributed)':<34}{emb.get('embed_seconds', 0):>10.1f}   "
+              f"{rate(u, emb.get('embed_seconds'))}   ({u:,} distinct texts, {emb['parts']} parts, {emb['precision']}, "
+              f"{emb['parts_embedded']} embedded in this run)")
+        parts = list(Path(emb["cache"] if Path(emb["cache"]).is_absolute() else wd / emb["cache"]).glob("part-*.parquet"))
         from segreport.embed import part_meta
 
-        metas = [part_meta(p) for p in parts]
+        metas = [m for m in (part_meta(p) for p in parts) if m["pid"] != proc.pid]  # not the comparison's own
         by: dict[str, list] = {}
         for m in metas:
             by.setdefault(f"{m['host']}:{m['pid']}", []).append(m)

@@ -83,6 +83,7 @@ class LLMParams(_Strict):
     contamination: float = Field(0.1, gt=0, lt=0.5)
     n_init: int = Field(10, ge=1)
     max_iter: int = Field(300, ge=1)
+    part_rows: int = Field(8192, ge=16)  # distinct texts per embedding part: one cache file, one Dask task
     numbers: Literal["plain", "words"] = "plain"  # words: "Balance: high, 1240" (quantile word + value)
     compare_numbers: bool = True  # also try the other `numbers` option on a sample and report the difference
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from collections import Counter
 from pathlib import Path
 from uuid import uuid4
@@ -131,6 +132,7 @@ class DaskSession:
     def describe(self) -> dict:
         """For the manifest and the report: where the run ran."""
         return {"scheduler": self.address, "local_cluster": self.cluster is not None, "workers": self.n_workers,
+                "client": f"{platform.node()}:{os.getpid()}",
                 "threads_per_cell": self.threads, "one_task_per_worker": self.resources is not None,
                 "lightgbm_on_cluster": self.spare_thread}
 

