@@ -145,6 +145,15 @@ class Params(_Strict):
             v = [m.strip() for m in v.split(",") if m.strip()]
         return v
 
+    @field_validator("results", "cache_dir", "site")
+    @classmethod
+    def _local_folder(cls, v: str) -> str:
+        # every write is an atomic rename in a folder; object stores (s3://, gs://) have no such rename
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError("must be a folder path (for a Dask cluster: one every worker mounts at the same "
+                             "path); URLs such as s3:// are not supported")
+        return v
+
     @model_validator(mode="after")
     def _check(self):
         if not self.methods:

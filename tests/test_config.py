@@ -53,3 +53,12 @@ def test_invalid_yaml_names_line(tmp_path):
     f.write_text("k: [3, 4\nseed: 2\n")
     with pytest.raises(SegreportError, match=r"p.yml: not valid YAML at line"):
         load_params(f)
+
+
+def test_results_must_be_a_folder_not_an_object_store_url(tmp_path):
+    f = tmp_path / "p.yml"
+    f.write_text("results: s3://bucket/runs\n")
+    with pytest.raises(SegreportError, match=r"p.yml: invalid value for 'results': 's3://bucket/runs' \(must be a folder"):
+        load_params(f)
+    with pytest.raises(SegreportError, match=r"'scale.threshold': 0"):
+        load_params(None, {"scale.threshold": 0})

@@ -185,3 +185,15 @@ def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path):
     metrics = json.loads((run / "cells" / "kmeans" / "k3" / "metrics.json").read_text())
     assert metrics["algorithm"] == "KMeans (Lloyd)" and metrics["lgbm_engine"] == "lightgbm"
     assert "below the scale threshold of 200,000" in (wd / "report" / "kmeans.qmd").read_text()
+
+
+def test_local_cluster_settings():
+    from segreport.dask_grid import DaskSession
+
+    with DaskSession(None, 1) as s:
+        sched = s.client.run_on_scheduler(lambda dask_scheduler: (dask_scheduler.allowed_failures,
+                                                                  dask_scheduler.WORKER_SATURATION))
+        env = s.client.run(lambda: os.environ.get("OMP_WAIT_POLICY"))
+        assert sched == (1, float("inf"))  # a cell killed twice fails; no root-task queuing behind the cells
+        assert set(env.values()) == {"PASSIVE"}
+        assert s.resources == {"cell": 1} and s.spare_thread
