@@ -9,9 +9,9 @@ the manifest, as each task finishes.
 
 Where the cells run:
 
-* ``scheduler=None``: a ``LocalCluster`` of `workers` worker processes with one
-  thread each (spawned, never forked; each has a nanny that restarts it if it dies),
-  closed at the end.
+* ``scheduler=None``: a ``LocalCluster`` of `workers` worker processes, each with one
+  "cell" slot and two threads (spawned, never forked; each has a nanny that restarts
+  it if it dies), closed at the end.
 * ``scheduler="tcp://host:8786"``: the workers of that scheduler. They need
   segreport (and its kernel spec, installed on them at the start) in their Python
   environment, and the project folder and the results folder at the same paths as
@@ -91,17 +91,20 @@ class DaskSession:
         return {self.submit(fn, *args, key=f"{prefix}-{name}-{uuid4().hex[:8]}"): name
                 for name, (fn, args) in jobs.items()}
 
-    def gather(self, futures: dict, progress: bool, desc: str) -> dict:
-        """Wait for futures from `submit_jobs`, with a progress bar. Returns name -> result."""
+    def gather(self, futures: dict, progress: bool, desc: str, unit: str = "it", weight=None) -> dict:
+        """Wait for the futures (future -> name or item), with a progress bar advanced by `weight(item)`
+        (1 by default). Returns item -> result. Interrupted or failed: the rest are cancelled."""
         from distributed import as_completed
         from tqdm.auto import tqdm
 
+        weight = weight or (lambda item: 1)
         out = {}
-        with tqdm(total=len(futures), desc=desc, disable=not progress) as bar:
+        with tqdm(total=sum(weight(i) for i in futures.values()), desc=desc, unit=unit, disable=not progress) as bar:
             try:
                 for fut in as_completed(list(futures), loop=self.client.loop):
-                    out[futures[fut]] = fut.result()
-                    bar.update(1)
+                    item = futures[fut]
+                    out[item] = fut.result()
+                    bar.update(weight(item))
             except BaseException:
                 self.client.cancel(list(futures), force=True)
                 raise
@@ -109,27 +112,13 @@ class DaskSession:
 
     def run_parts(self, plan, missing: list[dict], progress: bool, batch_size: int, seed: int) -> None:
         """Embed the missing parts of `plan` as Dask tasks; each writes its own parquet file."""
-        from distributed import as_completed
-        from tqdm.auto import tqdm
-
         from .embed import embed_part
 
-        futures = {}
-        for p in missing:
-            fut = self.submit(embed_part, plan.texts_of(p), plan.model, plan.bf16, batch_size, str(p["path"]),
-                              seed, self.threads, key=f"embed-{Path(p['path']).stem}")
-            futures[fut] = p
-        rows = sum(p["hi"] - p["lo"] for p in missing)
-        with tqdm(total=rows, desc=f"embedding ({self.n_workers} Dask workers)", unit="row",
-                  disable=not progress) as bar:
-            try:
-                for fut in as_completed(list(futures), loop=self.client.loop):
-                    fut.result()
-                    p = futures[fut]
-                    bar.update(p["hi"] - p["lo"])
-            except BaseException:
-                self.client.cancel(list(futures), force=True)
-                raise
+        futures = {self.submit(embed_part, plan.texts_of(p), plan.model, plan.bf16, batch_size, str(p["path"]),
+                               seed, self.threads, key=f"embed-{Path(p['path']).stem}"): i
+                   for i, p in enumerate(missing)}
+        self.gather(futures, progress, f"embedding ({self.n_workers} Dask workers)", unit="row",
+                    weight=lambda i: missing[i]["hi"] - missing[i]["lo"])
 
     def describe(self) -> dict:
         """For the manifest and the report: where the run ran."""
