@@ -169,6 +169,7 @@ def main():
           f"{est_embed:8.1f} s  (measured here: {embed_wall:.1f} s on {ns.workers})")
     print(f"  grid: the slowest of {len(cells)} cells, all at once            {est_cells:8.1f} s  "
           f"(measured here: {tm['grid']:.1f} s on {ns.workers})")
+    print(f"  grid scheduling beyond the cells' own time (as here)    {grid_overhead:8.1f} s")
     print(f"  compare + render                                     {tm['compare'] + tm.get('render', 0):8.1f} s")
     print(f"  total                                                {est:8.1f} s  (measured here: {wall:.1f} s)")
     if not ns.keep:
