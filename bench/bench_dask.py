@@ -25,27 +25,15 @@ import argparse
 import json
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from bench_memory import run_sampled  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def rate(rows: float, seconds: float | None) -> str:
@@ -82,21 +70,7 @@ def main():
     if ns.scale_threshold:
         cmd += ["--scale-threshold", str(ns.scale_threshold)]
     print("$", " ".join(cmd[1:]), flush=True)
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = [0]
-
-    def sample():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(ps))
-            time.sleep(0.5)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    th.join()
-    wall = time.perf_counter() - t
+    proc, out, err, wall, peak = run_sampled(cmd, wd, every=0.5)
     if proc.returncode != 0:
         print(err[-3000:])
         raise SystemExit(f"run failed ({proc.returncode}); scratch folder kept: {wd}")
@@ -107,7 +81,7 @@ def main():
     print(out.strip())
     print(f"\nrows {n:,}  methods {ns.methods}  k {ns.k}  executor {manifest['executor']}")
     print(f"scale path: {json.dumps(manifest['scale'])}")
-    print(f"wall {wall:.0f} s; peak resident memory of the process tree {peak[0] / 1024 ** 3:.2f} GiB\n")
+    print(f"wall {wall:.0f} s; peak resident memory of the process tree {peak / 1024 ** 3:.2f} GiB\n")
 
     print(f"{'stage':<34}{'seconds':>10}   throughput")
     print(f"{'prepare (all of it)':<34}{tm['prepare']:>10.1f}   {rate(n, tm['prepare'])}")

@@ -36,6 +36,26 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+def run_sampled(cmd: list[str], cwd: Path, every: float = 0.2):
+    """Run `cmd`, sampling the resident memory of its whole process tree every `every` seconds.
+    Returns (the finished Popen, stdout, stderr, wall seconds, peak bytes)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(ps))
+            time.sleep(every)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    th.join()
+    return proc, out, err, time.perf_counter() - t, peak[0]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -54,26 +74,12 @@ def main():
           f"({(wd / 'big.csv').stat().st_size / 1e6:.0f} MB)", flush=True)
     cmd = [str(ROOT / ".venv" / "bin" / "segreport"), "run", "-q", "--no-render", "--data", "big.csv",
            "--methods", ns.methods, "--k", ns.k]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = [0]
-
-    def sample():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(ps))
-            time.sleep(0.2)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    th.join()
-    wall = time.perf_counter() - t
+    proc, out, err, wall, peak = run_sampled(cmd, wd, every=0.2)
     if proc.returncode != 0:
         print(err[-3000:])
         raise SystemExit(f"run failed ({proc.returncode})")
     manifest = json.loads((wd / "results" / "big" / "manifest.json").read_text())
-    gib = peak[0] / 1024 ** 3
+    gib = peak / 1024 ** 3
     print(out.strip())
     print(f"rows {ns.rows:,}  methods {ns.methods}  k {ns.k}  wall {wall:.0f} s")
     print(f"peak resident memory of the process tree: {gib:.2f} GiB  (budget {ns.budget_gib} GiB: "

@@ -161,7 +161,7 @@ def ecod_outliers(X: np.ndarray, contamination: float, sample: int | None = None
 
     With `sample` (the scalable path), ECOD is fitted on that many seeded rows, whose scores
     set the threshold, and every row is scored block by block: ECOD holds several float64
-    copies of what it scores (about 15 GB for a million 384-dimensional embeddings at once).
+    copies of what it scores (four float64 arrays of its size: 12 GB for a million 384-dimensional embeddings).
     """
     from pyod.models.ecod import ECOD
 
