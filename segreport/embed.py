@@ -308,11 +308,11 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
             metas.append(part_meta(p["path"]))
         if emb_u is None:
             emb_u = np.empty((0, 0), dtype=np.float32)
-        new = metas if not missing else [m for p, m in zip(plan.parts, metas) if p in missing]
-        by_process: dict[str, int] = {}
-        for m in new:
-            by_process[f"{m['host']}:{m['pid']}"] = by_process.get(f"{m['host']}:{m['pid']}", 0) + m["rows"]
-        info["embedded_by"] = by_process if missing else None
+        by_process: dict[str, int] = {}  # rows embedded in this run, per process (this one or Dask workers)
+        for p, m in zip(plan.parts, metas):
+            if p in missing:
+                by_process[f"{m['host']}:{m['pid']}"] = by_process.get(f"{m['host']}:{m['pid']}", 0) + m["rows"]
+        info["embedded_by"] = by_process or None
         checks = [m["check"] for m in metas if m.get("check")]
         if checks:
             n = sum(c["sample"] for c in checks)

@@ -29,14 +29,17 @@ def model_frame(frame: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
     return X
 
 
+def _lgbm_params(seed: int, threads: int) -> dict:
+    """The surrogate's settings, shared by the in-process and the Dask classifier."""
+    return dict(learning_rate=0.1, num_leaves=31, min_child_samples=10, random_state=seed, n_jobs=threads,
+                deterministic=True, force_row_wise=True, verbose=-1)
+
+
 def _classifier(n_classes: int, seed: int, threads: int):
     import lightgbm as lgb
 
-    return lgb.LGBMClassifier(
-        n_estimators=300, learning_rate=0.1, num_leaves=31, min_child_samples=10,
-        objective="multiclass" if n_classes > 2 else "binary",
-        random_state=seed, n_jobs=threads, deterministic=True, force_row_wise=True, verbose=-1,
-    )
+    return lgb.LGBMClassifier(n_estimators=300, objective="multiclass" if n_classes > 2 else "binary",
+                              **_lgbm_params(seed, threads))
 
 
 def _fit(X, y, seed, threads):
@@ -129,9 +132,7 @@ def surrogate_dask(frame: pd.DataFrame, labels: np.ndarray, categorical: list[st
         workers = len(client.scheduler_info()["workers"])
         part = X[train].assign(__segment=y[train])
         ddf = dd.from_pandas(part, npartitions=max(1, workers)).persist()
-        clf = lgb.DaskLGBMClassifier(client=client, n_estimators=rounds, learning_rate=0.1, num_leaves=31,
-                                     min_child_samples=10, random_state=seed, n_jobs=threads,
-                                     deterministic=True, force_row_wise=True, verbose=-1)
+        clf = lgb.DaskLGBMClassifier(client=client, n_estimators=rounds, **_lgbm_params(seed, threads))
         with Lock("segreport-lightgbm"):
             clf.fit(ddf.drop(columns="__segment"), ddf["__segment"])
         final = clf.to_local()
