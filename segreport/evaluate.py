@@ -64,16 +64,42 @@ def elbow_k(cost_by_k: dict[int, float]) -> int | None:
     return int(ks[int(np.argmax(line - yn))])
 
 
-def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int, seed: int, max_rows: int,
-                        score=None) -> dict:
-    """Hennig's clusterboot on a seeded subsample: ARI to the full fit and per-segment Jaccard.
+# Hennig (2007), "Cluster-wise assessment of cluster stability", CSDA 52:258-271, and the fpc
+# clusterboot documentation: a cluster whose mean bootstrap Jaccard is below 0.6 should not be
+# trusted, 0.6-0.75 indicates a pattern, 0.75 or more a valid cluster, 0.85 or more a highly stable
+# one; a resample "dissolves" a cluster when its best Jaccard there is below 0.5.
+STABILITY_CLASSES = ((0.85, "highly stable"), (0.75, "valid"), (0.6, "pattern"), (-np.inf, "unstable"))
+DISSOLVED_BELOW = 0.5
+DEFAULT_RESAMPLES = 100
 
-    refit(rows) -> labels predicted for the `base` rows by a model fitted on the rows in `rows`
-    (indices into the data). For each bootstrap resample of the base rows, a segment's Jaccard is
-    its best overlap with a bootstrap segment, measured on the resampled points; a segment whose
-    mean Jaccard is below 0.5 "dissolves" (Hennig 2007), 0.75 or more is stable. `score(rows,
-    labels)` optionally scores each refit (e.g. silhouette in the common space) so that methods can
-    be compared replicate by replicate.
+
+def stability_class(mean_jaccard: float | None) -> str | None:
+    """Hennig's class of a segment from its mean bootstrap Jaccard: unstable < 0.6 <= pattern < 0.75
+    <= valid < 0.85 <= highly stable (None when the segment never appeared in a resample)."""
+    if mean_jaccard is None:
+        return None
+    return next(name for lo, name in STABILITY_CLASSES if mean_jaccard >= lo)
+
+
+def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int = DEFAULT_RESAMPLES, seed: int = 0,
+                        max_rows: int = 5000, score=None) -> dict:
+    """Hennig's clusterboot (2007) on a seeded subsample: ARI to the full fit and per-segment Jaccard.
+
+    refit(rows, base) -> labels predicted for the `base` rows by a model fitted on the rows in
+    `rows` (indices into the data). The refit must rerun every fitted step of the method inside the
+    resample (outlier detection such as ECOD included: see `whole_method_refit`), else the
+    stability of the steps left outside is not measured. For each bootstrap resample of the base
+    rows, a segment's Jaccard is its best overlap with a bootstrap segment, measured on the
+    resampled points (clusterboot's rule). `score(rows, labels)` optionally scores each refit
+    (e.g. silhouette in the common space) so that methods can be compared replicate by replicate.
+
+    Returns resamples, rows, ari (per resample), ari_mean, ari_sd, ari_min, and per segment
+    (`segments[s]`): jaccards (per resample in which s had points), mean_jaccard,
+    dissolutions (resamples with Jaccard < 0.5), recoveries (resamples with Jaccard >= 0.75),
+    class (Hennig's thresholds, see `stability_class`), dissolved (mean Jaccard < 0.5) and stable
+    (mean Jaccard >= 0.75). With `score`: common_silhouette (per resample, None where the refit
+    had one segment) and replicate_score {n, mean, sd (the bootstrap standard error of the score),
+    mc_se (sd / sqrt(n), the Monte Carlo error of the mean)}.
     """
     rng = np.random.default_rng(seed)
     base = sample_rows(n, max_rows, seed)
@@ -97,11 +123,64 @@ def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int, seed: in
             jac[int(s)].append(best)
         if score is not None:
             scores.append(score(base, pred))
-    per = {s: {"mean_jaccard": float(np.mean(v)) if v else None,
-               "dissolved": bool(v) and float(np.mean(v)) < 0.5, "stable": bool(v) and float(np.mean(v)) >= 0.75}
-           for s, v in jac.items()}
+    per = {}
+    for s, v in jac.items():
+        mean = float(np.mean(v)) if v else None
+        per[s] = {"mean_jaccard": mean, "jaccards": [float(x) for x in v],
+                  "dissolutions": int(sum(x < DISSOLVED_BELOW for x in v)),
+                  "recoveries": int(sum(x >= 0.75 for x in v)), "class": stability_class(mean),
+                  "dissolved": bool(v) and mean < DISSOLVED_BELOW, "stable": bool(v) and mean >= 0.75}
     out = {"resamples": n_boot, "rows": int(len(base)), "ari_mean": float(np.mean(aris)),
            "ari_sd": float(np.std(aris)), "ari_min": float(np.min(aris)), "ari": aris, "segments": per}
     if score is not None:
         out["common_silhouette"] = scores
+        out["replicate_score"] = replicate_summary(scores)
     return out
+
+
+def replicate_summary(values) -> dict:
+    """n, mean, sd and mc_se of bootstrap replicate values (None values dropped).
+
+    sd is the bootstrap standard error of the statistic (Efron & Tibshirani 1993): the spread of
+    the refitted value; mc_se = sd / sqrt(n) is only the Monte Carlo error of the replicates' mean.
+    """
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if len(v) == 0:
+        return {"n": 0, "mean": None, "sd": None, "mc_se": None}
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return {"n": int(len(v)), "mean": float(v.mean()), "sd": sd, "mc_se": sd / np.sqrt(len(v))}
+
+
+def whole_method_refit(fit, predict, detect_outliers=None, min_rows: int | None = None):
+    """A `refit(rows, base)` for `bootstrap_stability` that reruns the whole method in each resample.
+
+    fit(rows) -> model fitted on those rows (indices into the data); predict(model, base) -> labels
+    of the base rows; detect_outliers(rows) -> boolean flags over `rows`, refitted on the resample
+    (e.g. `ecod_refit(X, contamination)`): the flagged rows are left out of the fit, as in the full
+    run, so the outlier step's own variability is part of the measured stability. When fewer than
+    `min_rows` rows would remain, every resampled row is fitted.
+    """
+    def refit(rows, base):
+        keep = rows
+        if detect_outliers is not None:
+            flags = np.asarray(detect_outliers(rows), dtype=bool)
+            if (~flags).sum() >= (min_rows or 1):
+                keep = rows[~flags]
+        return predict(fit(keep), base)
+
+    return refit
+
+
+def ecod_refit(X: np.ndarray, contamination: float):
+    """detect_outliers(rows) for `whole_method_refit`: ECOD fitted on the resampled rows of X.
+
+    ECOD's tail probabilities depend on the empirical distribution it is fitted on, so it is
+    refitted inside every resample (not the full-data flags reused).
+    """
+    from .features import ecod_outliers
+
+    def detect(rows):
+        flags, _, _ = ecod_outliers(np.asarray(X[rows]), contamination)
+        return flags
+
+    return detect

@@ -1,6 +1,6 @@
 """The feature spaces, each built once per data set and reused by every k.
 
-- encoded   (K-means): ordinal or one-hot encoding per column + Yeo-Johnson power transform
+- encoded   (K-means): one-hot (nominal) or ordinal (ordered) columns + Yeo-Johnson power transform
 - mixed     (K-Prototypes): power-transformed numeric columns + categorical codes
 - embedding (LLM): sentence embeddings of each row's text (see embed.py)
 - common    (comparison): standardised numeric + one-hot categorical, the space in
@@ -38,7 +38,12 @@ def _ordinal(table: Table, cols: list[str]) -> OrdinalEncoder:
 
 
 def encoded_transformer(table: Table, power_transform: str = "all") -> ColumnTransformer:
-    """Ordinal (default) or one-hot per column, then a Yeo-Johnson power transform.
+    """One-hot or ordinal per categorical column, then a Yeo-Johnson power transform.
+
+    A category is one-hot encoded (first level dropped) unless the schema says it is ordered:
+    `encoding: ordinal`, or an `order` with no explicit encoding. Ordinal codes of a nominal
+    column would invent distances (alphabetical "admin." < "blue-collar" < ... < "unknown"), and a
+    power-transformed 0/1 code of a rare binary level weighs as much as a whole numeric column.
 
     power_transform="all" transforms numeric and ordinal columns together (the seed's first
     notebook); "numeric" transforms only numeric columns and leaves ordinal codes as they are
@@ -51,7 +56,7 @@ def encoded_transformer(table: Table, power_transform: str = "all") -> ColumnTra
             if spec.encoding == "none":
                 raw.append(spec.name)
             continue
-        enc = spec.encoding or "ordinal"
+        enc = spec.encoding or ("ordinal" if spec.order else "onehot")
         (onehot if enc == "onehot" else raw if enc == "none" else ordinal).append(spec.name)
     parts = []
     if power_transform == "all" and (numeric or ordinal):

@@ -20,6 +20,8 @@ def test_preset_is_the_seed_configuration():
     enc = {c.name: c.encoding for c in p.schema}
     assert enc == {"age": None, "job": "onehot", "marital": "onehot", "education": "ordinal", "default": "onehot",
                    "balance": None, "housing": "onehot", "loan": "onehot"}
+    # OrdinalEncoder() defaults, as the article: alphabetical levels, "unknown" coded highest
+    assert next(c for c in p.schema if c.name == "education").order == ["primary", "secondary", "tertiary", "unknown"]
     assert p.kprototypes.random_state == 0 and p.kprototypes.init == "Huang"
     assert p.llm.outliers == "ecod" and p.llm.normalize
 
