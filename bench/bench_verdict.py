@@ -24,7 +24,7 @@ import time
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one thread per worker process: --workers sets the parallelism
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +43,10 @@ from segreport.methods.kprototypes import KPrototypesSegmenter  # noqa: E402
 from segreport.verdict import (choose_k, fair_verdict, gower_silhouette, null_reference, recommendation,  # noqa: E402
                                structure_call)
 
-NUMERIC = ["age", "balance", "duration"]
-CATEGORICAL = ["job", "marital", "housing", "loan"]
-BINARY = {"housing", "loan"}
+PLANTED_SCHEMA = [ColumnSpec(name="age", kind="numeric"), ColumnSpec(name="balance", kind="numeric"),
+                  ColumnSpec(name="duration", kind="numeric"), ColumnSpec(name="job", kind="categorical"),
+                  ColumnSpec(name="marital", kind="categorical"), ColumnSpec(name="housing", kind="binary"),
+                  ColumnSpec(name="loan", kind="binary")]
 # separation: minimum distance between segment centres (numeric, in SDs), weight of each segment's
 # favourite level, logit shift of the binaries
 SEPARATIONS = {"clear": (6.0, 0.85, 3.0), "moderate": (3.5, 0.6, 1.8), "weak": (2.0, 0.3, 0.9),
@@ -91,10 +92,8 @@ def planted_table(k_true: int, separation: str, rows: int, seed: int) -> tuple[p
     return frame, truth
 
 
-def table_of(frame: pd.DataFrame) -> Table:
-    schema = [ColumnSpec(name=c, kind="numeric") for c in NUMERIC] + \
-             [ColumnSpec(name=c, kind="binary" if c in BINARY else "categorical") for c in CATEGORICAL]
-    return Table(frame=frame.reset_index(drop=True), schema=schema, path="planted", file_sha256="")
+def table_of(frame: pd.DataFrame, schema=None) -> Table:
+    return Table(frame=frame.reset_index(drop=True), schema=schema or PLANTED_SCHEMA, path="bench", file_sha256="")
 
 
 class KMeansPipe:
@@ -153,18 +152,19 @@ def evaluate_cell(pipe, X, common, k, seed, args, resamples=None):
     return labels, entry
 
 
-def fit_score_for(pipe, args):
+def fit_score_for(pipe, args, schema):
     """fit_score(frame, k, seed) for null_reference: the whole pipeline on a (null) table."""
     def fit_score(frame, k, seed):
-        table = table_of(frame)
+        table = table_of(frame, schema)
         X, common = pipe.space(table), fit_common(table)[0]
         _, e = evaluate_cell(pipe, X, common, k, seed, args, resamples=args.null_resamples)
         return {"silhouette": e["silhouette"], "ari": e["ari_mean"]}
     return fit_score
 
 
-def run_verdict(frame: pd.DataFrame, args, pipes) -> dict:
-    table = table_of(frame)
+def run_verdict(frame: pd.DataFrame, args, pipes, schema=None) -> dict:
+    table = table_of(frame, schema)
+    numeric, categorical = table.numeric, table.categorical
     common = fit_common(table)[0]
     ks = list(range(args.k_min, args.k_max + 1))
     labels, per_k, choices = {}, {}, {}
@@ -180,7 +180,7 @@ def run_verdict(frame: pd.DataFrame, args, pipes) -> dict:
         def sil(kk, m=m):
             lab = labels[(m, kk)]
             return {"common": per_k[m][kk]["silhouette"],
-                    "gower": gower_silhouette(frame, NUMERIC, CATEGORICAL, lab, args.silhouette_sample, args.seed)}
+                    "gower": gower_silhouette(frame, numeric, categorical, lab, args.silhouette_sample, args.seed)}
         scores[m] = {"k": k, "silhouette": sil(k), "equal_k": {kk: sil(kk) for kk in set(chosen.values())},
                      "ari_mean": per_k[m][k]["ari_mean"], "ari_sd": per_k[m][k]["ari_sd"],
                      "replicates": {"common": per_k[m][k]["replicates"]}}
@@ -190,9 +190,9 @@ def run_verdict(frame: pd.DataFrame, args, pipes) -> dict:
     def structure_of(m):
         pipe = next(p for p in pipes if p.name == m)
         k = chosen[m]
-        fs = fit_score_for(pipe, args)
+        fs = fit_score_for(pipe, args, table.schema)
         sh = null_reference(fs, frame, [k], "shuffle", args.nulls, args.seed, args.rows, observed=False)
-        pc = null_reference(fs, frame, [k], "pca", args.nulls, args.seed, args.rows, NUMERIC, CATEGORICAL,
+        pc = null_reference(fs, frame, [k], "pca", args.nulls, args.seed, args.rows, numeric, categorical,
                             observed=False)
         obs = {"silhouette": per_k[m][k]["silhouette"], "ari": per_k[m][k]["ari_mean"]}
         return structure_call(obs, sh["ks"][k], pc["ks"][k])
@@ -253,8 +253,11 @@ def main(argv=None) -> None:
     ap.add_argument("--silhouette-sample", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--bank", help="instead: the verdict on a seeded sample of --rows rows of this bank CSV (';')")
     ap.add_argument("--dump", help="folder to write each table's per-k results to (pickle), to study the rule")
     args = ap.parse_args(argv)
+    if args.bank:
+        return bank(args)
     ks_true = [int(x) for x in args.k_true.split(",")]
     seps = args.separations.split(",")
     shuffled = set(args.shuffled.split(",")) if args.shuffled else set()
@@ -286,6 +289,30 @@ def main(argv=None) -> None:
         calls = Counter(nulls.structure)
         print(f"null tables (column-shuffled copies + separation none): called 'none' {calls.get('none', 0)}/"
               f"{len(nulls)}, calls {dict(calls)}")
+
+
+def bank(args) -> None:
+    """The verdict on real data: the default schema's 8 bank columns, a seeded sample of rows."""
+    from segreport.config import DEFAULT_SCHEMA
+
+    t = time.perf_counter()
+    raw = pd.read_csv(args.bank, sep=";")
+    frame = raw.iloc[sample_rows(len(raw), args.rows, args.seed)][[c.name for c in DEFAULT_SCHEMA]]
+    frame = frame.reset_index(drop=True)
+    frame[["age", "balance"]] = frame[["age", "balance"]].astype(float)
+    all_pipes = {"kmeans": KMeansPipe(), "kprototypes": KPrototypesPipe()}
+    out = run_verdict(frame, args, [all_pipes[m] for m in args.methods.split(",")], DEFAULT_SCHEMA)
+    for m, per in out["per_k"].items():
+        cells = [f"k={k} sil {e['silhouette']:.3f} ARI {e['ari_mean']:.2f} min Jaccard "
+                 f"{min(v['mean_jaccard'] for v in e['segments'].values()):.2f}" for k, e in per.items()]
+        print(f"{m}: " + ", ".join(cells))
+        print("   choose_k: " + " | ".join(out["choices"][m]["reasons"][-3:]))
+    for m, st in out["structures"].items():
+        print(f"structure ({m}): {st['structure']}: " + " | ".join(st["reasons"]))
+    print("verdict: " + " | ".join(out["verdict"]["reasons"]))
+    r = out["rec"]
+    print(f"recommendation: {r['method']} k={r['k']} structure={r['structure']} ({r['label']}) "
+          f"[{time.perf_counter() - t:.0f}s, {len(frame)} rows]")
 
 
 def _report_each(rows) -> list[dict]:

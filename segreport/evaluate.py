@@ -1,4 +1,5 @@
-"""Validity metrics, agreement between segmentations, and the choice of k."""
+"""Validity metrics, agreement between segmentations, clusterboot stability (Hennig 2007), and the
+silhouette-only choice of k (`recommend_k`, superseded by `verdict.choose_k`)."""
 
 from __future__ import annotations
 

@@ -671,9 +671,9 @@ def recommendation(choices: dict, verdict: dict, structure: dict) -> dict:
     if call == "none":
         label = "most stable partition, no structure beyond chance"
     reasons.append(f"{method} at k = {k}" + (f" ({label})" if label != "recommended" else ""))
-    reasons += [r for r in verdict.get("reasons", [])[-2:]]
-    reasons += st.get("reasons", [])
-    reasons += ch.get("reasons", [])
+    reasons += verdict.get("reasons", [])  # which method, and why
+    reasons += st.get("reasons", [])  # how much structure, against which nulls
+    reasons += ch.get("reasons", [])  # which k, and why
     return {"method": method, "k": k, "structure": call, "label": label, "edge": bool(ch.get("edge")),
             "edge_reason": ch.get("edge_reason"), "reasons": reasons}
 

@@ -258,9 +258,10 @@ def test_a_minority_level_never_names_a_segment():
     # a segment whose only distinctive trait is held by a minority gets no name from it
     rng = np.random.default_rng(5)
     two = np.repeat([0, 1], 400)
+    jobs = ["retired", "admin.", "services"]
     small = pd.DataFrame({"age": rng.normal(40, 9, 800),
-                          "job": np.where(two == 1, rng.choice(["retired", "admin.", "services"], 800, p=[0.4, 0.3, 0.3]),
-                                          rng.choice(["retired", "admin.", "services"], 800, p=[0.05, 0.5, 0.45]))})
+                          "job": np.where(two == 1, rng.choice(jobs, 800, p=[0.4, 0.3, 0.3]),
+                                          rng.choice(jobs, 800, p=[0.05, 0.5, 0.45]))})
     only = personas(profile(small, two, ["age"], ["job"]), None, {"age": "Age", "job": "Job"}, {}, set())
     p, q = (small.job[two == 1] == "retired").mean(), (small.job == "retired").mean()
     assert [t["phrase"] for t in only[1]["traits"]] == [f"more retired than average ({p:.0%} vs {q:.0%})"]
