@@ -9,10 +9,12 @@ fair_verdict, the null reference (column-shuffled and principal-axes references)
 recommendation. Prints how often the recommendation recovers k_true, the mean ARI of the
 recommended segments to the truth, the structure calls, and how often a null table is "none".
 
-Run from the repository root (about 8 minutes on 2 cores with the defaults)::
+Run from the repository root (defaults: 20 tables, about 5 CPU-minutes, so about 3 minutes on 2 idle
+cores with --workers 2; 12 minutes were measured on 2 cores shared with other jobs)::
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_verdict.py
     .venv/bin/python bench/bench_verdict.py --rows 3000 --seeds 3 --resamples 50 --nulls 8   # longer
+    .venv/bin/python bench/bench_verdict.py --bank ../shared/data/bank-marketing/train.csv --rows 2000
 """
 
 from __future__ import annotations
