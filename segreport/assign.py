@@ -353,6 +353,17 @@ def assign(run_dir, method: str, k: int, data_path, out_path) -> tuple[int, str]
     return len(out), _facts(facts, [c for c in RESULT_COLUMNS if c in df.columns])
 
 
+def score_frame(run_dir, method: str, k: int, frame: pd.DataFrame, path: str = "the new rows") -> pd.DataFrame:
+    """RESULT_COLUMNS for raw rows (as read_raw reads them), one row each, in order: what `assign` writes.
+    Rows are scored one by one, so parts of a table scored apart (e.g. Dask tasks) give the whole's result."""
+    run = _Run(run_dir, method, k)
+    norm, _ = normalise_new(frame, run.schema(), run.train, path, run.pooled())
+    seg, dist, outlier, _ = label(run, norm)
+    return pd.DataFrame({"segment": seg, "segment_name": [f"S{s + 1}" for s in seg],
+                         "persona": [run.personas.get(int(s), f"S{s + 1}") for s in seg],
+                         "outlier": outlier.astype(bool), "distance": dist})
+
+
 def _facts(f: dict, replaced: list[str]) -> str:
     parts = []
     if f["unseen"]:

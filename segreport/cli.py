@@ -1,4 +1,4 @@
-"""The command line: `segreport run | render | assign | inspect | demo-data`.
+"""The command line: `segreport run | render | assign | track | inspect | demo-data`.
 
 Every `run` option also has a key in params.yml; the command line overrides the
 file. Errors caused by the input are printed as one line and exit with status 2.
@@ -91,8 +91,14 @@ def cmd_render(ns) -> int:
 
 
 def cmd_demo(ns) -> int:
-    from .demo import write_demo
+    from .demo import write_demo, write_snapshots
 
+    if ns.snapshots:
+        paths = write_snapshots(ns.out, rows=ns.rows, seed=ns.seed, snapshots=ns.snapshots, drift=ns.drift)
+        print(f"wrote the fitting table {paths[0]} ({ns.rows} demo customers with customer_id), "
+              f"{len(paths) - 1} later snapshot(s) {paths[1]} .. {paths[-1]}, and what was planted in "
+              f"{paths[0].parent / (Path(ns.out).stem + '.planted.json')}")
+        return 0
     path = write_demo(ns.out, rows=ns.rows, seed=ns.seed)
     print(f"wrote {ns.rows} demo customers to {path}")
     return 0
@@ -124,6 +130,17 @@ def cmd_assign(ns) -> int:
 
     n, facts = assign(ns.run_dir, ns.method, ns.k, ns.data, ns.out)
     print(f"wrote {n} labelled rows to {ns.out}" + (f" ({facts})" if facts else ""))
+    return 0
+
+
+def cmd_track(ns) -> int:
+    from .track import describe, track
+
+    result = track(ns.run_dir, ns.data, method=ns.method, k=ns.k, as_of=ns.as_of, id_column=ns.id,
+                   executor=ns.executor, workers=ns.workers, scheduler=ns.scheduler, replace=ns.replace,
+                   progress=not ns.quiet)
+    print(describe(result))
+    print(f"the tracking page: segreport render --run {Path(ns.run_dir).name}")
     return 0
 
 
@@ -161,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=5000, help="number of customers (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--out", default="data/demo.csv", help="output CSV (default data/demo.csv)")
+    p.add_argument("--snapshots", type=int, default=0, metavar="N",
+                   help="also follow the customers over N periods: writes OUT-0.csv (the fitting table, with "
+                        "customer_id), OUT-1.csv .. OUT-N.csv and OUT.planted.json (who moved, left, arrived)")
+    p.add_argument("--drift", type=float, default=0.3,
+                   help="with --snapshots: how much changes per period, 0..1 (default 0.3: 10%% of customers "
+                        "move on a life stage, 6%% leave, 7.5%% arrive, balances +30%%, ages +1)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("inspect", help="show how each column of a table would be used",
@@ -179,6 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="new customers: CSV or Parquet with the run's columns")
     p.add_argument("--out", required=True, help="output CSV: the rows with segment, persona, outlier, distance")
     p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser("track", help="score a new snapshot of the customer table and follow the segments over time",
+                       description="Assign a snapshot (the customer table as of a month) with a run's saved "
+                                   "segmentation, keep it in results/<run>/snapshots/<as-of>/ and summarise the "
+                                   "history in results/<run>/tracking.json: sizes, moves between segments, drift "
+                                   "per column, outcome per segment, and whether to keep or re-fit. `segreport "
+                                   "render` then adds the tracking page to the report.")
+    p.add_argument("--run", dest="run_dir", required=True, help="the run's results folder, e.g. results/demo")
+    p.add_argument("--method", choices=["kmeans", "kprototypes", "llm"],
+                   help="which method (default: the run's recommended segmentation)")
+    p.add_argument("--k", type=int, help="which k (default: the recommended k of the method)")
+    p.add_argument("--data", required=True, help="the snapshot: CSV or Parquet with the run's columns")
+    p.add_argument("--as-of", dest="as_of", metavar="YYYY-MM",
+                   help="the month (or day, YYYY-MM-DD) the snapshot describes (default: this month)")
+    p.add_argument("--id", metavar="COLUMN",
+                   help="customer identifier column (default: detected, as `segreport inspect` shows)")
+    p.add_argument("--replace", action="store_true", help="score this file in place of another under the same as-of")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="local (default), or dask: the snapshot cut into row parts, each scored as a Dask task")
+    p.add_argument("--workers", type=int, default=0, help="with --executor dask: LocalCluster workers (default: cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="with --executor dask: an existing Dask scheduler")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_track)
     return parser
 
 
