@@ -214,6 +214,10 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             text = env.get_template(f"pages/{page}.qmd.j2").render(view)
         pages[page] = text
         atomic_write_text(report_dir / f"{page}.qmd", text)
+    from .track import write_page  # the tracking page, only when the run has snapshots (segreport track)
+
+    if write_page(layout, report_dir, env, fig):
+        pages["tracking"] = True
     export_csv(layout, report_dir, table)
     _clean_stale(report_dir / "figures", set(fig.written))
     return {"pages": list(pages), "figures": fig.written}
@@ -273,10 +277,15 @@ def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
 # --------------------------------------------------------------------------- building the site
 
 
-def read_quarto(project: Path) -> dict:
+def read_quarto(project: Path, profiles: list[str] = ()) -> dict:
     cfg = yaml.safe_load((project / "_quarto.yml").read_text(encoding="utf-8"))
     book = cfg.get("book", {})
-    chapters = list(book.get("chapters", [])) + list(book.get("appendices", []))
+    chapters = list(book.get("chapters", []))
+    for name in profiles:  # as Quarto merges a profile's _quarto-<name>.yml: its chapters are appended
+        extra = project / f"_quarto-{name}.yml"
+        if extra.exists():
+            chapters += list((yaml.safe_load(extra.read_text(encoding="utf-8")) or {}).get("book", {}).get("chapters", []))
+    chapters += list(book.get("appendices", []))
     return {"title": book.get("title", "Report"), "subtitle": book.get("subtitle"),
             "chapters": chapters, "output_dir": cfg.get("project", {}).get("output-dir", "_site"),
             "output_file": book.get("output-file", "report")}
@@ -332,11 +341,11 @@ def vega_bundle(path: Path) -> None:
     atomic_write_text(path, vlc.javascript_bundle())
 
 
-def builtin_render(project: Path, site: Path) -> dict:
+def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
     """Render _quarto.yml's chapters with pandoc into an HTML site and, via typst, one PDF."""
     import typst
 
-    cfg = read_quarto(project)
+    cfg = read_quarto(project, profiles)
     site = Path(site)
     tmp_site = Path(tempfile.mkdtemp(prefix=f".{site.name}.", dir=site.parent if site.parent.exists() else None))
     try:
@@ -416,15 +425,17 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
     facts = build_pages(layout, report_dir)
     if not build_site:
         return {"html": None, "pages": facts}
+    profiles = ["tracking"] if "tracking" in facts["pages"] else []  # _quarto-tracking.yml adds the page
     use_quarto = quarto == "quarto" or (quarto == "auto" and shutil.which("quarto"))
     if use_quarto:
         env = dict(os.environ, SEGREPORT_PAGES_READY="1")
-        res = subprocess.run(["quarto", "render"], cwd=project, env=env)
+        res = subprocess.run(["quarto", "render"] + [f"--profile={p}" for p in profiles], cwd=project, env=env)
         if res.returncode != 0:
             raise SegreportError(f"quarto render failed with exit status {res.returncode}")
         cfg = read_quarto(project)
         site = project / cfg["output_dir"]
         return {"html": str(site / "index.html"), "pdf": str(site / f"{cfg['output_file']}.pdf")}
-    out = builtin_render(project, Path(params.site) if Path(params.site).is_absolute() else project / params.site)
+    out = builtin_render(project, Path(params.site) if Path(params.site).is_absolute() else project / params.site,
+                         profiles)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out

@@ -677,8 +677,8 @@ def describe(result: dict) -> str:
     if rec:
         verdict = "keep the segmentation" if rec["action"] == "keep" else "re-fit the segmentation"
         why = "; ".join(_reason_text(r) for r in rec["reasons"])
-        line += f"\nrecommendation for {result['label'] if rec['period'] == result['as_of'] else rec['period']}: " \
-                f"{verdict}" + (f" ({why})" if why else "")
+        when = next((p["label"] for p in t.get("periods", []) if p["key"] == rec["period"]), rec["period"])
+        line += f"\nrecommendation for {when}: {verdict}" + (f" ({why})" if why else "")
     return line
 
 
@@ -690,3 +690,112 @@ def _reason_text(r: dict) -> str:
     if r["kind"] == "far":
         return f"{r['share']:.1%} far from every centre against {r['fit_share']:.1%} when fitted"
     return f"{r['share']:.1%} outliers against {r['fit_share']:.1%} when fitted"
+
+
+# --------------------------------------------------------------------------- the report page
+
+
+def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
+    """report/tracking.qmd from tracking.json (and its figures), when the run has snapshots scored with
+    its current fit; else no tracking page (a stale one is removed). True if the page was written."""
+    page = Path(report_dir) / "tracking.qmd"
+    view = page_view(layout, fig)
+    if view is None:
+        page.unlink(missing_ok=True)
+        return False
+    from markupsafe import Markup
+
+    env.filters.setdefault("pts", lambda v: Markup("–" if v is None else f"{100 * float(v):+.1f} pts"))
+    env.filters.setdefault("f2", lambda v: Markup("–" if v is None else f"{float(v):.2f}"))
+    text = env.get_template("pages/tracking.qmd.j2").render(view)
+    from .store import atomic_write_text
+
+    atomic_write_text(page, text)
+    return True
+
+
+def page_view(layout: RunLayout, fig) -> dict | None:
+    """What the tracking page shows, read from tracking.json and tracking/*.parquet (no new numbers)."""
+    import warnings
+
+    from . import figures as F
+
+    t = read_json_or_empty(layout.root / "tracking.json")
+    if not t.get("periods") or not (layout.root / SNAPSHOTS).is_dir():
+        return None
+    model = layout.cell(t["method"], t["k"]) / "model.joblib"
+    if not model.exists() or sha256_file(model) != t["model_sha256"]:
+        warnings.warn(f"{layout.root / 'tracking.json'}: the snapshots were scored with an earlier fit of "
+                      f"{t['method']} k={t['k']}; the tracking page is left out until they are tracked again")
+        return None
+    k = t["k"]
+    label = {p["key"]: p["label"] for p in t["periods"]}
+    order = [p["label"] for p in t["periods"]]
+    segs = {s["segment"]: s for s in t["segments"]}
+    sizes = pd.DataFrame(t["sizes"])
+    sizes["segment_code"] = sizes["segment"].map(lambda s: segs[s]["code"])
+    latest = t["latest"]
+    table = []
+    for s in t["segments"]:
+        rows = {r["period"]: r for r in t["sizes"] if r["segment"] == s["segment"]}
+        table.append({**s, "cells": [rows[p["key"]] for p in t["periods"]], "latest": rows[latest]})
+    chart_data = sizes.assign(period=sizes["period"].map(label), name=sizes["segment"].map(lambda s: segs[s]["name"]),
+                              segment=sizes["segment_code"])[
+        ["period", "segment", "name", "customers", "share", "beyond_noise"]]
+    from .render import METHOD_TITLES
+
+    view = {"t": t, "titles": METHOD_TITLES, "segments": t["segments"], "periods": t["periods"], "snapshots": t["periods"][1:],
+            "latest_label": label[latest], "size_rows": table, "label": label,
+            "fig_sizes": fig("tracking-sizes", F.shares_over_time(chart_data, order, k),
+                             "Each segment's share of customers, baseline and snapshots; solid points: a change "
+                             "against the baseline beyond sampling noise (95 %).")}
+    # moves between periods
+    mig = t["migration"]
+    view["transitions"] = [{**tr, "from_label": label[tr["from"]], "to_label": label[tr["to"]]}
+                           for tr in mig["transitions"]]
+    if mig["transitions"]:
+        last = view["transitions"][-1]
+        m = pd.read_parquet(layout.root / "tracking" / "migration.parquet")
+        m = m[(m["from_period"] == last["from"]) & (m["to_period"] == last["to"])]  # (DataFrame.to_period is a method)
+        codes = [s["code"] for s in t["segments"]]
+        rows_, cols_ = codes + ["new"], codes + ["left"]
+        grid = pd.DataFrame([(a, b) for a in range(-1, k) for b in range(-1, k) if not (a < 0 and b < 0)],
+                            columns=["from_segment", "to_segment"])
+        grid = grid.merge(m[["from_segment", "to_segment", "customers"]], how="left").fillna({"customers": 0})
+        grid["customers"] = grid["customers"].astype(int)
+        name = lambda s, none: none if s < 0 else segs[s]["code"]  # noqa: E731
+        cells = pd.DataFrame({"from": [name(s, "new") for s in grid.from_segment],
+                              "to": [name(s, "left") for s in grid.to_segment],
+                              "customers": grid.customers, "dark_from": grid.customers.max() / 2})
+        view["fig_migration"] = fig("tracking-migration", F.migration_heatmap(
+            cells, rows_, cols_, f"{last['from_label']} to {last['to_label']}"),
+            f"Customers by their segment in {last['from_label']} (rows) and in {last['to_label']} (columns); "
+            "'new': not in the earlier table, 'left': not in the later one.")
+        matrix = []
+        for a in list(range(k)) + [-1]:
+            row = {"from": segs[a] if a >= 0 else None, "counts": []}
+            for b in list(range(k)) + [-1]:
+                hit = grid[(grid.from_segment == a) & (grid.to_segment == b)]
+                row["counts"].append(None if (a < 0 and b < 0) else int(hit.customers.iloc[0]))
+            matrix.append(row)
+        view["matrix"] = matrix
+        view["last_transition"] = last
+    # drift
+    d_latest = pd.DataFrame(t["drift"]["latest"])
+    th = t["drift"]["thresholds"]
+    view["fig_drift"] = fig("tracking-drift", F.psi_bars(d_latest[["label", "psi", "reading"]], th["moderate"],
+                                                         th["large"]),
+                            f"Population stability index of each column in {label[latest]} against the baseline; "
+                            f"dashed lines at {th['moderate']} (moderate) and {th['large']} (large).")
+    view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -r["psi"])
+    view["drift_by_period"] = t["drift"]["by_period"]
+    # outcome
+    if t.get("outcome"):
+        rates = {(r["period"], r["segment"]): r for r in t["outcome_rates"]}
+        view["outcome_periods"] = [p for p in t["periods"] if p["key"] in t["outcome"]["periods"]]
+        view["outcome_rows"] = [{"segment": s, "cells": [rates.get((p["key"], s["segment"])) for p in
+                                                         view["outcome_periods"]]} for s in t["segments"]]
+        view["outcome_total"] = [rates.get((p["key"], -1)) for p in view["outcome_periods"]]
+    view["health"] = [{**h, "label": label[h["period"]]} for h in t["health"]]
+    view["rec"] = t["recommendation"]
+    return view
