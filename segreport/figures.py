@@ -145,7 +145,7 @@ def migration_heatmap(cells: pd.DataFrame, rows: list[str], cols: list[str], tit
             + base.mark_text(fontSize=12).encode(
                 text=alt.Text("customers:Q", format=","),
                 color=alt.condition("datum.customers > datum.dark_from", alt.value("white"), alt.value("black")))
-            ).properties(width=max(200, 70 * len(cols)), height=max(120, 32 * len(rows)), title=title)
+            ).properties(width=WIDTH - 120, height=max(120, 34 * len(rows)), title=title)
 
 
 def psi_bars(drift: pd.DataFrame, moderate: float, large: float) -> alt.Chart:

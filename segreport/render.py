@@ -284,7 +284,8 @@ def read_quarto(project: Path, profiles: list[str] = ()) -> dict:
     for name in profiles:  # as Quarto merges a profile's _quarto-<name>.yml: its chapters are appended
         extra = project / f"_quarto-{name}.yml"
         if extra.exists():
-            chapters += list((yaml.safe_load(extra.read_text(encoding="utf-8")) or {}).get("book", {}).get("chapters", []))
+            more = yaml.safe_load(extra.read_text(encoding="utf-8")) or {}
+            chapters += list(more.get("book", {}).get("chapters", []))
     chapters += list(book.get("appendices", []))
     return {"title": book.get("title", "Report"), "subtitle": book.get("subtitle"),
             "chapters": chapters, "output_dir": cfg.get("project", {}).get("output-dir", "_site"),

@@ -326,6 +326,10 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
     if not root.is_dir():
         raise SegreportError(f"{root}: no such run folder; run `segreport run` first")
     layout = RunLayout(root)
+    past = history(layout)
+    if method is None and k is None and past:  # the history goes on with the segmentation it follows
+        first = next(iter(past.values())).meta
+        method, k = first["method"], first["k"]
     method, k = chosen_segmentation(layout, method, k)
     run = _Run(root, method, k)
     key, label = parse_as_of(as_of)
@@ -334,11 +338,11 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
         read_raw(path)  # the one-line error: not found, a folder, ...
     file_sha = sha256_file(path)
     model_sha = sha256_file(run.cell / "model.joblib")
-    past = history(layout)
     for other_key, snap in past.items():
         m = snap.meta
         if (m["method"], m["k"]) != (method, k):
-            raise SegreportError(f"{root / SNAPSHOTS / other_key}: this run's history follows {m['method']} k={m['k']}, "
+            raise SegreportError(f"{root / SNAPSHOTS / other_key}: this run's history follows {m['method']} "
+                                 f"k={m['k']}, "
                                  f"not {method} k={k}; track with --method {m['method']} --k {m['k']}, or move "
                                  f"{root / SNAPSHOTS} away to start a new history")
         if m["model_sha256"] != model_sha:
@@ -441,7 +445,8 @@ def _baseline_ids(layout: RunLayout, ctx: dict, id_column: str) -> pd.Series | N
     sha = ctx["data"].get("file_sha256")
     if cache.exists():
         got = pd.read_parquet(cache)
-        if list(got.columns) == ["id"] and read_json_or_empty(layout.root / "tracking.json").get("baseline_ids") == [id_column, sha]:
+        known = read_json_or_empty(layout.root / "tracking.json").get("baseline_ids")
+        if list(got.columns) == ["id"] and known == [id_column, sha]:
             return got["id"]
     path = Path(ctx["data"]["path"])
     if not path.is_file() or sha256_file(path) != sha:
@@ -611,7 +616,8 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict
                       "notes": [s.meta["id_note"] for s in snaps.values() if s.meta.get("id_note")]},
         "drift": {"thresholds": {"moderate": PSI_MODERATE, "large": PSI_LARGE},
                   "latest": [r for r in drift_rows if r["period"] == latest],
-                  "by_period": {key: {r["column"]: r["psi"] for r in drift_rows if r["period"] == key} for key in snaps}},
+                  "by_period": {key: {r["column"]: r["psi"] for r in drift_rows if r["period"] == key}
+                                for key in snaps}},
         "outcome": outcome, "outcome_rates": outcome_df.to_dict(orient="records"),
         "health": health, "recommendation": recommendation,
     }
@@ -744,7 +750,8 @@ def page_view(layout: RunLayout, fig) -> dict | None:
         ["period", "segment", "name", "customers", "share", "beyond_noise"]]
     from .render import METHOD_TITLES
 
-    view = {"t": t, "titles": METHOD_TITLES, "segments": t["segments"], "periods": t["periods"], "snapshots": t["periods"][1:],
+    view = {"t": t, "titles": METHOD_TITLES, "segments": t["segments"], "periods": t["periods"],
+            "snapshots": t["periods"][1:],
             "latest_label": label[latest], "size_rows": table, "label": label,
             "fig_sizes": fig("tracking-sizes", F.shares_over_time(chart_data, order, k),
                              "Each segment's share of customers, baseline and snapshots; solid points: a change "
