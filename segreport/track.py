@@ -636,7 +636,8 @@ def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dic
     size, or clearly more customers than in the fitting table sit far from every centre (over
     twice the fitting share beyond its 95th percentile distance) or are outliers (over 1.5 times
     the fitting share), each at a one-sided binomial p below 0.01. Moderate drift, size changes
-    beyond noise and unseen categories are listed to watch."""
+    beyond noise, unseen categories and smaller (but significant) rises of those two shares are
+    listed to watch."""
     name = {s["segment"]: s for s in segments}
     reasons, watch = [], []
     d = drift[drift.period == latest].sort_values("psi", ascending=False)
@@ -659,13 +660,17 @@ def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dic
             watch.append({"kind": "size", "segment": int(r.segment), "code": seg["code"], "name": seg["name"],
                           "baseline_share": float(r.share - r.change), "share": float(r.share),
                           "change": float(r.change), "p_value": float(r.p_value)})
-    if health["far_share"] > FAR_RATIO * fit["far_share"] and health["far_p_value"] < EVIDENCE:
-        reasons.append({"kind": "far", "share": health["far_share"], "fit_share": fit["far_share"],
-                        "customers": health["far"], "p_value": health["far_p_value"]})
-    if health.get("outlier_share") is not None and fit.get("outlier_share") and \
-            health["outlier_share"] > OUTLIER_RATIO * fit["outlier_share"] and health["outlier_p_value"] < EVIDENCE:
-        reasons.append({"kind": "outliers", "share": health["outlier_share"], "fit_share": fit["outlier_share"],
-                        "customers": health["outliers"], "p_value": health["outlier_p_value"]})
+    # more customers far from every centre, or outliers: re-fit past the ratio, watch when only significant
+    checks = [("far", "far", FAR_RATIO)]
+    if health.get("outlier_share") is not None and fit.get("outlier_share"):
+        checks.append(("outliers", "outlier", OUTLIER_RATIO))
+    for kind, key, ratio in checks:
+        if health[f"{key}_p_value"] >= EVIDENCE or health[f"{key}_share"] <= fit[f"{key}_share"]:
+            continue
+        item = {"kind": kind, "share": health[f"{key}_share"], "fit_share": fit[f"{key}_share"],
+                "customers": health["far" if kind == "far" else "outliers"], "p_value": health[f"{key}_p_value"],
+                "ratio": ratio}
+        (reasons if health[f"{key}_share"] > ratio * fit[f"{key}_share"] else watch).append(item)
     return {"period": latest, "action": "refit" if reasons else "keep", "reasons": reasons, "watch": watch,
             "rules": {"psi_large": PSI_LARGE, "psi_moderate": PSI_MODERATE, "far_ratio": FAR_RATIO,
                       "outlier_ratio": OUTLIER_RATIO, "evidence": EVIDENCE,

@@ -8,13 +8,11 @@ through the CLI, and the planted moves and drift found again; the page in the HT
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,8 +23,8 @@ from segreport.assign import score_frame
 from segreport.cli import main
 from segreport.demo import NEW_JOB, generate, generate_snapshots, write_demo, write_snapshots
 from segreport.store import RunLayout, atomic_write_json, read_json
-from segreport.track import (chosen_segmentation, column_drift, decile_edges, bin_counts, migration, parse_as_of,
-                             psi, psi_reading, score, size_test)
+from segreport.track import (bin_counts, chosen_segmentation, column_drift, decile_edges, migration, parse_as_of,
+                             psi, psi_reading, size_test)
 
 from .conftest import ROOT, make_workdir, snapshot
 
@@ -256,12 +254,20 @@ def test_bad_input_is_one_line_and_writes_nothing(wd, capsys, args, message):
 
 
 @pytest.mark.slow
-def test_dask_parts_score_as_the_whole(wd):
-    df = pd.read_csv(wd / "data/snap-3.csv", dtype=str)
-    whole = score_frame(RUN, "kmeans", 3, df)
-    parts, n = score(Path(RUN), "kmeans", 3, df, "snap-3", executor="dask", workers=2, part_rows=300)
-    assert n == math.ceil(len(df) / 300) > 2
-    pd.testing.assert_frame_equal(parts, whole)
+def test_dask_parts_give_the_same_bytes_as_the_local_path(wd, capsys):
+    """The same snapshot tracked on a LocalCluster, in two row parts, into a copy of the run."""
+    shutil.copytree(wd / RUN, wd / "results/fit-dask", ignore=shutil.ignore_patterns("snapshots", "tracking*"))
+    assert main(["track", "--run", "results/fit-dask", "--data", "data/snap-3.csv", "--as-of", "2026-11",
+                 "--executor", "dask", "--workers", "2", "-q"]) == 0
+    assert "(2 Dask parts)" in capsys.readouterr().out
+    for name in ("labels.parquet", "drift.parquet", "snapshot.json"):
+        local = (wd / RUN / "snapshots/2026-11" / name).read_bytes()
+        assert (wd / "results/fit-dask/snapshots/2026-11" / name).read_bytes() == local, name
+    # and what the parts stored is assign's answer, row for row
+    whole = score_frame(RUN, "kmeans", 3, pd.read_csv(wd / "data/snap-3.csv", dtype=str))
+    lab = pd.read_parquet(wd / "results/fit-dask/snapshots/2026-11/labels.parquet")
+    np.testing.assert_array_equal(lab["segment"].to_numpy(), whole["segment"].to_numpy())
+    np.testing.assert_array_equal(lab["distance"].to_numpy(), whole["distance"].to_numpy())
 
 
 @pytest.mark.slow
