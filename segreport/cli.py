@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import SegreportError, __version__
+from .methods import DEFAULT_METHODS, REGISTRY
 
 EPILOG_RUN = """examples:
   segreport run                                   # params.yml, demo data by default
@@ -27,7 +28,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="run name: results go to <results>/<run>/ (default: the data file's stem)")
     p.add_argument("--results", help="folder for run results (default: results)")
     p.add_argument("--site", help="output folder of the rendered report (default: _site)")
-    p.add_argument("--methods", help="comma-separated subset of kmeans,kprototypes,llm (default: all three)")
+    p.add_argument("--methods", help=f"comma-separated methods among {','.join(REGISTRY)} "
+                                     f"(default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--k", help="numbers of segments: a range '3-8' or a list '3,5,7' (default: 3-8)")
     p.add_argument("--seed", type=int, help="random seed for every random step (default: 42)")
     p.add_argument("--workers", type=int, help="parallel grid cells (default 0 = number of cores)")
@@ -61,8 +63,10 @@ def _params(ns, extra: dict | None = None):
     from .config import load_params
 
     path = ns.params
-    if path is None and Path("params.yml").exists():
-        path = "params.yml"
+    if path is None:
+        from .resources import DEFAULT_PARAMS
+
+        path = "params.yml" if Path("params.yml").exists() else DEFAULT_PARAMS
     ov = _overrides(ns, RUN_KEYS)
     ov.update(extra or {})
     return load_params(path, ov)
@@ -147,8 +151,8 @@ def cmd_track(ns) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segreport",
-        description="Customer segmentation reports: K-means, K-Prototypes and LLM embeddings for a grid of k, "
-                    "run as papermill notebooks and rendered into one HTML site and PDF.")
+        description="Customer segmentation reports: " + ", ".join(m.display for m in REGISTRY.values())
+                    + " for a grid of k, run as papermill notebooks and rendered into one HTML site and PDF.")
     parser.add_argument("--version", action="version", version=f"segreport {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -197,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reapply the fitted pipeline saved with a run (encoders, transforms, outlier "
                                    "model, centroids or prototypes, embedding model and template) to new rows.")
     p.add_argument("--run", dest="run_dir", required=True, help="the run's results folder, e.g. results/demo")
-    p.add_argument("--method", required=True, choices=["kmeans", "kprototypes", "llm"])
-    p.add_argument("--k", type=int, required=True, help="which k of the grid")
+    p.add_argument("--method", required=True, choices=list(REGISTRY))
+    p.add_argument("--k", type=int, required=True,
+                   help="which cell of the grid: its k (for hdbscan: its minimum segment size)")
     p.add_argument("--data", required=True, help="new customers: CSV or Parquet with the run's columns")
     p.add_argument("--out", required=True, help="output CSV: the rows with segment, persona, outlier, distance")
     p.set_defaults(func=cmd_assign)

@@ -15,7 +15,7 @@ import pandas as pd
 
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#bab0ac", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#17becf"]
-METHOD_COLORS = {"kmeans": "#4e79a7", "kprototypes": "#f28e2b", "llm": "#59a14f"}
+METHOD_PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#9c755f", "#e15759"]  # in registry order
 WIDTH = 560
 
 
@@ -28,13 +28,16 @@ def segment_scale(k: int) -> alt.Scale:
 
 
 def metric_lines(table: pd.DataFrame, y: str, title: str, y_title: str, chosen: int | None = None,
-                 color_by: str | None = None) -> alt.Chart:
+                 color_by: str | None = None, x_title: str = "k (number of segments)",
+                 methods: list[str] | None = None) -> alt.Chart:
+    """A metric against k (or a method's grid value); `methods`: the display names in colour order."""
     data = table.dropna(subset=[y])[["k", y] + ([color_by] if color_by else [])]
-    base = alt.Chart(data).encode(x=alt.X("k:O", title="k (number of segments)"),
+    base = alt.Chart(data).encode(x=alt.X("k:O", title=x_title),
                                   y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)))
     if color_by == "method":
+        domain = methods or sorted(data["method"].unique())
         enc = {"color": alt.Color("method:N", title="method",
-                                  scale=alt.Scale(domain=list(METHOD_COLORS), range=list(METHOD_COLORS.values())))}
+                                  scale=alt.Scale(domain=domain, range=METHOD_PALETTE[:len(domain)]))}
     elif color_by:
         enc = {"color": alt.Color(f"{color_by}:N", title=color_by)}
     else:

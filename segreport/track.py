@@ -101,8 +101,9 @@ def chosen_segmentation(layout: RunLayout, method: str | None = None, k: int | N
     if method is None:
         rec = comp.get("recommendation")
         if isinstance(rec, dict) and rec.get("method") and rec.get("k") is not None:
-            if k is None or int(k) == int(rec["k"]):
-                return str(rec["method"]), int(rec["k"])
+            value = int(rec.get("value", rec["k"]))  # the cell: k, or a method's own grid value
+            if k is None or int(k) == value:
+                return str(rec["method"]), value
         if k is not None:
             raise SegreportError(f"--k {k} without --method: name the method too (--method kmeans, ...)")
         done = [m for m, r in recommended.items() if (r or {}).get("k") is not None]
@@ -112,7 +113,7 @@ def chosen_segmentation(layout: RunLayout, method: str | None = None, k: int | N
     rec = recommended.get(method) or {}
     if rec.get("k") is None:
         raise SegreportError(f"{path}: no recommended k for method '{method}'; give --k")
-    return method, int(rec["k"])
+    return method, int(rec.get("value", rec["k"]))
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -734,7 +735,9 @@ def page_view(layout: RunLayout, fig) -> dict | None:
     t = read_json_or_empty(layout.root / "tracking.json")
     if not t.get("periods") or not (layout.root / SNAPSHOTS).is_dir():
         return None
-    model = layout.cell(t["method"], t["k"]) / "model.joblib"
+    from .methods import get
+
+    model = layout.cell(t["method"], t["k"], get(t["method"]).grid) / "model.joblib"
     if not model.exists() or sha256_file(model) != t["model_sha256"]:
         warnings.warn(f"{layout.root / 'tracking.json'}: the snapshots were scored with an earlier fit of "
                       f"{t['method']} k={t['k']}; the tracking page is left out until they are tracked again")

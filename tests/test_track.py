@@ -244,6 +244,7 @@ def test_the_same_snapshot_again_changes_nothing(wd):
     (["--data", "data/snap-1.csv", "--as-of", "2026-10"], "already holds"),
     (["--data", "data/snap-1.csv", "--id", "client", "--as-of", "2027-01"], "'client'"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(wd, capsys, args, message):
     pd.read_csv(wd / "data/snap-1.csv").drop(columns="age").to_csv(wd / "data/no_age.csv", index=False)
     before = snapshot(wd / RUN)
