@@ -48,11 +48,11 @@ def main():
 
     # Compile (or load from numba's cache) before timing.
     KPrototypesSegmenter(n_clusters=K, init=(init_num, init_cat), n_init=1,
-                         random_state=SEED).fit(X_num[:500], X_cat[:500])
+                         random_state=SEED).fit_arrays(X_num[:500], X_cat[:500])
 
     t0 = time.perf_counter()
     fast = KPrototypesSegmenter(n_clusters=K, init=(init_num, init_cat), n_init=1,
-                                random_state=SEED).fit(X_num, X_cat)
+                                random_state=SEED).fit_arrays(X_num, X_cat)
     t_fast = time.perf_counter() - t0
 
     # kmodes overwrites the arrays of an explicit init in place: give it copies.

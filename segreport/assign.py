@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .config import METHODS, ColumnSpec
+from .config import ColumnSpec, params_of
 from .data import _FALSE, _TRUE, MISSING_LEVEL, OTHER_LEVEL, parse_numeric, read_raw, resolve_schema
-from .store import RunLayout, atomic_write_text, read_json
+from .methods import REGISTRY, get
+from .store import LABELS, MODEL, OUTLIER_MODEL, PERSONAS, SPACE_INFO, RunLayout, atomic_write_text, read_json
 
 RESULT_COLUMNS = ("segment", "segment_name", "persona", "outlier", "distance")
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
@@ -47,8 +48,8 @@ class _Run:
 
     def __init__(self, run_dir, method: str, k: int):
         root = Path(run_dir)
-        if method not in METHODS:
-            raise SegreportError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
+        if method not in REGISTRY:
+            raise SegreportError(f"unknown method {method!r} (valid: {', '.join(REGISTRY)})")
         if not root.exists():
             raise SegreportError(f"{root}: no such run folder; run `segreport run` first")
         if not root.is_dir():
@@ -57,31 +58,35 @@ class _Run:
         if not layout.context.exists():
             raise SegreportError(f"{root}: not a finished run (no context.json); run `segreport run` first")
         self.ctx = ctx = _load(layout.context, read_json)
-        self.params = params = ctx["params"]
+        self.params = params_of(ctx)
+        self.m = m = get(method)
         self.method, self.k = method, int(k)
-        if method not in params["methods"]:
+        if method not in ctx.get("methods", self.params.methods):
             raise SegreportError(f"{root}: method '{method}' is not part of this run (methods: "
-                                 f"{', '.join(params['methods'])}); run `segreport run --methods {method}` first")
-        cell = layout.cell(method, k)
-        if not all((cell / f).exists() for f in ("model.joblib", "personas.json", "labels.parquet")):
-            done = sorted(int(p.name[1:]) for p in layout.cell(method, 0).parent.glob("k*")
-                          if p.name[1:].isdigit() and (p / "model.joblib").exists())
-            have = f" (finished: k={', '.join(map(str, done))})" if done else ""
-            raise SegreportError(f"{root}: no finished cell {method} k={k}; run `segreport run --k {k}` first{have}")
+                                 f"{', '.join(ctx.get('methods', self.params.methods))}); "
+                                 f"run `segreport run --methods {method}` first")
+        cell = layout.cell(method, k, m.grid)
+        if not all((cell / f).exists() for f in (MODEL, PERSONAS, LABELS)):
+            done = sorted(int(p.name[len(m.grid):]) for p in cell.parent.glob(f"{m.grid}*")
+                          if p.name[len(m.grid):].isdigit() and (p / MODEL).exists())
+            have = f" (finished: {m.grid_label}={', '.join(map(str, done))})" if done else ""
+            raise SegreportError(f"{root}: no finished cell {method} {m.grid_label}={k}; "
+                                 f"run `segreport run` with it first{have}")
         self.cell = cell
-        model = _load(cell / "model.joblib", joblib.load)
+        model = _load(cell / MODEL, joblib.load)
         self.segmenter = model["segmenter"] if isinstance(model, dict) else model
-        cards = _load(cell / "personas.json", read_json)
+        cards = _load(cell / PERSONAS, read_json)
         self.personas = {int(c["segment"]): str(c.get("name") or f"S{int(c['segment']) + 1}") for c in cards}
         if not layout.table.exists():
             raise SegreportError(f"{layout.table}: the run's table is missing; rerun `segreport run`")
         self.train = _load(layout.table, pd.read_parquet)
-        n_labels = len(pd.read_parquet(cell / "labels.parquet", columns=["row"]))
+        n_labels = len(pd.read_parquet(cell / LABELS, columns=["row"]))
         if n_labels != len(self.train):
             raise SegreportError(f"{cell}: fitted on {n_labels} rows but the run's table has {len(self.train)}; "
-                                 f"the cell is stale, rerun `segreport run --k {k}`")
+                                 f"the cell is stale, rerun `segreport run`")
         self.space_dir = layout.space(method)
-        self.space_info = _load(self.space_dir / "info.json", read_json)
+        self.space_info = _load(self.space_dir / SPACE_INFO, read_json)
+        self.inputs = (ctx.get("inputs") or {}).get(method) or {}
 
     def file(self, path: Path, what: str):
         if not path.exists():
@@ -92,9 +97,8 @@ class _Run:
         return [ColumnSpec.model_validate(s) for s in self.ctx["schema"]]
 
     def pooled(self) -> set[str]:
-        """Columns whose rare levels the run pooled as 'other' (from the table's notes)."""
-        pat = re.compile(r"^'(.*)': \d+ rare level\(s\) pooled as '" + re.escape(OTHER_LEVEL) + "'$")
-        return {m.group(1) for n in self.ctx.get("data", {}).get("notes", []) if (m := pat.match(n))}
+        """Columns whose rare levels the run pooled as 'other' (saved with the run's data facts)."""
+        return set(self.ctx.get("data", {}).get("pooled") or [])
 
 
 def _load(path: Path, reader):
@@ -196,72 +200,7 @@ def ecod_flags(det, X: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- spaces
 
 
-def _space_kmeans(run: _Run, frame: pd.DataFrame) -> tuple[np.ndarray, dict]:
-    ct = run.file(run.space_dir / "transformer.joblib", "the K-means transformer")
-    X = np.asarray(ct.transform(frame), dtype=np.float64)
-    # an unseen ordinal level is NaN after the encoder: 0 is the standardised mean
-    return np.nan_to_num(X, nan=0.0), {}
-
-
-def _space_kprototypes(run: _Run, frame: pd.DataFrame) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
-    enc = run.file(run.space_dir / "transformer.joblib", "the K-Prototypes encoder")
-    # unseen levels get code -1 (never matches a prototype); they are swapped for a known level
-    # before the encoder and set to -1 after it, as pandas deprecates unknown values in a Categorical
-    frame = frame.copy()
-    unseen = {}
-    for c in enc.categorical:
-        unseen[c] = ~frame[c].isin(enc.levels[c]).to_numpy()
-        if unseen[c].any():
-            frame.loc[unseen[c], c] = enc.levels[c][0]
-    xn, xc, _ = enc.transform(frame)
-    for j, c in enumerate(enc.categorical):
-        xc[unseen[c], j] = -1
-    return (xn, xc), {}
-
-
-def _space_llm(run: _Run, frame: pd.DataFrame) -> tuple[np.ndarray, dict]:
-    from .embed import embed_texts, row_texts
-
-    template = (run.ctx.get("row_template") or {}).get("text")
-    if not template:
-        raise SegreportError(f"{run.layout.context}: no row-text template recorded; rerun `segreport run`")
-    p, lp = run.params, run.params["llm"]
-    numbers, edges = lp.get("numbers", "plain"), (run.ctx.get("row_template") or {}).get("number_edges")
-    texts = row_texts(frame, template, numbers, edges)
-    X = np.empty((len(texts), 0), dtype=np.float32)
-    known: dict[str, int] = {}
-    x_file = run.space_dir / "X.npy"
-    if x_file.exists():
-        X_train = np.load(x_file)
-        train_texts = row_texts(run.train, template, numbers, edges)
-        if len(train_texts) == len(X_train):
-            known = {t: i for i, t in enumerate(train_texts)}
-            X = np.empty((len(texts), X_train.shape[1]), dtype=X_train.dtype)
-    rows = np.array([known.get(t, -1) for t in texts], dtype=np.int64)
-    if known:
-        X[rows >= 0] = X_train[rows[rows >= 0]]
-    new = rows < 0
-    facts = {"embedded": 0}
-    if new.any():
-        todo = [t for t, m in zip(texts, new) if m]
-        emb, _ = embed_texts(todo, lp["model"], lp["precision"], int(lp["batch_size"]), bool(lp["normalize"]),
-                             cache_dir=p.get("cache_dir"), progress=False, seed=int(p["seed"]))
-        if X.shape[1] == 0:
-            X = np.empty((len(texts), emb.shape[1]), dtype=emb.dtype)
-        X[new] = emb.astype(X.dtype)
-        facts["embedded"] = len(set(todo))
-    return X, facts
-
-
-def _outlier_space(run: _Run, frame: pd.DataFrame, X):
-    """The matrix the method's ECOD model was fitted on (K-Prototypes: the common space)."""
-    if run.method != "kprototypes":
-        return X
-    ct = run.file(run.layout.space("common") / "transformer.joblib", "the common-space transformer")
-    return _column_transform(ct, frame)
-
-
-def _column_transform(ct, frame: pd.DataFrame) -> np.ndarray:
+def column_transform(ct, frame: pd.DataFrame) -> np.ndarray:
     """ct.transform(frame) of a fitted ColumnTransformer, step by step.
 
     The common space's pipeline ends in features._Scale, which is not a scikit-learn
@@ -314,41 +253,50 @@ def _to_csv(out: pd.DataFrame) -> str:
 
 def label(run: _Run, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(segment, distance, outlier flag, facts) of normalised rows in the run's fitted pipeline."""
-    space = {"kmeans": _space_kmeans, "kprototypes": _space_kprototypes, "llm": _space_llm}[run.method]
-    X, facts = space(run, frame)
+    from .cell import segments
+
+    X, facts = run.m.transform_new(run, frame)
     try:
-        # segment = the closest centre or prototype in segmenter.transform, first on ties: how
-        # cell.fit_method labels the run's rows (predict can break near-ties differently)
-        dist_all = np.asarray(run.segmenter.transform(*X) if run.method == "kprototypes"
-                              else run.segmenter.transform(X))
-        seg = dist_all.argmin(axis=1).astype(np.int64)
+        # the segment as cell.fit_method gives it to the run's own rows (closest centre, first on ties)
+        seg, dist = segments(run.m, run.segmenter, X)
     except ValueError as exc:  # the space changed shape since the cell was fitted
         raise SegreportError(f"{run.cell}: the fitted model does not fit the run's current feature space "
-                             f"({str(exc).splitlines()[0]}); rerun `segreport run --k {run.k}`") from None
-    dist = dist_all[np.arange(len(seg)), seg].astype(np.float64)
+                             f"({str(exc).splitlines()[0]}); rerun `segreport run`") from None
     outlier = np.zeros(len(seg), dtype=bool)
     facts["outliers"] = None
     if run.space_info.get("outliers"):
-        det = run.file(run.space_dir / "outlier_model.joblib", "the ECOD outlier model")
-        outlier = ecod_flags(det, _outlier_space(run, frame, X))
+        det = run.file(run.space_dir / OUTLIER_MODEL, "the ECOD outlier model")
+        outlier = ecod_flags(det, run.m.outlier_input_new(run, frame, X))
         facts["outliers"] = int(outlier.sum())
-    return seg, dist, outlier, facts
+    return seg, dist.astype(np.float64), outlier, facts
+
+
+def score_frame(run_dir, method: str, k: int, df: pd.DataFrame, path: str = "the new rows") -> pd.DataFrame:
+    """RESULT_COLUMNS for raw rows (as read_raw reads them), one row each, in order: what `assign` writes.
+    Rows are scored one by one, so parts of a table scored apart (e.g. Dask tasks) give the whole's result."""
+    return _score(run_dir, method, k, df, path)[0]
+
+
+def _score(run_dir, method: str, k: int, df: pd.DataFrame, path: str) -> tuple[pd.DataFrame, dict]:
+    """score_frame's rows, and what was done to the input (unseen levels, imputed numbers, outliers)."""
+    run = _Run(run_dir, method, k)
+    frame, facts = normalise_new(df, run.schema(), run.train, path, run.pooled())
+    seg, dist, outlier, more = label(run, frame)
+    facts.update(more)
+    out = pd.DataFrame({"segment": seg, "segment_name": [f"S{s + 1}" for s in seg],
+                        "persona": [run.personas.get(int(s), f"S{s + 1}") for s in seg],
+                        "outlier": outlier.astype(bool), "distance": dist})
+    return out, facts
 
 
 def assign(run_dir, method: str, k: int, data_path, out_path) -> tuple[int, str]:
     """Give new customers the segments of a finished run; returns (rows written, short facts string)."""
-    run = _Run(run_dir, method, k)
     path = str(data_path)
     df, _ = read_raw(path)
-    frame, facts = normalise_new(df, run.schema(), run.train, path, run.pooled())
-    seg, dist, outlier, more = label(run, frame)
-    facts.update(more)
+    scored, facts = _score(run_dir, method, k, df, path)
     out = df.reset_index(drop=True).drop(columns=[c for c in RESULT_COLUMNS if c in df.columns])
-    out["segment"] = seg
-    out["segment_name"] = [f"S{s + 1}" for s in seg]
-    out["persona"] = [run.personas.get(int(s), f"S{s + 1}") for s in seg]
-    out["outlier"] = outlier.astype(bool)
-    out["distance"] = dist
+    for c in RESULT_COLUMNS:
+        out[c] = scored[c].to_numpy()
     atomic_write_text(out_path, _to_csv(out))
     return len(out), _facts(facts, [c for c in RESULT_COLUMNS if c in df.columns])
 

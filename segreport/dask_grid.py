@@ -56,7 +56,8 @@ from uuid import uuid4
 
 from . import SegreportError
 from .grid import _execute, ensure_kernel, record_cell, start_grid
-from .store import RunLayout
+from .methods import get
+from .store import RunLayout, cell_name
 
 
 class DaskSession:
@@ -167,7 +168,7 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
         bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)
         for m, k, ck in todo:
             fut = session.submit(_execute, str(project), run_dir, m, k, session.threads, str(analysis), env,
-                                 key=f"cell-{m}-k{k}-{ck}")
+                                 key=f"cell-{cell_name(m, k, get(m).grid).replace('/', '-')}-{ck}")
             futures[fut] = (m, k, ck)
         for fut in as_completed(list(futures), loop=client.loop):  # loop: this client is not the default
             m, k, ck = futures[fut]
@@ -176,7 +177,7 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
             except Exception as exc:  # raised twice, or its workers kept dying (KilledWorker)
                 st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500], "wall_seconds": None}
             record_cell(layout, manifest, m, k, ck, st)
-            bar.set_postfix_str(f"{m}/k{k} {st['status']}")
+            bar.set_postfix_str(f"{cell_name(m, k, get(m).grid)} {st['status']}")
             bar.update(1)
     except BaseException:
         # interrupted: drop the tasks; finished cells are on disk, unfinished ones rerun next time. Closing a

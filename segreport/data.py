@@ -46,6 +46,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)
     outcome: pd.Series | None = None
+    pooled: list[str] = field(default_factory=list)  # columns whose rare levels were pooled as 'other'
 
     @property
     def used(self) -> list[ColumnSpec]:
@@ -282,8 +283,10 @@ def parse_numeric(s: pd.Series, name: str, path: str) -> pd.Series:
 
 
 def normalise(df: pd.DataFrame, schema: list[ColumnSpec], path: str, max_levels: int = 30,
-              min_level_share: float = 0.0) -> tuple[pd.DataFrame, list[ColumnSpec], list[str]]:
-    """Typed, clean columns for the used part of the schema; notes on what was changed."""
+              min_level_share: float = 0.0, pooled_out: list[str] | None = None
+              ) -> tuple[pd.DataFrame, list[ColumnSpec], list[str]]:
+    """Typed, clean columns for the used part of the schema; notes on what was changed
+    (and, into `pooled_out`, the columns whose rare levels were pooled)."""
     out: dict[str, pd.Series] = {}
     notes: list[str] = []
     kept: list[ColumnSpec] = []
@@ -320,6 +323,8 @@ def normalise(df: pd.DataFrame, schema: list[ColumnSpec], path: str, max_levels:
                 pooled = ~cat.isin(keep)
                 notes.append(f"'{spec.name}': {len(counts) - len(keep)} rare level(s) pooled as '{OTHER_LEVEL}'")
                 cat = cat.where(~pooled, OTHER_LEVEL)
+                if pooled_out is not None:
+                    pooled_out.append(spec.name)
             if cat.nunique() <= 1:
                 notes.append(f"'{spec.name}' is constant: dropped")
                 kept.append(spec.model_copy(update={"use": False}))
@@ -348,7 +353,9 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
         if outcome not in df.columns:
             raise SegreportError(f"{path}: outcome column '{outcome}' is not in the file")
         specs = [s.model_copy(update={"use": False}) if s.name == outcome else s for s in specs]
-    frame, specs, notes = normalise(df, specs, path)
+    pooled: list[str] = []
+    frame, specs, notes = normalise(df, specs, path, pooled_out=pooled)
+    pooled = [c for c in pooled if c in frame.columns]
     out_series = None
     if outcome is not None:
         o = df[outcome]
@@ -356,7 +363,7 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
         out_series = (b if b is not None else o.astype(str)).reset_index(drop=True)
     return Table(frame=frame, schema=specs, path=path, file_sha256=file_sha256(path),
                  encoding=info.get("encoding") or "binary", delimiter=info.get("delimiter"),
-                 notes=notes, decisions=decisions, outcome=out_series)
+                 notes=notes, decisions=decisions, outcome=out_series, pooled=pooled)
 
 
 def check_k(table: Table, ks: list[int]) -> None:

@@ -40,6 +40,13 @@ def schema_template(schema) -> str:
     return ", ".join(clauses)
 
 
+def strip_comments(template_text: str) -> str:
+    """The template without its Jinja comments ({# ... #}): what it renders is unchanged."""
+    import re
+
+    return re.sub(r"\{#.*?#\}\s*", "", template_text, flags=re.S).strip() + "\n"
+
+
 def _fmt(v) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))

@@ -15,7 +15,7 @@ import pandas as pd
 
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#bab0ac", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#17becf"]
-METHOD_COLORS = {"kmeans": "#4e79a7", "kprototypes": "#f28e2b", "llm": "#59a14f"}
+METHOD_PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#9c755f", "#e15759"]  # in registry order
 WIDTH = 560
 
 
@@ -28,13 +28,16 @@ def segment_scale(k: int) -> alt.Scale:
 
 
 def metric_lines(table: pd.DataFrame, y: str, title: str, y_title: str, chosen: int | None = None,
-                 color_by: str | None = None) -> alt.Chart:
+                 color_by: str | None = None, x_title: str = "k (number of segments)",
+                 methods: list[str] | None = None) -> alt.Chart:
+    """A metric against k (or a method's grid value); `methods`: the display names in colour order."""
     data = table.dropna(subset=[y])[["k", y] + ([color_by] if color_by else [])]
-    base = alt.Chart(data).encode(x=alt.X("k:O", title="k (number of segments)"),
+    base = alt.Chart(data).encode(x=alt.X("k:O", title=x_title),
                                   y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)))
     if color_by == "method":
+        domain = methods or sorted(data["method"].unique())
         enc = {"color": alt.Color("method:N", title="method",
-                                  scale=alt.Scale(domain=list(METHOD_COLORS), range=list(METHOD_COLORS.values())))}
+                                  scale=alt.Scale(domain=domain, range=METHOD_PALETTE[:len(domain)]))}
     elif color_by:
         enc = {"color": alt.Color(f"{color_by}:N", title=color_by)}
     else:
@@ -114,3 +117,50 @@ def spec_json_for_html(spec: dict) -> str:
     """JSON safe to place inside a <script> element (no '</script>' breakout)."""
     s = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# --------------------------------------------------------------------------- segments over time (track)
+
+READING_COLORS = {"stable": "#59a14f", "moderate": "#f28e2b", "large": "#e15759"}
+
+
+def shares_over_time(sizes: pd.DataFrame, periods: list[str], k: int) -> alt.Chart:
+    """Each segment's share of customers per period (columns: period label, segment code, name, share,
+    customers, beyond_noise); filled points mark a change against the baseline beyond sampling noise."""
+    base = alt.Chart(sizes).encode(
+        x=alt.X("period:N", sort=periods, title=None, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of customers"),
+        color=alt.Color("segment:N", scale=segment_scale(k), title="segment"),
+        tooltip=["period", "segment", "name", "customers", alt.Tooltip("share:Q", format=".1%"), "beyond_noise"])
+    return (base.mark_line() + base.mark_point(size=60, filled=True).encode(
+        opacity=alt.condition("datum.beyond_noise", alt.value(1.0), alt.value(0.35)))
+            ).properties(width=WIDTH - 120, height=220, title="Segment shares over time")
+
+
+def migration_heatmap(cells: pd.DataFrame, rows: list[str], cols: list[str], title: str) -> alt.Chart:
+    """Customers by (from, to): rows are last period's segments plus new customers, columns this
+    period's segments plus those who left."""
+    base = alt.Chart(cells).encode(x=alt.X("to:N", sort=cols, title="now in", axis=alt.Axis(labelAngle=0)),
+                                   y=alt.Y("from:N", sort=rows, title="before in"))
+    return (base.mark_rect().encode(color=alt.Color("customers:Q", scale=alt.Scale(type="sqrt", scheme="blues"),
+                                                    legend=None),
+                                    tooltip=["from", "to", "customers"])
+            + base.mark_text(fontSize=12).encode(
+                text=alt.Text("customers:Q", format=","),
+                color=alt.condition("datum.customers > datum.dark_from", alt.value("white"), alt.value("black")))
+            ).properties(width=WIDTH - 120, height=max(120, 34 * len(rows)), title=title)
+
+
+def psi_bars(drift: pd.DataFrame, moderate: float, large: float) -> alt.Chart:
+    """Population stability index per column (columns: label, psi, reading), with the two thresholds."""
+    order = drift.sort_values("psi", ascending=False)["label"].tolist()
+    bars = alt.Chart(drift).mark_bar().encode(
+        y=alt.Y("label:N", sort=order, title=None),
+        x=alt.X("psi:Q", title="population stability index (PSI) against the baseline"),
+        color=alt.Color("reading:N", title="shift", scale=alt.Scale(domain=list(READING_COLORS),
+                                                                     range=list(READING_COLORS.values()))),
+        tooltip=["label", alt.Tooltip("psi:Q", format=".3f"), "reading"])
+    rules = alt.Chart(pd.DataFrame({"psi": [moderate, large]})).mark_rule(strokeDash=[4, 4], color="#888").encode(
+        x="psi:Q")
+    return (bars + rules).properties(width=WIDTH - 160, height=22 * len(drift) + 10,
+                                     title="How far each column has moved")

@@ -19,10 +19,17 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import SegreportError, __version__
-from .store import RunLayout, atomic_write_json, key, read_json_or_empty, sha256_file
+from .methods import get
+from .resources import ANALYSIS
+from .store import (CELL_HASHED, DONE, METRICS, NOTEBOOK, RunLayout, atomic_output, atomic_write_json, cell_name,
+                    key, read_json_or_empty, sha256_file)
 
 KERNEL = "segreport"
-ANALYSIS = Path(__file__).resolve().parent.parent / "analysis"
+PACKAGE = Path(__file__).resolve().parent
+# the modules a grid cell runs (besides its method's module): a change elsewhere (the renderer,
+# the CLI, ...) does not invalidate the cells
+CELL_MODULES = ("cell.py", "evaluate.py", "explain.py", "personas.py", "features.py", "store.py", "config.py",
+                "data.py", "prepare.py", "notebook.py", "methods/__init__.py", "methods/base.py")
 
 
 def ensure_kernel() -> str:
@@ -42,27 +49,33 @@ def ensure_kernel() -> str:
 
 
 def analysis_dir(ctx: dict) -> Path:
-    """The folder of the analysis notebooks: the project's own, or the one params name."""
+    """The folder of the analysis notebooks: the package's own, or the one params name."""
     name = ctx["params"].get("analysis")
-    return Path(name).resolve() if name else ANALYSIS
+    return Path(name).resolve() if name else Path(ANALYSIS)
 
 
-@lru_cache(maxsize=1)
-def code_hash() -> str:
-    """sha256 of the library's source: a cell computed by other code is not reused."""
+@lru_cache(maxsize=None)
+def code_hash(method: str) -> str:
+    """sha256 of the source a cell of `method` runs (CELL_MODULES + the method's module and the
+    modules it imports from methods/): a cell computed by other code is not reused."""
+    import inspect
+
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+    own = Path(inspect.getsourcefile(type(get(method)))).resolve()
+    files = {PACKAGE / f for f in CELL_MODULES} | {own} | set((PACKAGE / "methods").glob("*.py"))
+    for f in sorted(files):
+        h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def cell_key(ctx: dict, method: str, k: int) -> str:
+def cell_key(ctx: dict, method: str, value: int) -> str:
     p = ctx["params"]
     explain = {n: p.get(n) for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size",
                                      "explain_rows", "stability_resamples", "stability_sample")}
     scale = {n: v for n, v in (ctx.get("scale") or {}).items() if n not in ("rows", "threshold")}
-    return key(__version__, method, k, p["seed"], p[method], ctx["spaces"][method]["key"],
-               ctx["spaces"]["common"]["key"], explain, scale, notebook_hash(ctx, method), code_hash())
+    return key(__version__, method, value, p["seed"], p[method], ctx["spaces"][method]["key"],
+               ctx["spaces"]["common"]["key"], explain, scale, notebook_hash(ctx, method), code_hash(method))
 
 
 def notebook_hash(ctx: dict, method: str) -> str:
@@ -74,7 +87,7 @@ def notebook_hash(ctx: dict, method: str) -> str:
 
 def _execute(project: str, run_dir: str, method: str, k: int, threads: int, analysis: str,
              env: dict | None = None) -> dict:
-    """Worker: execute analysis/<method>.ipynb for one k with papermill. `env`: extra variables for
+    """Worker: execute analysis/<method>.ipynb for one grid value `k` with papermill. `env`: extra variables for
     its kernel (the Dask executor passes its scheduler's address for LightGBM's Dask interface)."""
     import papermill as pm
 
@@ -85,9 +98,8 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
         os.environ[var] = str(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["PYTHONHASHSEED"] = "0"
-    out_dir = Path(run_dir) / "cells" / method / f"k{k}"
+    out_dir = RunLayout(run_dir).cell(method, k, get(method).grid)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".notebook.tmp.ipynb"
     # the kernel inherits this worker's stderr: send its chatter to the cell's log, not the terminal
     # (restored afterwards; a worker runs one cell at a time)
     saved_stderr = os.dup(2)
@@ -96,20 +108,30 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
     t0 = time.perf_counter()
     status = {"status": "done", "error": None}
     try:
-        pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
-                            parameters={"run_dir": str(Path(run_dir).resolve()), "method": method, "k": int(k)},
-                            kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False)
-    except pm.PapermillExecutionError as exc:
-        status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
-    except Exception as exc:  # kernel died, could not start, ...
-        status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+        # the executed notebook is kept even when the cell fails: it shows where and why
+        with atomic_output(out_dir / NOTEBOOK) as tmp:
+            try:
+                pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
+                                    parameters={"run_dir": str(Path(run_dir).resolve()), "method": method,
+                                                "value": int(k)},
+                                    kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False)
+            except pm.PapermillExecutionError as exc:
+                status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
+            except Exception as exc:  # kernel died, could not start, ...
+                status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+            if tmp.stat().st_size == 0:
+                raise _NoNotebook
+    except _NoNotebook:
+        pass
     finally:
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
-    if tmp.exists():
-        os.replace(tmp, out_dir / "notebook.ipynb")
     status["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return status
+
+
+class _NoNotebook(Exception):
+    """papermill wrote nothing (the kernel never started): there is no notebook to keep."""
 
 
 def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict):
@@ -117,17 +139,19 @@ def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], man
     as (method, k, key), and the manifest's cell statuses. Shared by every executor."""
     todo, statuses = [], manifest.setdefault("cells", {})
     for method, k in cells:
-        name = f"{method}/k{k}"
+        grid = get(method).grid
+        name = cell_name(method, k, grid)
         ck = cell_key(ctx, method, k)
-        done = layout.cell(method, k) / "done.json"
-        if done.exists() and read_json_or_empty(done).get("key") == ck and (layout.cell(method, k) / "metrics.json").exists():
+        cdir = layout.cell(method, k, grid)
+        done = cdir / DONE
+        if done.exists() and read_json_or_empty(done).get("key") == ck and (cdir / METRICS).exists():
             prev = statuses.get(name, {})
             statuses[name] = {**prev, "status": "done", "reused": True, "key": ck, "error": None,
-                              "notebook": str(layout.cell(method, k) / "notebook.ipynb")}
+                              "notebook": str(cdir / NOTEBOOK)}
             statuses[name].setdefault("wall_seconds", read_json_or_empty(done).get("wall_seconds"))
         else:
             todo.append((method, k, ck))
-    _write_manifest(layout, manifest)
+    write_manifest(layout, manifest)
     return todo, statuses
 
 
@@ -160,7 +184,7 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 m, k, ck = futures[fut]
-                name = f"{m}/k{k}"
+                name = cell_name(m, k, get(m).grid)
                 try:
                     st = fut.result()
                 except Exception as exc:  # the worker process itself died
@@ -181,17 +205,18 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
 
 def record_cell(layout: RunLayout, manifest: dict, method: str, k: int, ck: str, st: dict) -> dict:
     """Record one cell the grid just ran (any executor): done.json if it succeeded, its status in the manifest."""
-    st.update(key=ck, reused=False, notebook=str(layout.cell(method, k) / "notebook.ipynb"))
+    grid = get(method).grid
+    cdir = layout.cell(method, k, grid)
+    st.update(key=ck, reused=False, notebook=str(cdir / NOTEBOOK))
     if st["status"] == "done":
-        cdir = layout.cell(method, k)
-        st["hashes"] = {f: sha256_file(cdir / f) for f in ("labels.parquet", "metrics.json")}
-        atomic_write_json(cdir / "done.json", {"key": ck, "wall_seconds": st["wall_seconds"]})
-    manifest.setdefault("cells", {})[f"{method}/k{k}"] = st
-    _write_manifest(layout, manifest)
+        st["hashes"] = {f: sha256_file(cdir / f) for f in CELL_HASHED}
+        atomic_write_json(cdir / DONE, {"key": ck, "wall_seconds": st["wall_seconds"]})
+    manifest.setdefault("cells", {})[cell_name(method, k, grid)] = st
+    write_manifest(layout, manifest)
     return st
 
 
-def _write_manifest(layout: RunLayout, manifest: dict) -> None:
+def write_manifest(layout: RunLayout, manifest: dict) -> None:
     manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(layout.manifest, manifest)
 

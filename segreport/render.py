@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +28,14 @@ from markupsafe import Markup
 
 from . import SegreportError
 from . import figures as F
-from .pipeline import SPACE_OF, run_dir
-from .store import RunLayout, atomic_write_bytes, atomic_write_text, read_json, sha256_file
+from .methods import REGISTRY, get
+from .prepare import projection_space, run_dir
+from .resources import QUARTO_PROJECT, TEMPLATES
+from .store import (METRICS, NOTEBOOK, PERSONAS, SHAP, RunLayout, atomic_copy, atomic_write_bytes, atomic_write_text,
+                    cell_id, read_json, sha256_file)
 
-PROJECT = Path(__file__).resolve().parent.parent
-METHOD_TITLES = {"kmeans": "K-means", "kprototypes": "K-Prototypes", "llm": "LLM embeddings"}
-PAGES = ["index", "kmeans", "kprototypes", "llm", "personas", "comparison", "appendix"]
+METHOD_TITLES = {name: m.display for name, m in REGISTRY.items()}
+PAGES = ["index", *REGISTRY, "personas", "comparison", "appendix"]
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&\"'~^$%@:;=/?,])")
 
 
@@ -69,7 +72,7 @@ def num(v, digits: int | None = None) -> str:
 
 
 def make_env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PROJECT / "templates")),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["pct"] = lambda v, d=0: Markup("–" if v is None else f"{100 * float(v):.{d}f}%")
@@ -117,18 +120,21 @@ class FigureWriter:
 
 def _load_cells(layout: RunLayout, ctx: dict, manifest: dict) -> dict:
     cells = {}
-    for method in ctx["params"]["methods"]:
-        for k in ctx["params"]["k"]:
-            name = f"{method}/k{k}"
+    for method in ctx["methods"]:
+        grid = get(method).grid
+        for v in ctx["grid"][method]:
+            name = f"{method}/{cell_id(v, grid)}"
             st = manifest.get("cells", {}).get(name, {"status": "missing"})
-            d = layout.cell(method, k)
-            cell = {"method": method, "k": k, "status": st.get("status"), "error": st.get("error"),
-                    "wall_seconds": st.get("wall_seconds"), "notebook": f"notebooks/{method}-k{k}",
-                    "metrics": None, "personas": None, "shap": None}
-            if st.get("status") == "done" and (d / "metrics.json").exists():
-                cell.update(metrics=read_json(d / "metrics.json"), personas=read_json(d / "personas.json"),
-                            shap=read_json(d / "shap.json"))
-            cells[(method, k)] = cell
+            d = layout.cell(method, v, grid)
+            cell = {"method": method, "value": v, "k": v, "grid_label": get(method).grid_label,
+                    "status": st.get("status"), "error": st.get("error"),
+                    "wall_seconds": st.get("wall_seconds"), "notebook": f"notebooks/{method}-{cell_id(v, grid)}",
+                    "notebook_name": f"{method}-{cell_id(v, grid)}", "metrics": None, "personas": None, "shap": None}
+            if st.get("status") == "done" and (d / METRICS).exists():
+                cell.update(metrics=read_json(d / METRICS), personas=read_json(d / PERSONAS),
+                            shap=read_json(d / SHAP))
+                cell["k"] = cell["metrics"]["k"]
+            cells[(method, v)] = cell
     return cells
 
 
@@ -136,8 +142,8 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     """Write report/*.qmd (and figures, notebooks) from the run's results. Returns page facts."""
     ctx = read_json(layout.context)
     manifest = read_json(layout.manifest)
-    comparison = read_json(layout.comparison / "comparison.json")
-    table = pd.read_parquet(layout.comparison / "metrics.parquet")
+    comparison = read_json(layout.comparison_json)
+    table = pd.read_parquet(layout.metrics_table)
     params = ctx["params"]
     cells = _load_cells(layout, ctx, manifest)
     fig = FigureWriter(report_dir)
@@ -145,35 +151,44 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     labels_of = ctx["labels"]
     seed = params["seed"]
     projections = {name: pd.read_parquet(layout.projection(name)) for name in
-                   {SPACE_OF[m] for m in params["methods"]} | {"mca"}}
+                   {projection_space(m) for m in ctx["methods"]} | {"mca"}}
     proj_info = ctx["projections"]
     methods = []
-    for method in ["kmeans", "kprototypes", "llm"]:
-        if method not in params["methods"]:
-            methods.append({"key": method, "title": METHOD_TITLES[method], "ran": False})
+    for method, meth in REGISTRY.items():
+        title = meth.display
+        base = {"key": method, "title": title, "grid": meth.grid, "grid_label": meth.grid_label,
+                "cost_name": meth.cost_name, "euclidean": meth.euclidean, "summary": meth.summary,
+                "kmeans_based": meth.algorithm.startswith("K-means"), "about": f"pages/about/{method}.md.j2"}
+        if method not in ctx["methods"]:
+            methods.append({**base, "ran": False, "skipped": ctx.get("skipped", {}).get(method)})
             continue
         rec = comparison["recommended"][method]
         sub = table[table.method == method]
         done = sub[sub.status == "done"]
-        k_star = rec["k"]
-        chosen = cells.get((method, k_star)) or {"metrics": None, "personas": None, "shap": None}
-        m = {"key": method, "title": METHOD_TITLES[method], "ran": True, "rec": rec, "k": k_star,
-             "cells": [cells[(method, k)] for k in params["k"]],
-             "failed": [cells[(method, k)] for k in params["k"] if cells[(method, k)]["status"] != "done"],
-             "chosen": chosen, "space": ctx["spaces"][method], "params": params[method]}
+        v_star, k_star = rec["value"], rec["k"]
+        chosen = cells.get((method, v_star)) or {"metrics": None, "personas": None, "shap": None}
+        m = {**base, "ran": True, "rec": rec, "k": k_star, "value": v_star,
+             "cells": [cells[(method, v)] for v in ctx["grid"][method]],
+             "failed": [cells[(method, v)] for v in ctx["grid"][method] if cells[(method, v)]["status"] != "done"],
+             "chosen": chosen, "space": ctx["spaces"][method], "params": params[method],
+             "inputs": (ctx.get("inputs") or {}).get(method) or {},
+             "extra": (comparison.get("extras") or {}).get(method)}
+        x = "value" if meth.grid != "k" else "k"
         if len(done):
             m["fig_elbow"] = fig(f"{method}-elbow", F.metric_lines(
-                done, "cost", "Elbow: cost against k", "inertia" if method != "kprototypes" else "K-Prototypes cost",
-                chosen=k_star), f"{METHOD_TITLES[method]}: within-segment cost for each k (dashed: recommended k).")
+                done.assign(k=done[x]), "cost", f"{meth.cost_name.capitalize()} against {meth.grid_label}",
+                meth.cost_name, chosen=v_star, x_title=meth.grid_label),
+                f"{title}: {meth.cost_name} for each {meth.grid_label} (dashed: recommended).")
             long = pd.concat([done.assign(space="own space", silhouette=done["own_silhouette"]),
                               done.assign(space="common space", silhouette=done["common_silhouette"])])
             m["fig_silhouette"] = fig(f"{method}-silhouette", F.metric_lines(
-                long.rename(columns={"space": "measured in"}), "silhouette", "Silhouette against k", "silhouette",
-                chosen=k_star, color_by="measured in"),
-                f"{METHOD_TITLES[method]}: silhouette for each k, in the method's own space and in the common space.")
+                long.rename(columns={"space": "measured in"}).assign(k=long[x]), "silhouette",
+                f"Silhouette against {meth.grid_label}", "silhouette", chosen=v_star, color_by="measured in",
+                x_title=meth.grid_label),
+                f"{title}: silhouette for each {meth.grid_label}, in the method's own space and in the common space.")
         if chosen.get("metrics"):
-            lab = pd.read_parquet(layout.cell(method, k_star) / "labels.parquet")["segment"].to_numpy()
-            space = SPACE_OF[method]
+            lab = layout.cell_labels(method, v_star, meth.grid)
+            space = projection_space(method)
             p, mca = projections[space], projections["mca"]
             coords = {"PCA": (p, "pca1", "pca2"), "t-SNE": (p, "tsne1", "tsne2"), "MCA": (mca, "mca1", "mca2")}
             n_fig = min(params["figure_sample"], len(p))
@@ -181,25 +196,28 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             m["projection_info"] = proj_info.get(space, {})
             m["mca_info"] = proj_info.get("mca", {})
             m["fig_projections"] = fig(f"{method}-projections", F.projections(coords, lab, k_star, n_fig, seed),
-                                       f"{METHOD_TITLES[method]}, k={k_star}: a seeded sample of {n_fig:,} customers "
+                                       f"{title}, k={k_star}: a seeded sample of {n_fig:,} customers "
                                        "drawn on PCA, t-SNE and MCA coordinates, coloured by segment.")
             m["fig_shap"] = fig(f"{method}-shap", F.shap_heatmap(chosen["shap"]["mean_abs_shap"], labels_of, k_star),
-                                f"{METHOD_TITLES[method]}, k={k_star}: mean |SHAP| of each column for the members "
+                                f"{title}, k={k_star}: mean |SHAP| of each column for the members "
                                 f"of each segment ({chosen['shap']['rows']:,} sampled rows).")
             m["fig_sizes"] = fig(f"{method}-sizes", F.sizes_bar(chosen["personas"], k_star),
-                                 f"{METHOD_TITLES[method]}, k={k_star}: segment sizes.")
+                                 f"{title}, k={k_star}: segment sizes.")
         methods.append(m)
     ran = [m for m in methods if m["ran"]]
     common_fig = None
     done_all = table[table.status == "done"]
     if len(done_all):
         common_fig = fig("compare-common-silhouette", F.metric_lines(
-            done_all, "common_silhouette", "Silhouette in the common space", "silhouette", color_by="method"),
+            done_all.assign(method=done_all.method.map(METHOD_TITLES)), "common_silhouette",
+            "Silhouette in the common space", "silhouette", color_by="method",
+            methods=[METHOD_TITLES[m] for m in ctx["methods"]]),
             "Every method's segments scored in the same (common) space, on the same rows, for each k.")
     agree_fig = None
     if comparison["agreement_chosen"]:
-        agree_fig = fig("compare-agreement", F.agreement_heatmap(comparison["agreement_chosen"]),
-                        "Adjusted Rand index between the methods' segmentations at their recommended k.")
+        agree_fig = fig("compare-agreement", F.agreement_heatmap(
+            [{**a, "a": METHOD_TITLES[a["a"]], "b": METHOD_TITLES[a["b"]]} for a in comparison["agreement_chosen"]]),
+            "Adjusted Rand index between the methods' segmentations at their recommended k.")
     notebooks = export_notebooks(layout, report_dir, cells)
     view = {"ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
             "ran": ran, "comparison": comparison, "common_fig": common_fig, "agree_fig": agree_fig,
@@ -208,12 +226,22 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             "titles": METHOD_TITLES, "metrics_rows": table.to_dict(orient="records")}
     pages = {}
     for page in PAGES:
-        if page in METHOD_TITLES:
-            text = env.get_template("pages/method.qmd.j2").render(view, m=next(x for x in methods if x["key"] == page))
+        if page in REGISTRY:
+            m = next(x for x in methods if x["key"] == page)
+            try:
+                text = env.get_template("pages/method.qmd.j2").render(view, m=m)
+            except jinja2.UndefinedError as exc:  # one method's odd results never take the report down
+                print(f"segreport: the {m['title']} page lacks a result ({exc.message}); written as a short note",
+                      file=sys.stderr)
+                text = env.get_template("pages/method_error.qmd.j2").render(view, m=m, error=str(exc.message))
         else:
             text = env.get_template(f"pages/{page}.qmd.j2").render(view)
         pages[page] = text
         atomic_write_text(report_dir / f"{page}.qmd", text)
+    from .track import write_page  # the tracking page, only when the run has snapshots (segreport track)
+
+    if write_page(layout, report_dir, env, fig):
+        pages["tracking"] = True
     export_csv(layout, report_dir, table)
     _clean_stale(report_dir / "figures", set(fig.written))
     return {"pages": list(pages), "figures": fig.written}
@@ -248,11 +276,11 @@ def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     exporter = None
     found = {}
-    for (method, k), cell in cells.items():
-        src = layout.cell(method, k) / "notebook.ipynb"
+    for (method, v), cell in cells.items():
+        src = layout.cell(method, v, get(method).grid) / NOTEBOOK
         if not src.exists():
             continue
-        name = f"{method}-k{k}"
+        name = cell["notebook_name"]
         digest = sha256_file(src)
         stamp = out_dir / f"{name}.sha256"
         if not (stamp.exists() and stamp.read_text() == digest and (out_dir / f"{name}.html").exists()):
@@ -260,8 +288,7 @@ def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
                 exporter = HTMLExporter(template_name="lab")
             body, _ = exporter.from_filename(str(src))
             atomic_write_text(out_dir / f"{name}.html", body)
-            shutil.copyfile(src, out_dir / f".{name}.ipynb.tmp")
-            os.replace(out_dir / f".{name}.ipynb.tmp", out_dir / f"{name}.ipynb")
+            atomic_copy(src, out_dir / f"{name}.ipynb")
             atomic_write_text(stamp, digest)
         found[name] = True
     for f in out_dir.glob("*"):
@@ -273,10 +300,16 @@ def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
 # --------------------------------------------------------------------------- building the site
 
 
-def read_quarto(project: Path) -> dict:
+def read_quarto(project: Path, profiles: list[str] = ()) -> dict:
     cfg = yaml.safe_load((project / "_quarto.yml").read_text(encoding="utf-8"))
     book = cfg.get("book", {})
-    chapters = list(book.get("chapters", [])) + list(book.get("appendices", []))
+    chapters = list(book.get("chapters", []))
+    for name in profiles:  # as Quarto merges a profile's _quarto-<name>.yml: its chapters are appended
+        extra = project / f"_quarto-{name}.yml"
+        if extra.exists():
+            more = yaml.safe_load(extra.read_text(encoding="utf-8")) or {}
+            chapters += list(more.get("book", {}).get("chapters", []))
+    chapters += list(book.get("appendices", []))
     return {"title": book.get("title", "Report"), "subtitle": book.get("subtitle"),
             "chapters": chapters, "output_dir": cfg.get("project", {}).get("output-dir", "_site"),
             "output_file": book.get("output-file", "report")}
@@ -332,11 +365,11 @@ def vega_bundle(path: Path) -> None:
     atomic_write_text(path, vlc.javascript_bundle())
 
 
-def builtin_render(project: Path, site: Path) -> dict:
+def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
     """Render _quarto.yml's chapters with pandoc into an HTML site and, via typst, one PDF."""
     import typst
 
-    cfg = read_quarto(project)
+    cfg = read_quarto(project, profiles)
     site = Path(site)
     tmp_site = Path(tempfile.mkdtemp(prefix=f".{site.name}.", dir=site.parent if site.parent.exists() else None))
     try:
@@ -348,7 +381,7 @@ def builtin_render(project: Path, site: Path) -> dict:
             front, body = _split_front(src.read_text(encoding="utf-8"))
             pages.append({"src": src, "rel": Path(ch).with_suffix(".html"), "title": front.get("title", src.stem),
                           "body": body})
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PROJECT / "templates")), autoescape=True)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
         layout = env.get_template("site/layout.html.j2")
         for i, pg in enumerate(pages):
             html_body = _pandoc(pg["body"], "html5")
@@ -408,23 +441,28 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
     if layout is None:
         data_path = Path(params.data) if params.data != "demo" else project / "data" / "demo.csv"
         layout = RunLayout(run_dir(params, data_path))
-    if not layout.manifest.exists() or not (layout.comparison / "comparison.json").exists():
+    if not layout.manifest.exists() or not layout.comparison_json.exists():
         raise SegreportError(f"{layout.root}: no finished run to render; run `segreport run` first")
+    if not (project / "_quarto.yml").exists():  # a folder outside the repository: the packaged Quarto project
+        for f in QUARTO_PROJECT.parent.glob("_quarto*.yml"):
+            atomic_copy(f, project / f.name)
     report_dir = project / "report"
     vega_bundle(report_dir / "assets" / "vega-bundle.js")
     t0 = time.perf_counter()
     facts = build_pages(layout, report_dir)
     if not build_site:
         return {"html": None, "pages": facts}
+    profiles = ["tracking"] if "tracking" in facts["pages"] else []  # _quarto-tracking.yml adds the page
     use_quarto = quarto == "quarto" or (quarto == "auto" and shutil.which("quarto"))
     if use_quarto:
         env = dict(os.environ, SEGREPORT_PAGES_READY="1")
-        res = subprocess.run(["quarto", "render"], cwd=project, env=env)
+        res = subprocess.run(["quarto", "render"] + [f"--profile={p}" for p in profiles], cwd=project, env=env)
         if res.returncode != 0:
             raise SegreportError(f"quarto render failed with exit status {res.returncode}")
         cfg = read_quarto(project)
         site = project / cfg["output_dir"]
         return {"html": str(site / "index.html"), "pdf": str(site / f"{cfg['output_file']}.pdf")}
-    out = builtin_render(project, Path(params.site) if Path(params.site).is_absolute() else project / params.site)
+    out = builtin_render(project, Path(params.site) if Path(params.site).is_absolute() else project / params.site,
+                         profiles)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out

@@ -14,6 +14,8 @@ from segreport.cli import main
 from .conftest import make_workdir
 from .test_end_to_end import segreport
 
+pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
+
 
 def crm_table(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)

@@ -20,6 +20,8 @@ from segreport.store import read_json
 
 from .conftest import make_workdir, snapshot
 
+pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
+
 METHODS = ["kmeans", "kprototypes", "llm"]
 KS = [2, 3]
 

@@ -8,7 +8,9 @@ import pytest
 
 from segreport.cell import run_cell
 from segreport.config import load_params
-from segreport.pipeline import prepare
+from segreport.prepare import prepare
+
+pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from segreport.embed import part_meta
 
 from .conftest import make_workdir
 
+pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
+
 pytest.importorskip("distributed")
 
 PARAMS = "stability_resamples: 5\nprojection_sample: 200\nllm: {part_rows: 64, compare_numbers: false}\n"
@@ -89,7 +91,7 @@ def test_a_killed_worker_does_not_lose_its_cell(workdir):
 
     from segreport.config import Params
     from segreport.dask_grid import run_grid_dask
-    from segreport.pipeline import prepare
+    from segreport.prepare import prepare
 
     write_demo(workdir / "data" / "demo.csv", rows=300, seed=12)
     params = Params(data="data/demo.csv", methods=["kmeans", "kprototypes"], k="2-3", stability_resamples=5,

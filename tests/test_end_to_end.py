@@ -18,6 +18,8 @@ from segreport.demo import write_demo
 
 from .conftest import make_workdir
 
+pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
+
 KS = [2, 3]
 METHODS = ["kmeans", "kprototypes", "llm"]
 

@@ -74,7 +74,7 @@ def test_fast_cost_not_above_kmodes_from_same_start(seed, kind):
     gamma = 0.5 * np.mean(X_num.std(axis=0))
     init = initial_prototypes(X_num, X_cat, k, init="Huang", random_state=seed)
     ref = kmodes_fit(X_num, X_cat, k, init, gamma, seed=seed)
-    fast = KPrototypesSegmenter(n_clusters=k, init=init, random_state=seed).fit(X_num, X_cat)
+    fast = KPrototypesSegmenter(n_clusters=k, init=init, random_state=seed).fit_arrays(X_num, X_cat)
     assert fast.cost_ <= ref.cost_ * (1 + 1e-9)
     # Same start as given, and the same dissimilarity scale.
     np.testing.assert_array_equal(fast.initial_centroids_[0], init[0])
@@ -93,7 +93,7 @@ def test_fast_cost_not_above_kmodes_when_kmodes_is_cut_short(max_iter):
         init = initial_prototypes(X_num, X_cat, 6, init="random", random_state=seed)
         ref = kmodes_fit(X_num, X_cat, 6, init, gamma, max_iter=max_iter, seed=seed)
         fast = KPrototypesSegmenter(n_clusters=6, init=init, max_iter=max_iter,
-                                    random_state=seed).fit(X_num, X_cat)
+                                    random_state=seed).fit_arrays(X_num, X_cat)
         assert fast.cost_ <= ref.cost_ * (1 + 1e-9)
         better += fast.cost_ < ref.cost_ * (1 - 1e-9)
     assert better >= 1
@@ -105,8 +105,8 @@ def test_same_random_state_follows_kmodes_exactly():
     X_num, X_cat, _ = planted(300, 5, k=3, noise=2.0)
     for init in ("Huang", "Cao", "random"):
         kw = dict(n_clusters=4, init=init, n_init=3, random_state=7)
-        fast = KPrototypesSegmenter(**kw).fit(X_num, X_cat)
-        ref = KPrototypesSegmenter(engine="kmodes", **kw).fit(X_num, X_cat)
+        fast = KPrototypesSegmenter(**kw).fit_arrays(X_num, X_cat)
+        ref = KPrototypesSegmenter(engine="kmodes", **kw).fit_arrays(X_num, X_cat)
         assert fast.cost_ <= ref.cost_ * (1 + 1e-9)
         np.testing.assert_array_equal(fast.labels_, ref.labels_)
         np.testing.assert_array_equal(fast.initial_centroids_[0], ref.initial_centroids_[0])
@@ -122,8 +122,8 @@ def test_empty_cluster_reseeding_matches_kmodes():
                       [2, 0], [2, 0], [1, 0], [2, 0], [2, 2], [2, 2], [1, 1], [2, 1],
                       [2, 1], [0, 1], [0, 2], [0, 1], [1, 2], [2, 0], [0, 2]])
     kw = dict(n_clusters=6, init="Cao", n_init=1, gamma=0.5, random_state=8374)
-    fast = KPrototypesSegmenter(**kw).fit(X_num, X_cat)
-    ref = KPrototypesSegmenter(engine="kmodes", **kw).fit(X_num, X_cat)
+    fast = KPrototypesSegmenter(**kw).fit_arrays(X_num, X_cat)
+    ref = KPrototypesSegmenter(engine="kmodes", **kw).fit_arrays(X_num, X_cat)
     assert fast.cost_ == pytest.approx(ref.cost_, rel=1e-12)
     np.testing.assert_array_equal(fast.labels_, ref.labels_)
     np.testing.assert_allclose(fast.cluster_centroids_num_, ref.cluster_centroids_num_)
@@ -158,13 +158,13 @@ def test_initial_prototypes_shapes_and_codes():
 
 def test_recovers_planted_clusters():
     X_num, X_cat, truth = planted(1500, 3, k=4, noise=0.8)
-    model = KPrototypesSegmenter(n_clusters=4, random_state=0).fit(X_num, X_cat)
+    model = KPrototypesSegmenter(n_clusters=4, random_state=0).fit_arrays(X_num, X_cat)
     assert adjusted_rand_score(truth, model.labels_) > 0.9
 
 
 def test_attributes_are_consistent():
     X_num, X_cat, _ = planted(600, 4, k=4, noise=0.8)
-    model = KPrototypesSegmenter(n_clusters=4, random_state=1).fit(X_num, X_cat)
+    model = KPrototypesSegmenter(n_clusters=4, random_state=1).fit_arrays(X_num, X_cat)
     assert model.labels_.dtype == np.int64 and model.labels_.shape == (600,)
     assert model.cluster_centroids_num_.shape == (4, 2)
     assert model.cluster_centroids_cat_.shape == (4, 3)
@@ -174,7 +174,7 @@ def test_attributes_are_consistent():
     # cost_ is the cost of labels_ against the prototypes ...
     assert model.cost_ == pytest.approx(recomputed_cost(model, X_num, X_cat), rel=1e-12)
     # ... every row is at its closest prototype ...
-    D = model.transform(X_num, X_cat)
+    D = model.transform_arrays(X_num, X_cat)
     assert D.shape == (600, 4)
     np.testing.assert_array_equal(D.argmin(axis=1), model.labels_)
     assert D.min(axis=1).sum() == pytest.approx(model.cost_, rel=1e-12)
@@ -191,14 +191,14 @@ def test_attributes_are_consistent():
 
 def test_predict_on_training_data_equals_labels():
     X_num, X_cat = noisy(400, 2)
-    model = KPrototypesSegmenter(n_clusters=5, n_init=3, random_state=3).fit(X_num, X_cat)
-    np.testing.assert_array_equal(model.predict(X_num, X_cat), model.labels_)
+    model = KPrototypesSegmenter(n_clusters=5, n_init=3, random_state=3).fit_arrays(X_num, X_cat)
+    np.testing.assert_array_equal(model.predict_arrays(X_num, X_cat), model.labels_)
 
 
 def test_deterministic_for_fixed_random_state():
     X_num, X_cat = noisy(400, 3)
-    a = KPrototypesSegmenter(n_clusters=5, n_init=4, random_state=42).fit(X_num, X_cat)
-    b = KPrototypesSegmenter(n_clusters=5, n_init=4, random_state=42).fit(X_num, X_cat)
+    a = KPrototypesSegmenter(n_clusters=5, n_init=4, random_state=42).fit_arrays(X_num, X_cat)
+    b = KPrototypesSegmenter(n_clusters=5, n_init=4, random_state=42).fit_arrays(X_num, X_cat)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     assert a.cost_ == b.cost_
     np.testing.assert_array_equal(a.cluster_centroids_num_, b.cluster_centroids_num_)
@@ -206,8 +206,8 @@ def test_deterministic_for_fixed_random_state():
 
 def test_more_inits_never_worse():
     X_num, X_cat = noisy(300, 4)
-    one = KPrototypesSegmenter(n_clusters=5, n_init=1, random_state=9).fit(X_num, X_cat)
-    many = KPrototypesSegmenter(n_clusters=5, n_init=5, random_state=9).fit(X_num, X_cat)
+    one = KPrototypesSegmenter(n_clusters=5, n_init=1, random_state=9).fit_arrays(X_num, X_cat)
+    many = KPrototypesSegmenter(n_clusters=5, n_init=5, random_state=9).fit_arrays(X_num, X_cat)
     # The first per-run seed is the same, so the best of five includes run one.
     assert many.cost_ <= one.cost_
 
@@ -216,8 +216,8 @@ def test_category_codes_need_not_be_dense():
     # Relabelling categories monotonically must not change the clustering.
     X_num, X_cat, _ = planted(300, 6)
     sparse_codes = X_cat * 10 + 3
-    a = KPrototypesSegmenter(n_clusters=4, random_state=0).fit(X_num, X_cat)
-    b = KPrototypesSegmenter(n_clusters=4, random_state=0).fit(X_num, sparse_codes)
+    a = KPrototypesSegmenter(n_clusters=4, random_state=0).fit_arrays(X_num, X_cat)
+    b = KPrototypesSegmenter(n_clusters=4, random_state=0).fit_arrays(X_num, sparse_codes)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     np.testing.assert_array_equal(b.cluster_centroids_cat_, a.cluster_centroids_cat_ * 10 + 3)
     assert a.cost_ == b.cost_
@@ -226,8 +226,8 @@ def test_category_codes_need_not_be_dense():
 def test_engine_kmodes_exposes_same_attributes():
     X_num, X_cat, truth = planted(300, 8, k=3)
     kw = dict(n_clusters=3, n_init=2, random_state=0)
-    fast = KPrototypesSegmenter(**kw).fit(X_num, X_cat)
-    ref = KPrototypesSegmenter(engine="kmodes", **kw).fit(X_num, X_cat)
+    fast = KPrototypesSegmenter(**kw).fit_arrays(X_num, X_cat)
+    ref = KPrototypesSegmenter(engine="kmodes", **kw).fit_arrays(X_num, X_cat)
     for name in ("labels_", "cluster_centroids_num_", "cluster_centroids_cat_"):
         assert getattr(ref, name).shape == getattr(fast, name).shape
         assert getattr(ref, name).dtype == getattr(fast, name).dtype
@@ -236,7 +236,7 @@ def test_engine_kmodes_exposes_same_attributes():
         assert isinstance(model.n_iter_, int) and model.n_iter_ >= 1
         assert len(model.initial_centroids_) == 2
         assert model.cost_ == pytest.approx(recomputed_cost(model, X_num, X_cat), rel=1e-9)
-        np.testing.assert_array_equal(model.predict(X_num, X_cat), model.labels_)
+        np.testing.assert_array_equal(model.predict_arrays(X_num, X_cat), model.labels_)
         assert adjusted_rand_score(truth, model.labels_) > 0.9
     assert fast.cost_ <= ref.cost_ * (1 + 1e-9)
 
@@ -245,8 +245,8 @@ def test_engine_kmodes_does_not_modify_explicit_init():
     X_num, X_cat, _ = planted(200, 9)
     init = initial_prototypes(X_num, X_cat, 3, random_state=0)
     before = (init[0].copy(), init[1].copy())
-    KPrototypesSegmenter(n_clusters=3, init=init, engine="kmodes").fit(X_num, X_cat)
-    KPrototypesSegmenter(n_clusters=3, init=init).fit(X_num, X_cat)
+    KPrototypesSegmenter(n_clusters=3, init=init, engine="kmodes").fit_arrays(X_num, X_cat)
+    KPrototypesSegmenter(n_clusters=3, init=init).fit_arrays(X_num, X_cat)
     np.testing.assert_array_equal(init[0], before[0])
     np.testing.assert_array_equal(init[1], before[1])
 
@@ -255,9 +255,9 @@ def test_fast_engine_much_faster_than_kmodes():
     X_num, X_cat, _ = planted(4000, 10, k=5, noise=2.0)
     init = initial_prototypes(X_num, X_cat, 5, random_state=0)
     gamma = 0.5 * np.mean(X_num.std(axis=0))
-    KPrototypesSegmenter(n_clusters=5, init=init).fit(X_num[:100], X_cat[:100])  # compile
+    KPrototypesSegmenter(n_clusters=5, init=init).fit_arrays(X_num[:100], X_cat[:100])  # compile
     t0 = time.perf_counter()
-    fast = KPrototypesSegmenter(n_clusters=5, init=init, max_iter=3).fit(X_num, X_cat)
+    fast = KPrototypesSegmenter(n_clusters=5, init=init, max_iter=3).fit_arrays(X_num, X_cat)
     t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = kmodes_fit(X_num, X_cat, 5, init, gamma, max_iter=3)
@@ -272,7 +272,7 @@ def test_fast_engine_much_faster_than_kmodes():
 def test_rejects_fewer_rows_than_clusters():
     X_num, X_cat = noisy(4, 0)
     with pytest.raises(ValueError, match="cannot form 5 clusters"):
-        KPrototypesSegmenter(n_clusters=5).fit(X_num, X_cat)
+        KPrototypesSegmenter(n_clusters=5).fit_arrays(X_num, X_cat)
 
 
 @pytest.mark.parametrize("bad", [
@@ -284,7 +284,7 @@ def test_rejects_fewer_rows_than_clusters():
 def test_rejects_bad_input(bad):
     X_num, X_cat = noisy(50, 0)
     with pytest.raises(ValueError):
-        KPrototypesSegmenter(n_clusters=3).fit(*bad(X_num, X_cat))
+        KPrototypesSegmenter(n_clusters=3).fit_arrays(*bad(X_num, X_cat))
 
 
 def test_rejects_bad_parameters():
@@ -292,9 +292,9 @@ def test_rejects_bad_parameters():
     for kw in (dict(init="kmeans++"), dict(engine="gpu"), dict(n_init=0),
                dict(init=(np.zeros((2, 3)), np.zeros((3, 4), dtype=int)))):
         with pytest.raises(ValueError):
-            KPrototypesSegmenter(n_clusters=3, **kw).fit(X_num, X_cat)
+            KPrototypesSegmenter(n_clusters=3, **kw).fit_arrays(X_num, X_cat)
     with pytest.raises(ValueError, match="not fitted"):
-        KPrototypesSegmenter().predict(X_num, X_cat)
+        KPrototypesSegmenter().predict_arrays(X_num, X_cat)
 
 
 def test_too_few_distinct_rows():
@@ -302,10 +302,10 @@ def test_too_few_distinct_rows():
     X_cat = np.zeros((20, 1), dtype=int)
     X_cat[10:] = 1
     with pytest.raises(ValueError, match="distinct rows"):
-        KPrototypesSegmenter(n_clusters=3).fit(X_num, X_cat)
+        KPrototypesSegmenter(n_clusters=3).fit_arrays(X_num, X_cat)
     # Exactly k distinct rows: each is a prototype, cost 0 (as in kmodes).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = KPrototypesSegmenter(n_clusters=2).fit(X_num, X_cat)
+        model = KPrototypesSegmenter(n_clusters=2).fit_arrays(X_num, X_cat)
     assert model.cost_ == 0.0
     assert len(set(zip(model.labels_, X_cat[:, 0]))) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 import signal
@@ -18,6 +20,8 @@ from segreport.demo import generate, write_demo
 
 from .conftest import ROOT, make_workdir
 from .test_end_to_end import segreport
+
+pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
 
 def _cell_bytes(run: Path) -> dict:

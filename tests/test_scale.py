@@ -9,7 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 from segreport.config import Params
 from segreport.features import ecod_outliers
 from segreport.methods.kmeans import KMeansSegmenter
-from segreport.pipeline import scale_plan
+from segreport.prepare import scale_plan
 
 
 def test_minibatch_kmeans_finds_the_same_segments_as_lloyd():
@@ -34,7 +34,7 @@ def test_ecod_fitted_on_a_sample_flags_the_same_rows():
 def test_scale_plan_follows_the_threshold():
     p = Params(scale={"threshold": 1000})
     small, big = scale_plan(p, 999, True), scale_plan(p, 1000, True)
-    assert not small["scalable"] and small["kmeans"] == "lloyd" and small["lightgbm"] == "local"
-    assert big["scalable"] and big["kmeans"] == "minibatch" and big["lightgbm"] == "dask"
+    assert not small["scalable"] and small["centroids"] == "lloyd" and small["lightgbm"] == "local"
+    assert big["scalable"] and big["centroids"] == "minibatch" and big["lightgbm"] == "dask"
     assert scale_plan(p, 5000, False)["lightgbm"] == "local"  # no cluster: LightGBM on a sample, in the cell
     assert big["ecod_sample"] is None and scale_plan(p, 200_000, True)["ecod_sample"] == 100_000

@@ -26,6 +26,7 @@ def test_preset_is_the_seed_configuration():
     assert p.llm.outliers == "ecod" and p.llm.normalize
 
 
+@pytest.mark.slow
 def test_preset_runs_on_a_bank_slice(tmp_path):
     if not BANK.exists():
         pytest.skip(f"the real bank data is not here ({BANK}): ../shared is absent")

@@ -37,7 +37,9 @@ import numbers
 
 import numpy as np
 from numba import njit
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["KPrototypesSegmenter", "initial_prototypes"]
 
@@ -652,8 +654,15 @@ def initial_prototypes(X_num, X_cat, n_clusters, init="Huang", gamma=None,
 # --------------------------------------------------------------------------
 
 
-class KPrototypesSegmenter:
+class KPrototypesSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
     """K-Prototypes (Huang 1997) for mixed numeric + categorical data.
+
+    A scikit-learn clusterer that takes one table, as kmodes does:
+    ``fit(X, categorical=[...])`` with the indices of the categorical columns
+    (their values are category codes; any numbers are accepted, each distinct
+    value is a level). ``categorical`` may also be given to the constructor, so
+    that ``clone`` keeps it. ``fit_arrays(X_num, X_cat)`` is the same fit on the
+    two blocks.
 
     Parameters
     ----------
@@ -681,6 +690,8 @@ class KPrototypesSegmenter:
     random_state : int, RandomState or None, default=None
         Seed. Per-run seeds are drawn from it as kmodes draws them, so both
         engines start their runs from the same initial prototypes.
+    categorical : list of int or None, default=None
+        Indices of the categorical columns of ``X`` (``fit``'s own argument wins).
 
     Attributes
     ----------
@@ -700,7 +711,7 @@ class KPrototypesSegmenter:
     """
 
     def __init__(self, n_clusters=5, gamma=None, init="Huang", n_init=10, max_iter=100,
-                 engine="fast", random_state=None):
+                 engine="fast", random_state=None, categorical=None):
         self.n_clusters = n_clusters
         self.gamma = gamma
         self.init = init
@@ -708,9 +719,67 @@ class KPrototypesSegmenter:
         self.max_iter = max_iter
         self.engine = engine
         self.random_state = random_state
+        self.categorical = categorical
+
+    # ------------------------------------------------------ one-table API
+    def _split(self, X, reset):
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
+        if reset:
+            cat = self.categorical if self._fit_categorical is None else self._fit_categorical
+            cat = sorted({int(c) for c in (cat or [])})
+            p = X.shape[1]
+            if any(c < 0 or c >= p for c in cat):
+                raise ValueError(f"categorical indices {cat} out of range for {p} feature(s)")
+            if not cat or len(cat) == p:
+                raise ValueError("K-Prototypes needs at least one numeric and one categorical column; got "
+                                 f"{p} feature(s), {len(cat)} of them categorical")
+            self.categorical_ = np.asarray(cat, dtype=np.int64)
+            self.numeric_ = np.asarray([j for j in range(p) if j not in cat], dtype=np.int64)
+            # category values -> codes 0..L-1 in sorted order (order-preserving: the engines
+            # see the same data as with the original codes)
+            self.categories_ = [np.unique(X[:, j]) for j in cat]
+        Xn = np.ascontiguousarray(X[:, self.numeric_])
+        Xc = np.empty((len(X), len(self.categorical_)), dtype=np.int64)
+        for a, (j, levels) in enumerate(zip(self.categorical_, self.categories_)):
+            pos = np.clip(np.searchsorted(levels, X[:, j]), 0, len(levels) - 1)
+            Xc[:, a] = np.where(levels[pos] == X[:, j], pos, -1)  # unseen level: -1, never matches
+        return Xn, Xc
+
+    def fit(self, X, y=None, categorical=None):
+        """Cluster the rows of one table; `categorical`: indices of its categorical columns."""
+        self._fit_categorical = categorical
+        try:
+            Xn, Xc = self._split(X, reset=True)
+        finally:
+            del self._fit_categorical
+        init = self.init
+        if isinstance(init, tuple):  # explicit prototypes in the caller's codes -> ours
+            codes = np.asarray(init[1])
+            mapped = np.empty(codes.shape, dtype=np.int64)
+            for a, levels in enumerate(self.categories_):
+                pos = np.clip(np.searchsorted(levels, codes[:, a]), 0, len(levels) - 1)
+                mapped[:, a] = np.where(levels[pos] == codes[:, a], pos, -1)
+            init = (init[0], mapped)
+        self._fit_core(Xn, Xc, init)
+        return self
+
+    def predict(self, X):
+        """Closest prototype of every row (first one on ties)."""
+        check_is_fitted(self, "categories_")
+        Xn, Xc = self._split(X, reset=False)
+        return self.predict_arrays(Xn, Xc)
+
+    def transform(self, X):
+        """Dissimilarity of every row to every prototype, shape (n_samples, n_clusters)."""
+        check_is_fitted(self, "categories_")
+        Xn, Xc = self._split(X, reset=False)
+        return self.transform_arrays(Xn, Xc)
+
+    def fit_predict(self, X, y=None, categorical=None):
+        return self.fit(X, categorical=categorical).labels_
 
     # ---------------------------------------------------------------- fit
-    def fit(self, X_num, X_cat):
+    def fit_arrays(self, X_num, X_cat):
         """Cluster the rows.
 
         Parameters
@@ -730,6 +799,9 @@ class KPrototypesSegmenter:
             On inconsistent shapes, non-finite numbers, fewer rows (or
             distinct rows) than ``n_clusters``, or invalid parameters.
         """
+        return self._fit_core(X_num, X_cat, self.init)
+
+    def _fit_core(self, X_num, X_cat, init):
         k = self.n_clusters
         if not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"n_clusters must be a positive integer, got {k!r}")
@@ -742,7 +814,7 @@ class KPrototypesSegmenter:
         if self.gamma is not None and not (np.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"gamma must be a non-negative number or None, got {self.gamma!r}")
         X_num, X_cat = _check_data(X_num, X_cat, k)
-        init = _check_init(self.init, k, X_num.shape[1], X_cat.shape[1])
+        init = _check_init(init, k, X_num.shape[1], X_cat.shape[1])
         n_distinct = _count_distinct_rows(np.hstack([X_num, X_cat.astype(np.float64)]), k)
         if n_distinct < k:
             raise ValueError(f"only {n_distinct} distinct rows, cannot form {k} clusters")
@@ -879,7 +951,7 @@ class KPrototypesSegmenter:
                              f"got {X_num.shape[1]} and {X_cat.shape[1]}")
         return X_num, X_cat
 
-    def transform(self, X_num, X_cat):
+    def transform_arrays(self, X_num, X_cat):
         """Dissimilarity of every row to every prototype.
 
         Parameters
@@ -896,7 +968,7 @@ class KPrototypesSegmenter:
         return _dissim_matrix(X_num, X_cat, self.cluster_centroids_num_,
                               self.cluster_centroids_cat_, self.gamma_)
 
-    def predict(self, X_num, X_cat):
+    def predict_arrays(self, X_num, X_cat):
         """Closest prototype of every row (first one on ties).
 
         Parameters
@@ -911,3 +983,87 @@ class KPrototypesSegmenter:
         X_num, X_cat = self._check_fitted_data(X_num, X_cat)
         return _assign_cost(X_num, X_cat, self.cluster_centroids_num_,
                             self.cluster_centroids_cat_, self.gamma_)[0]
+
+
+# --------------------------------------------------------------------------- the method
+
+from typing import Literal, Optional  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from .base import Method, Space, Strict  # noqa: E402
+
+
+class KPrototypesParams(Strict):
+    engine: Literal["fast", "kmodes"] = "fast"
+    gamma: Optional[float] = Field(None, gt=0)
+    init: Literal["Huang", "Cao", "random"] = "Huang"
+    n_init: int = Field(10, ge=1)
+    max_iter: int = Field(100, ge=1)
+    outliers: Literal["ecod", "none"] = "none"
+    contamination: float = Field(0.1, gt=0, lt=0.5)
+    random_state: Optional[int] = None  # default: the run's seed
+
+
+class KPrototypesMethod(Method):
+    """Method `kprototypes`: power-transformed numbers + category codes in one table, Huang's distance."""
+
+    name = "kprototypes"
+    display = "K-Prototypes"
+    Params = KPrototypesParams
+    projection = "common"
+    cost_name = "cost"
+    euclidean = False  # squared differences + gamma * mismatches: scored in the neutral spaces instead
+    algorithm = "K-Prototypes"
+    summary = "K-Prototypes: squared differences of numbers plus gamma for each category mismatch"
+
+    def requires(self, table) -> str | None:
+        if not table.numeric or not table.categorical:
+            return (f"K-Prototypes needs at least one numeric and one categorical column; this table has "
+                    f"{len(table.numeric)} numeric and {len(table.categorical)} categorical")
+        return None
+
+    def build_space(self, table, params, env) -> Space:
+        from ..features import fit_common, fit_mixed
+
+        xn, xc, enc = fit_mixed(table)
+        X = np.hstack([xn, xc.astype(np.float64)])
+        outlier_X = fit_common(table)[0] if params.kprototypes.outliers == "ecod" else None
+        return Space({"X": X}, enc, {"numeric": table.numeric, "categorical": table.categorical,
+                                     "categorical_index": list(range(xn.shape[1], X.shape[1]))}, outlier_X)
+
+    def fit_kwargs(self, space: dict) -> dict:
+        return {"categorical": space["info"]["categorical_index"]}
+
+    def estimator(self, value, params, seed, scale, n_init=None):
+        mp = self.params(params)
+        return KPrototypesSegmenter(n_clusters=value, gamma=mp.gamma, init=mp.init, n_init=n_init or mp.n_init,
+                                    max_iter=mp.max_iter, engine=mp.engine,
+                                    random_state=seed if mp.random_state is None else mp.random_state)
+
+    def cost(self, model) -> float:
+        return float(model.cost_)
+
+    def model_facts(self, model) -> dict:
+        return {"gamma": float(model.gamma_), "engine": model.engine}
+
+    def transform_new(self, run, frame):
+        enc = run.file(run.space_dir / "transformer.joblib", "the K-Prototypes encoder")
+        # unseen levels get code -1 (never matches a prototype); they are swapped for a known level
+        # before the encoder and set to -1 after it, as pandas deprecates unknown values in a Categorical
+        frame = frame.copy()
+        unseen = {}
+        for c in enc.categorical:
+            unseen[c] = ~frame[c].isin(enc.levels[c]).to_numpy()
+            if unseen[c].any():
+                frame.loc[unseen[c], c] = enc.levels[c][0]
+        xn, xc, _ = enc.transform(frame)
+        for j, c in enumerate(enc.categorical):
+            xc[unseen[c], j] = -1
+        return np.hstack([xn, xc.astype(np.float64)]), {}
+
+    def outlier_input_new(self, run, frame, X):
+        from ..assign import column_transform
+
+        ct = run.file(run.layout.space("common") / "transformer.joblib", "the common-space transformer")
+        return column_transform(ct, frame)

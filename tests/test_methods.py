@@ -1,0 +1,147 @@
+"""The method interface: registry, scikit-learn estimators, no method-name branch outside methods/,
+the two methods added through the interface alone (FAMD + K-means, HDBSCAN), the package data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import check_estimator
+
+from segreport.config import Params
+from segreport.methods import REGISTRY
+from segreport.methods.hdbscan import HDBSCANSegmenter
+from segreport.methods.kmeans import KMeansSegmenter
+from segreport.methods.kprototypes import KPrototypesSegmenter
+from segreport.resources import ANALYSIS, TEMPLATES
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "segreport"
+
+
+def test_no_method_name_branch_outside_methods():
+    """The stages ask a method through its interface: no registered name appears as a string in them."""
+    names = "|".join(REGISTRY)
+    pattern = re.compile(rf"""["']({names})["']""")
+    hits = []
+    for f in sorted(PACKAGE.glob("*.py")):
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if pattern.search(line):
+                hits.append(f"{f.name}:{i}: {line.strip()}")
+    templates = [p for p in TEMPLATES.rglob("*.j2") if "about" not in p.parts]
+    for f in templates:
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if pattern.search(line):
+                hits.append(f"{f.name}:{i}: {line.strip()}")
+    assert hits == []
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_method_brings_its_notebook_template_and_parameters(name):
+    m = REGISTRY[name]
+    assert (ANALYSIS / f"{name}.ipynb").exists()
+    assert (TEMPLATES / "pages" / "about" / f"{name}.md.j2").exists()
+    assert isinstance(getattr(Params(), name), m.Params)  # its parameters under its key in params.yml
+    assert m.display and m.grid and m.grid_label
+
+
+@pytest.mark.parametrize("est", [
+    KMeansSegmenter(n_clusters=3, n_init=2, random_state=0),
+    KPrototypesSegmenter(n_clusters=3, n_init=2, random_state=0, categorical=[0]),
+    HDBSCANSegmenter(min_cluster_size=5),
+], ids=lambda e: type(e).__name__)
+def test_estimators_pass_scikit_learns_checks(est):
+    """All of scikit-learn's estimator checks (none skipped): clone, fit_predict, labels_, pickling,
+    input validation, n_features_in_, dtype handling. K-Prototypes runs them with column 0 categorical.
+    scikit-learn itself skips one: check_array_api_input (needs SCIPY_ARRAY_API; these are numpy-only)."""
+    results = check_estimator(est, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert len(results) >= 40 and failed == []
+
+
+def test_kprototypes_one_table_matches_two_arrays():
+    rng = np.random.default_rng(0)
+    X_num = rng.normal(size=(300, 2))
+    X_cat = rng.integers(0, 4, size=(300, 2)) * 10 + 3  # sparse codes: any numbers are levels
+    one = KPrototypesSegmenter(n_clusters=4, random_state=1).fit(np.hstack([X_num, X_cat]), categorical=[2, 3])
+    two = KPrototypesSegmenter(n_clusters=4, random_state=1).fit_arrays(X_num, X_cat)
+    np.testing.assert_array_equal(one.labels_, two.labels_)
+    assert one.cost_ == two.cost_
+    # a level never seen at fit never matches a prototype
+    new = np.hstack([X_num[:5], np.full((5, 2), 99.0)])
+    assert (one.transform(new) >= one.transform(np.hstack([X_num[:5], X_cat[:5]]))).all()
+
+
+def test_hdbscan_finds_the_planted_segments_and_marks_noise():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [6, 0], [0, 6]])
+    X = np.vstack([c + rng.normal(scale=0.5, size=(200, 2)) for c in centers] + [rng.uniform(-4, 10, size=(30, 2))])
+    truth = np.repeat([0, 1, 2], 200)
+    model = HDBSCANSegmenter(min_cluster_size=30).fit(X)
+    assert model.n_clusters_ == 3
+    assert adjusted_rand_score(truth, model.labels_[:600]) > 0.95
+    assert model.noise_[600:].mean() >= 0.4 and model.noise_[:600].mean() < 0.1  # scattered points are noise
+    np.testing.assert_array_equal(model.predict(X[~model.noise_]), model.labels_[~model.noise_])
+
+
+def test_famd_keeps_the_fewest_components_reaching_the_inertia(tmp_path):
+    from segreport.data import load_table
+    from segreport.demo import write_demo
+    from segreport.methods import BuildEnv
+
+    path = write_demo(tmp_path / "d.csv", rows=800, seed=3)
+    table = load_table(path)
+    params = Params(famd={"inertia": 0.6})
+    sp = REGISTRY["famd"].build_space(table, params, BuildEnv(inputs={}, seed=0))
+    info = sp.info
+    cum = np.asarray(info["cumulative"])
+    assert info["dims"] == sp.arrays["X"].shape[1]
+    assert cum[info["dims"] - 1] >= 0.6 and (info["dims"] == 2 or cum[info["dims"] - 2] < 0.6)
+    # new rows through the saved transformer land where the fitted rows are
+    np.testing.assert_allclose(sp.transformer.transform(table.frame.head(20)), sp.arrays["X"][:20], atol=1e-8)
+
+
+def test_a_method_that_does_not_apply_is_left_out_with_a_reason(tmp_path):
+    from segreport.prepare import applicable
+    from segreport.data import load_table
+
+    f = tmp_path / "numbers.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(100, 3)), columns=["a", "b", "c"]).to_csv(f, index=False)
+    table = load_table(f)
+    run, skipped = applicable(Params(methods="kmeans,kprototypes,famd"), table, progress=False)
+    assert run == ["kmeans"]
+    assert "K-Prototypes needs at least one numeric and one categorical column" in skipped["kprototypes"]
+    assert "famd" in skipped
+
+
+@pytest.mark.slow
+def test_the_package_installs_and_runs_outside_the_repository(tmp_path):
+    """A wheel (not an editable install) holds the templates, notebooks, defaults and Quarto project:
+    `segreport run` works from an empty folder."""
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(ROOT)], check=True)
+    target = tmp_path / "site"
+    wheel = next(wheel_dir.glob("segreport-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", "import segreport, sys; print(segreport.__file__)"],
+                         cwd=work, env=env, capture_output=True, text=True, check=True)
+    assert res.stdout.startswith(str(target))
+    (tmp_path / "small.yml").write_text("demo_rows: 400\nstability_resamples: 2\n")
+    res = subprocess.run([sys.executable, "-m", "segreport", "run", "--params", str(tmp_path / "small.yml"),
+                          "--data", "demo", "--k", "3", "--methods", "kmeans", "--quiet"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (work / "_site" / "index.html").exists() and (work / "_site" / "report.pdf").exists()
+    assert (work / "_quarto.yml").exists() and (work / "report" / "kmeans.qmd").exists()
