@@ -22,8 +22,8 @@ from .explain import surrogate, surrogate_dask
 from .methods import get
 from .personas import personas, profile
 from .prepare import COMMON, load_space
-from .store import (LABELS, METRICS, MODEL, PERSONAS, PROFILE, SHAP, SHAP_SAMPLE, STABILITY, TIMINGS, RunLayout,
-                    read_json)
+from .store import (LABELS, METRICS, MODEL, PERSONAS, PROFILE, RULES, SHAP, SHAP_SAMPLE, STABILITY, TIMINGS,
+                    RunLayout, read_json)
 
 
 class CellError(Exception):
@@ -70,21 +70,26 @@ def fit_method(method, value: int, space: dict, params, seed: int, scale: dict |
 
 def stability(method, value: int, space: dict, params, seed: int, labels: np.ndarray,
               common: np.ndarray, scale: dict | None = None) -> dict | None:
-    """Bootstrap refits (fewer inits, same algorithm) on a seeded subsample; see evaluate.bootstrap_stability."""
+    """Clusterboot (Hennig 2007) on a seeded subsample: the whole method refitted in every bootstrap
+    resample, its outlier step included (ECOD refitted on the resample), with the same number of
+    starts as the fit; see evaluate.bootstrap_stability."""
     from sklearn.metrics import silhouette_score
 
-    from .evaluate import bootstrap_stability
+    from .evaluate import bootstrap_stability, ecod_refit, whole_method_refit
     from .features import sample_rows
 
     B = int(params.stability_resamples)
     if B == 0:
         return None
-    mp = method.params(params)
-    n_init = min(3, getattr(mp, "n_init", 3))
+    X = space["X"]
+    mode, contamination = method.outlier_params(params)
+    detect = ecod_refit(method.outlier_matrix(space, common), contamination) if mode == "ecod" else None
 
-    def refit(rows, base):
-        model = fit_rows(method, method.estimator(value, params, seed, scale or {}, n_init=n_init), space, rows)
-        return segments(method, model, space["X"][base])[0]
+    def fit(rows):
+        return method.estimator(value, params, seed, scale or {}).fit(np.asarray(X[rows]), **method.fit_kwargs(space))
+
+    def predict(model, base):
+        return segments(method, model, X[base])[0]
 
     score_rows = None
 
@@ -95,6 +100,8 @@ def stability(method, value: int, space: dict, params, seed: int, labels: np.nda
         lab = pred[score_rows]
         return float(silhouette_score(common[base[score_rows]], lab)) if len(np.unique(lab)) > 1 else None
 
+    refit = whole_method_refit(fit, predict, detect, min_rows=getattr(method.estimator(value, params, seed, {}),
+                                                                       "n_clusters", 2))
     return bootstrap_stability(refit, labels, len(labels), B, seed, int(params.stability_sample), score)
 
 
@@ -129,6 +136,12 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         # Euclidean in every own space: on normalised embeddings it is what K-means minimises
         own = validity(np.asarray(X_own), labels, sil_n, seed)
     common_m = validity(common, labels, sil_n, seed)
+    from .verdict import gower_silhouette
+
+    # Gower (1971): a neutral space no method optimises (range-scaled numbers, category mismatches)
+    gower = {"silhouette": gower_silhouette(frame, ctx["used"]["numeric"], ctx["used"]["categorical"], labels,
+                                            sample=min(2000, sil_n), seed=seed),
+             "rows": int(min(2000, sil_n, len(labels)))}
     own_fitted = None
     if outliers is not None and X_own is not None and outliers.any():
         # the seed article scored K-means on the rows kept after ECOD: reported beside the full-data numbers
@@ -143,17 +156,25 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
     else:
         ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params.lgbm_folds),
                        max_rows=int(params.explain_rows), shap_sample=int(params.shap_sample), threads=_threads())
+    from .explain import rule_tree, shap_direction
+
+    tree = rule_tree(frame, labels, ctx["used"]["categorical"], max_depth=3, seed=seed)
+    tree.pop("model", None)
+    direction = shap_direction(ex["shap_sample"], frame, ctx["used"]["numeric"], ctx["used"]["categorical"])
     t_explain = time.perf_counter() - t0 - t_fit - t_stab - t_metrics
-    prof = profile(frame, labels, ctx["used"]["numeric"], ctx["used"]["categorical"], int(params.min_segment_size))
+    prof = profile(frame, labels, ctx["used"]["numeric"], ctx["used"]["categorical"], int(params.min_segment_size),
+                   outliers=outliers)
     cards = personas(prof, {str(s): v for s, v in ex["mean_abs_shap"].items()}, ctx["labels"], ctx["units"],
-                     set(ctx["used"]["binary"]))
+                     set(ctx["used"]["binary"]), stability=stab)
     metrics = {
         "method": method_name, "grid": grid, "value": int(value), "k": k, "seed": seed, "rows": int(len(labels)),
         "fitted_rows": int(len(labels) - (outliers.sum() if outliers is not None else 0)),
         "outliers": int(outliers.sum()) if outliers is not None else 0,
         "cost": method.cost(model), "cost_name": method.cost_name,
         "sizes": np.bincount(labels, minlength=k).tolist(),
-        "own": own, "common": common_m, "own_fitted_rows": own_fitted,
+        "own": own, "common": common_m, "gower": gower, "own_fitted_rows": own_fitted,
+        "rules": {k_: v for k_, v in tree.items() if k_ not in ("rules", "by_segment")},
+        "majority_baseline": tree["baseline"]["accuracy"],
         "stability": {k_: v for k_, v in stab.items() if k_ not in ("ari", "common_silhouette")} if stab else None,
         "lgbm_accuracy": ex["accuracy"], "lgbm_folds": ex["folds"], "lgbm_cv_rows": ex["cv_rows"],
         "lgbm_engine": ex["engine"], "lgbm_validation": ex["validation"], "lgbm_holdout_rows": ex.get("holdout_rows"),
@@ -162,15 +183,15 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         **method.model_facts(model),
     }
     shap_json = {"mean_abs_shap": ex["mean_abs_shap"], "overall": ex["mean_abs_shap_overall"],
-                 "rows": ex["shap_rows"]}
+                 "rows": ex["shap_rows"], "direction": direction}
     for card in cards:
-        seg = stab["segments"].get(card["segment"]) if stab else None
-        card["stability"] = seg["mean_jaccard"] if seg else None
-        card["unstable"] = bool(seg and seg["dissolved"])
+        card["rule"] = tree["by_segment"].get(card["segment"])
     write = lambda name, obj: layout.write_cell(method_name, value, name, obj, grid)  # noqa: E731
     write(LABELS, labels_df)
     write(SHAP_SAMPLE, ex["shap_sample"])
     write(PROFILE, prof)
+    write(RULES, {"rules": tree["rules"], "by_segment": tree["by_segment"], "accuracy": tree["accuracy"],
+                  "baseline": tree["baseline"], "simple_rules": tree["simple_rules"], "max_depth": tree["max_depth"]})
     write(PERSONAS, cards)
     write(SHAP, shap_json)
     if stab:

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per column, outcome per segment, and whether to keep or re-fit. `segreport "
                                    "render` then adds the tracking page to the report.")
     p.add_argument("--run", dest="run_dir", required=True, help="the run's results folder, e.g. results/demo")
-    p.add_argument("--method", choices=["kmeans", "kprototypes", "llm"],
+    p.add_argument("--method", choices=list(REGISTRY),
                    help="which method (default: the run's recommended segmentation)")
     p.add_argument("--k", type=int, help="which k (default: the recommended k of the method)")
     p.add_argument("--data", required=True, help="the snapshot: CSV or Parquet with the run's columns")

@@ -1,12 +1,15 @@
-"""Stage 3 of a run: the metrics table over all cells, agreement between methods, the recommended
-segmentation of each method, and the ranking on common ground (comparison/comparison.json)."""
+"""Stage 3 of a run: the metrics table over all cells, agreement between methods, each method's k
+(one rule for all: stability, then silhouette within its bootstrap error), a null reference, a fair
+verdict in neutral spaces, and one recommendation (comparison/comparison.json)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
 
-from .methods import get
+from .methods import REGISTRY, get
 from .store import STABILITY, RunLayout, atomic_write_json, atomic_write_parquet, cell_name, read_json
 
 
@@ -35,23 +38,9 @@ def compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
                 labels[(method, v)] = layout.cell_labels(method, v, grid)
             rows.append(row)
     table = pd.DataFrame(rows)
-    recommended = {}
+    recommended, choices = {}, {}
     for method in methods:
-        m = get(method)
-        sub = table[(table.method == method) & (table.status == "done")]
-        # own-space silhouette where the method has a Euclidean space of its own and k is given, else the
-        # common space's (a density method's own map rewards many small segments)
-        col = "own_silhouette" if m.euclidean and m.grid == "k" else "common_silhouette"
-        rec = recommend_k({int(v): (None if pd.isna(s) else float(s)) for v, s in zip(sub.value, sub[col])})
-        rec["metric"] = col
-        rec["value"] = rec.pop("k")
-        rec["elbow_k"] = elbow_k({int(v): float(c) for v, c in zip(sub.value, sub.cost)}) \
-            if len(sub) and m.grid == "k" else None
-        if rec["value"] is None and len(sub):
-            rec["value"] = int(sub.value.min())
-        rec["k"] = (int(sub[sub.value == rec["value"]].k.iloc[0]) if rec["value"] is not None and len(sub) else None)
-        rec["grid"] = m.grid
-        recommended[method] = rec
+        recommended[method], choices[method] = choose(layout, method, table, ctx)
     agree = []
     for k in sorted({int(x) for x in table.k.dropna()}):
         for i, a in enumerate(methods):
@@ -69,7 +58,25 @@ def compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     outcome = None
     if ctx["data"].get("outcome") and layout.outcome.exists():
         outcome = outcome_separation(pd.read_parquet(layout.outcome)["outcome"], labels, recommended)
-    verdict = rank_methods(layout, recommended, table)
+    params = ctx["params"]
+    nulls, structure = {}, {}
+    if int(params.get("null_references", 0)) > 0:
+        for method in methods:
+            k = recommended[method]["k"]
+            if k is not None and get(method).null_reference:
+                nulls[method], structure[method] = null_check(layout, ctx, method, k)
+    verdict = fair(layout, recommended, table, ctx)
+    rec = None
+    if verdict is not None and choices:
+        from .verdict import recommendation
+
+        rec = recommendation(choices, verdict, structure or {m: {} for m in choices})
+        if rec.get("method"):
+            rec["value"] = recommended[rec["method"]]["value"] if rec["k"] == recommended[rec["method"]]["k"] \
+                else _value_of(table, rec["method"], rec["k"])
+            rec["display"] = get(rec["method"]).display
+        rec["reasons"] = [display_names(r) for r in rec.get("reasons", [])]
+        verdict["reasons"] = [display_names(r) for r in verdict.get("reasons", [])]
     extras = {}
     for method in methods:
         v = recommended[method]["value"]
@@ -77,8 +84,8 @@ def compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
             extra = get(method).extra_comparison(layout, ctx, recommended[method]["k"])
             if extra is not None:
                 extras[method] = extra
-    result = {"recommended": recommended, "agreement": agree, "agreement_chosen": chosen, "outcome": outcome,
-              "verdict": verdict, "extras": extras}
+    result = {"recommendation": rec, "recommended": recommended, "choices": choices, "agreement": agree, "agreement_chosen": chosen,
+              "outcome": outcome, "verdict": verdict, "nulls": nulls, "structure": structure, "extras": extras}
     atomic_write_parquet(layout.metrics_table, table)
     atomic_write_json(layout.comparison_json, result)
     return result
@@ -111,37 +118,139 @@ def outcome_separation(outcome: pd.Series, labels: dict, recommended: dict) -> d
     return out
 
 
-def rank_methods(layout: RunLayout, recommended: dict, table: pd.DataFrame) -> dict | None:
-    """Which method segments best on common ground, and how sure: paired bootstrap replicates.
+def display_names(text: str) -> str:
+    """Method keys in computed reasons -> the names the report uses."""
+    for name, m in REGISTRY.items():
+        text = re.sub(rf"\b{name}\b", m.display, text)
+    return text
 
-    Each method's segments at its recommended k are scored by silhouette in the common space; the
-    bootstrap refits (same resampled rows for every method, same seed) give one score per replicate,
-    so "A beats B in 19 of 20 resamples" is a direct measure of how sure the ranking is.
-    """
-    scores, stab = {}, {}
-    for method, rec in recommended.items():
-        row = table[(table.method == method) & (table.value == rec["value"])]
-        if not len(row) or row.iloc[0]["status"] != "done":
+
+def _value_of(table: pd.DataFrame, method: str, k: int) -> int | None:
+    sub = table[(table.method == method) & (table.status == "done") & (table.k == k)]
+    return int(sub.value.iloc[0]) if len(sub) else None
+
+
+def choose(layout: RunLayout, method: str, table: pd.DataFrame, ctx: dict) -> tuple[dict, dict]:
+    """A method's k by the same rule as every other's (verdict.choose_k): every segment valid under
+    clusterboot, silhouette in the common space within one bootstrap standard error of the best,
+    then the more stable, then the smaller k. A method whose grid is not k is judged on the k it
+    found (the most stable grid value where several found the same k)."""
+    from .evaluate import elbow_k, recommend_k
+    from .verdict import choose_k
+
+    m = get(method)
+    sub = table[(table.method == method) & (table.status == "done")]
+    per_k, value_of = {}, {}
+    for _, row in sub.iterrows():
+        f = layout.cell(method, int(row.value), m.grid) / STABILITY
+        if not f.exists() or row.common_silhouette is None or pd.isna(row.common_silhouette):
             continue
-        f = layout.cell(method, rec["value"], rec["grid"]) / STABILITY
-        scores[method] = {"k": rec["k"], "common_silhouette": float(row.iloc[0]["common_silhouette"])}
-        if f.exists():
-            st = read_json(f)
-            reps = [x for x in st.get("common_silhouette", []) if x is not None]
-            stab[method] = reps
-            scores[method].update(ari_mean=st["ari_mean"], ari_sd=st["ari_sd"],
-                                  replicate_silhouette_mean=float(np.mean(reps)) if reps else None,
-                                  replicate_silhouette_sd=float(np.std(reps)) if reps else None,
-                                  dissolved=sum(1 for v in st["segments"].values() if v["dissolved"]))
+        st = read_json(f)
+        k = int(row.k)
+        if k in per_k and per_k[k]["ari_mean"] >= st["ari_mean"]:
+            continue
+        per_k[k] = {"segments": st["segments"], "ari_mean": st["ari_mean"], "ari_sd": st["ari_sd"],
+                    "silhouette": float(row.common_silhouette), "replicate_score": st.get("replicate_score")}
+        value_of[k] = int(row.value)
+    rec = {"grid": m.grid, "metric": "common_silhouette",
+           "elbow_k": elbow_k({int(v): float(c) for v, c in zip(sub.value, sub.cost)}) if len(sub) > 2 and m.grid == "k"
+           else None}
+    if per_k:
+        grid = [int(v) for v in ctx["grid"][method]] if m.grid == "k" else sorted(per_k)
+        ch = choose_k(per_k, grid=grid)
+        k = ch["k"] if ch["k"] is not None else ch.get("fallback_k")
+        ch["reasons"] = [display_names(r) for r in ch.get("reasons", [])]
+        rec.update(k=k, value=value_of.get(k), rule=ch["rule"], reason="; ".join(ch["reasons"]),
+                   qualified=ch["k"] is not None, edge=bool(ch.get("edge")), edge_reason=ch.get("edge_reason"))
+        return rec, ch
+    # no stability measured (stability_resamples: 0): the highest silhouette, smaller k within 0.01
+    old = recommend_k({int(v): (None if pd.isna(s_) else float(s_)) for v, s_ in zip(sub.value, sub.common_silhouette)})
+    v = old["k"] if old["k"] is not None else (int(sub.value.min()) if len(sub) else None)
+    k = int(sub[sub.value == v].k.iloc[0]) if v is not None and len(sub) else None
+    rec.update(k=k, value=v, rule=old["rule"] + " (no stability was measured: stability_resamples is 0)",
+               reason=old.get("reason", ""), qualified=False, edge=False, edge_reason=None)
+    return rec, {"k": k, "fallback_k": k, "reasons": [old.get("reason", "")], "edge": False, "table": []}
+
+
+def _table_of(layout: RunLayout, ctx: dict):
+    from .config import ColumnSpec
+    from .data import Table
+
+    frame = pd.read_parquet(layout.table)
+    schema = [ColumnSpec.model_validate(s) for s in ctx["schema"]]
+    return Table(frame=frame, schema=schema, path=ctx["data"]["path"], file_sha256=ctx["data"]["file_sha256"])
+
+
+def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict, dict]:
+    """The method's whole pipeline (encoding, outliers, fit) rerun on tables without segments, at its k:
+    column-shuffled copies (no association) and principal-axes uniform references (correlations kept),
+    each on a seeded sample of `null_sample` rows, against the same pipeline on the real sample."""
+    from dataclasses import replace
+
+    from sklearn.metrics import silhouette_score
+
+    from .cell import fit_rows, segments
+    from .config import params_of
+    from .features import ecod_outliers, fit_common
+    from .methods import BuildEnv
+    from .verdict import null_reference, structure_call
+
+    params = params_of(ctx)
+    m = get(method)
+    table = _table_of(layout, ctx)
+    inputs = (ctx.get("inputs") or {}).get(method) or {}
+    mode, contamination = m.outlier_params(params)
+
+    def fit_score(frame: pd.DataFrame, kk: int, seed: int) -> dict:
+        t = replace(table, frame=frame.reset_index(drop=True))
+        sp = m.build_space(t, params, BuildEnv(inputs=inputs, cache_dir=params.cache_dir, progress=False, seed=seed,
+                                               k=[kk]))
+        space = {"X": sp.arrays["X"], "info": sp.info}
+        if mode == "ecod" and sp.outlier_X is not None:
+            space["outliers"] = ecod_outliers(sp.outlier_X, contamination, None, seed)[0]
+        model = fit_rows(m, m.estimator(kk, params, seed, {}), space, np.arange(len(frame)))
+        labels = segments(m, model, space["X"])[0]
+        common = fit_common(t)[0]
+        sil = float(silhouette_score(common, labels)) if len(np.unique(labels)) > 1 else None
+        return {"silhouette": sil, "ari": None}
+
+    n, seed, rows = int(params.null_references), int(params.seed), int(params.null_sample)
+    shuffled = null_reference(fit_score, table.frame, [k], "shuffle", n, seed, rows)
+    pca = null_reference(fit_score, table.frame, [k], "pca", n, seed, rows, table.numeric, table.categorical,
+                         observed=False)
+    entry = shuffled["ks"][int(k)]
+    call = structure_call(entry["observed"], entry, pca["ks"][int(k)])
+    call["reasons"] = [display_names(r) for r in call.get("reasons", [])]
+    return {"k": int(k), "rows": shuffled["rows"], "references": n, "observed": entry["observed"],
+            "shuffled": entry["silhouette_summary"], "pca": pca["ks"][int(k)]["silhouette_summary"],
+            "shuffled_values": entry["silhouette"], "pca_values": pca["ks"][int(k)]["silhouette"]}, call
+
+
+def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -> dict | None:
+    """verdict.fair_verdict over the neutral spaces (common, Gower) at each method's k and at the
+    other methods' k, and on stability."""
+    from .verdict import fair_verdict
+
+    scores = {}
+    done = table[table.status == "done"]
+    for method, rec in recommended.items():
+        row = done[(done.method == method) & (done.value == rec.get("value"))]
+        if rec.get("value") is None or not len(row):
+            continue
+        m = get(method)
+        metrics = read_json(layout.cell(method, rec["value"], m.grid) / "metrics.json")
+        f = layout.cell(method, rec["value"], m.grid) / STABILITY
+        st = read_json(f) if f.exists() else {}
+        scores[method] = {"k": rec["k"], "silhouette": {"common": metrics["common"].get("silhouette"),
+                                                       "gower": (metrics.get("gower") or {}).get("silhouette")},
+                          "ari_mean": st.get("ari_mean"), "ari_sd": st.get("ari_sd"),
+                          "replicates": {"common": st.get("common_silhouette")} if st.get("common_silhouette") else {},
+                          "equal_k": {}}
+        for _, r in done[done.method == method].iterrows():
+            mm = read_json(layout.cell(method, int(r.value), m.grid) / "metrics.json")
+            scores[method]["equal_k"][int(r.k)] = {"common": mm["common"].get("silhouette"),
+                                                   "gower": (mm.get("gower") or {}).get("silhouette")}
     if not scores:
         return None
-    best = max(scores, key=lambda m: scores[m]["common_silhouette"])
-    wins = {}
-    for other in scores:
-        if other == best or not stab.get(best) or not stab.get(other):
-            continue
-        a, b = stab[best], stab[other]
-        n = min(len(a), len(b))
-        wins[other] = {"wins": int(sum(1 for i in range(n) if a[i] > b[i])), "of": n}
-    most_stable = max((m for m in scores if "ari_mean" in scores[m]), key=lambda m: scores[m]["ari_mean"], default=None)
-    return {"best": best, "scores": scores, "wins": wins, "most_stable": most_stable}
+    order = [m for m in REGISTRY if m in scores]  # the registry lists the simpler methods first
+    return fair_verdict(scores, simplicity=order)

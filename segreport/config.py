@@ -43,8 +43,8 @@ DEFAULT_SCHEMA = [
     ColumnSpec(name="age", kind="numeric", label="Age", unit="years"),
     ColumnSpec(name="job", kind="categorical", label="Job"),
     ColumnSpec(name="marital", kind="categorical", label="Marital status"),
-    ColumnSpec(name="education", kind="categorical", label="Education",
-               order=["unknown", "primary", "secondary", "tertiary"]),
+    # no order: "unknown" is not a level of education, and either end of a scale would invent a distance
+    ColumnSpec(name="education", kind="categorical", label="Education"),
     ColumnSpec(name="default", kind="binary", label="Credit in default"),
     ColumnSpec(name="balance", kind="numeric", label="Balance", unit="EUR"),
     ColumnSpec(name="housing", kind="binary", label="Housing loan"),
@@ -86,8 +86,10 @@ class _Params(_Strict):
     shap_sample: int = Field(2000, ge=50)
     lgbm_folds: int = Field(3, ge=2)
     explain_rows: int = Field(10000, ge=100)  # LightGBM cross-validation on at most this many rows
-    stability_resamples: int = Field(20, ge=0)
-    stability_sample: int = Field(5000, ge=50)
+    stability_resamples: int = Field(100, ge=0)  # clusterboot resamples (Hennig: at least 100)
+    stability_sample: int = Field(2000, ge=50)
+    null_references: int = Field(3, ge=0)  # tables without segments per reference kind (shuffled, principal axes)
+    null_sample: int = Field(1500, ge=100)  # rows of each null table (and of the observed sample they are set against)
     render: bool = True
     analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
     scale: ScaleParams = Field(default_factory=ScaleParams)

@@ -172,7 +172,8 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
              "failed": [cells[(method, v)] for v in ctx["grid"][method] if cells[(method, v)]["status"] != "done"],
              "chosen": chosen, "space": ctx["spaces"][method], "params": params[method],
              "inputs": (ctx.get("inputs") or {}).get(method) or {},
-             "extra": (comparison.get("extras") or {}).get(method)}
+             "extra": (comparison.get("extras") or {}).get(method),
+             "choice": (comparison.get("choices") or {}).get(method)}
         x = "value" if meth.grid != "k" else "k"
         if len(done):
             m["fig_elbow"] = fig(f"{method}-elbow", F.metric_lines(

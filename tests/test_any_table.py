@@ -65,8 +65,8 @@ def test_full_run_and_report_on_an_unseen_table(crm_run):
     ctx = json.loads((wd / "results" / "crm" / "context.json").read_text())
     assert set(ctx["used"]["numeric"]) == {"annual_spend", "visits"}
     assert set(ctx["used"]["categorical"]) == {"city", "tier", "newsletter", "channel"}
-    assert ctx["row_template"]["source"] == "generated from the schema"
-    assert "Annual spend" in ctx["row_template"]["text"] and "CustomerID" not in ctx["row_template"]["text"]
+    assert ctx["inputs"]["llm"]["source"] == "generated from the schema"
+    assert "Annual spend" in ctx["inputs"]["llm"]["text"] and "CustomerID" not in ctx["inputs"]["llm"]["text"]
     index = BeautifulSoup((wd / "_site" / "report" / "index.html").read_text(), "html.parser").get_text()
     assert "Built on generated demo data" not in index
     assert "named like an identifier" in index and "values parse as dates" in index and "long free text" in index

@@ -71,7 +71,12 @@ def test_every_cell_has_its_results(demo_run):
     comp = json.loads((run / "comparison" / "comparison.json").read_text())
     assert {a["k"] for a in comp["agreement"]} == set(KS) and len(comp["agreement"]) == 6
     assert all(comp["recommended"][m]["k"] in KS for m in METHODS)
-    assert "silhouette" in comp["recommended"]["kmeans"]["rule"]
+    assert "silhouette" in comp["recommended"]["kmeans"]["rule"] and "Jaccard" in comp["recommended"]["kmeans"]["rule"]
+    # one recommendation per run, with a structure call against tables without segments
+    rec = comp["recommendation"]
+    assert rec["method"] in METHODS and rec["k"] in KS and rec["structure"] in ("clear", "weak", "none")
+    assert set(comp["nulls"]) == set(METHODS) and all(n["references"] >= 1 for n in comp["nulls"].values())
+    assert comp["verdict"]["table"] and any("gower" == r["space"] for r in comp["verdict"]["table"])
 
 
 def test_rerun_reuses_cells_and_is_byte_identical(demo_run):

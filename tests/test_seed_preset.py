@@ -42,9 +42,9 @@ def test_preset_runs_on_a_bank_slice(tmp_path):
     assert km["fitted_rows"] == 1350 and km["own_fitted_rows"]["silhouette"] is not None
     llm = json.loads((run / "cells" / "llm" / "k5" / "metrics.json").read_text())
     assert llm["outliers"] == 150
-    assert "Age: {{ row['age'] | fmt }}, housing loan: {{ row['housing'] }}, Job:" in ctx["row_template"]["text"]
+    assert "Age: {{ row['age'] | fmt }}, housing loan: {{ row['housing'] }}, Job:" in ctx["inputs"]["llm"]["text"]
     comp = json.loads((run / "comparison" / "comparison.json").read_text())
     assert set(comp["outcome"]["methods"]) == {"kmeans", "kprototypes", "llm"}
-    assert comp["numbers_experiment"]["variants"]["words"]["stability_ari"] is not None
+    assert comp["extras"]["llm"]["variants"]["words"]["stability_ari"] is not None
     page = (wd / "_site" / "report" / "comparison.html").read_text()
     assert "The verdict" in page and "cannot rank the methods" in page

@@ -71,7 +71,8 @@ class Method:
     algorithm: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for the comparison table
     euclidean: ClassVar[bool] = True  # its own space has a Euclidean geometry (own-space metrics, k choice)
-    builds_in_client: ClassVar[bool] = False  # its space is built by the client, which sends its parts to Dask
+    builds_in_client: ClassVar[bool] = False
+    null_reference: ClassVar[bool] = True  # its pipeline is rerun on tables without segments (compare.null_check)  # its space is built by the client, which sends its parts to Dask
 
     # ---------------------------------------------------------------- what it needs
 
@@ -117,6 +118,10 @@ class Method:
     def found_outliers(self, model) -> np.ndarray | None:
         """Rows the fit itself marks as outliers (HDBSCAN's noise); None where it marks none."""
         return None
+
+    def outlier_matrix(self, space: dict, common: np.ndarray) -> np.ndarray:
+        """The matrix its ECOD detector is fitted on (its own space by default)."""
+        return space["X"]
 
     def outlier_params(self, params) -> tuple[str, float]:
         mp = self.params(params)

@@ -105,6 +105,7 @@ class HDBSCANMethod(Method):
     display = "Density segments (HDBSCAN)"
     Params = HDBSCANParams
     grid = "m"
+    null_reference = False  # a UMAP refit per null table costs minutes: not run, and the page says so
     grid_label = "minimum segment size"
     algorithm = "HDBSCAN on a UMAP embedding per data type"
     summary = "UMAP of numbers and of categories, intersected, then HDBSCAN: finds its own number of segments"

@@ -1032,6 +1032,9 @@ class KPrototypesMethod(Method):
         return Space({"X": X}, enc, {"numeric": table.numeric, "categorical": table.categorical,
                                      "categorical_index": list(range(xn.shape[1], X.shape[1]))}, outlier_X)
 
+    def outlier_matrix(self, space, common):
+        return common  # ECOD needs a Euclidean space: the common space, as in build_space
+
     def fit_kwargs(self, space: dict) -> dict:
         return {"categorical": space["info"]["categorical_index"]}
 
