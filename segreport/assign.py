@@ -70,8 +70,8 @@ class _Run:
             done = sorted(int(p.name[len(m.grid):]) for p in cell.parent.glob(f"{m.grid}*")
                           if p.name[len(m.grid):].isdigit() and (p / MODEL).exists())
             have = f" (finished: {m.grid_label}={', '.join(map(str, done))})" if done else ""
-            raise SegreportError(f"{root}: no finished cell {method} {m.grid_label}={k}; "
-                                 f"run `segreport run` with it first{have}")
+            how = f"`segreport run --k {k}`" if m.grid == "k" else f"`segreport run` with {m.grid_label} {k}"
+            raise SegreportError(f"{root}: no finished cell {method} {m.grid}={k}; run {how} first{have}")
         self.cell = cell
         model = _load(cell / MODEL, joblib.load)
         self.segmenter = model["segmenter"] if isinstance(model, dict) else model

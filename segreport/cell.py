@@ -186,6 +186,10 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
                  "rows": ex["shap_rows"], "direction": direction}
     for card in cards:
         card["rule"] = tree["by_segment"].get(card["segment"])
+        for d in card.get("drivers", []):  # which way the driver pushes: higher values, or which levels
+            info = (direction.get(card["segment"]) or {}).get(d["column"]) or {}
+            d["direction"] = info.get("direction")
+            d["towards"] = (info.get("towards") or [])[:2]
     write = lambda name, obj: layout.write_cell(method_name, value, name, obj, grid)  # noqa: E731
     write(LABELS, labels_df)
     write(SHAP_SAMPLE, ex["shap_sample"])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BANK = ROOT.parent / "shared" / "data" / "bank-marketing" / "train.csv"
+LIGHT = "stability_resamples: 10\nnull_references: 1\nnull_sample: 300\n"
 
 
 @pytest.fixture
@@ -25,6 +28,9 @@ def make_workdir(path: Path) -> Path:
     (path / "params").symlink_to(ROOT / "params")
     shutil.copy(ROOT / "_quarto.yml", path / "_quarto.yml")
     (path / "report").mkdir(exist_ok=True)
+    # runs in a test check behaviour, not the defaults' sample sizes: fewer bootstrap refits and a
+    # single small null reference keep the grid quick (a file given with --params replaces this one)
+    (path / "params.yml").write_text(LIGHT)
     return path
 
 
@@ -41,3 +47,13 @@ def snapshot(folder: Path) -> dict:
         return {}
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in folder.rglob("*") if p.is_file()}
+
+
+def segreport(cwd: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m segreport ARGS` in `cwd` as a user runs it (a fresh process); fails the test with the
+    command's stderr where it does not succeed (check)."""
+    res = subprocess.run([sys.executable, "-m", "segreport", *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"segreport {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res

@@ -11,8 +11,7 @@ from bs4 import BeautifulSoup
 
 from segreport.cli import main
 
-from .conftest import make_workdir
-from .test_end_to_end import segreport
+from .conftest import segreport, make_workdir
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
@@ -44,7 +43,7 @@ def crm_table(n: int, seed: int) -> pd.DataFrame:
 def crm_run(tmp_path_factory):
     wd = make_workdir(tmp_path_factory.mktemp("crm") / "project")
     crm_table(700, 1).to_csv(wd / "crm.csv", index=False)
-    (wd / "p.yml").write_text("stability_resamples: 8\nprojection_sample: 400\n")
+    (wd / "p.yml").write_text("stability_resamples: 8\nprojection_sample: 400\nnull_references: 1\nnull_sample: 300\n")
     segreport(wd, "run", "-q", "--params", "p.yml", "--data", "crm.csv", "--k", "2-3")
     return wd
 

@@ -33,7 +33,7 @@ def project(tmp_path_factory):
     write_demo(wd / "customers.csv", rows=400, seed=7)
     params = "kprototypes:\n  outliers: ecod\nllm:\n  precision: fp32\nprojection_sample: 100\n"
     if "stability_resamples" in Params.model_fields:  # bootstrap stability is no concern of assign's
-        params += "stability_resamples: 0\n"
+        params += "stability_resamples: 0\nnull_references: 0\n"
     (wd / "params.yml").write_text(params)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     res = subprocess.run([sys.executable, "-m", "segreport", "run", "-q", "--no-render", "--data", "customers.csv",

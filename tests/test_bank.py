@@ -24,7 +24,8 @@ def bank_run(tmp_path_factory):
     df = pd.read_csv(BANK, sep=";")
     df.sample(n=4000, random_state=0).to_csv(slice_path, sep=";", index=False)
     params = load_params(None, {"data": str(slice_path), "methods": "kmeans,kprototypes", "k": "3-4",
-                                "results": str(wd / "results"), "outcome": "y", "cache_dir": str(wd / "cache")})
+                                "results": str(wd / "results"), "outcome": "y", "cache_dir": str(wd / "cache"),
+                                "stability_resamples": 10})
     layout, ctx = prepare(params, root=wd, progress=False)
     cells = {(m, k): run_cell(layout.root, m, k) for m in params.methods for k in params.k}
     return layout, ctx, cells

@@ -20,25 +20,18 @@ import pytest
 from segreport.demo import write_demo
 from segreport.embed import part_meta
 
-from .conftest import make_workdir
+from .conftest import segreport, make_workdir
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
 pytest.importorskip("distributed")
 
-PARAMS = "stability_resamples: 5\nprojection_sample: 200\nllm: {part_rows: 64, compare_numbers: false}\n"
+PARAMS = ("stability_resamples: 5\nprojection_sample: 200\nllm: {part_rows: 64, compare_numbers: false}\n"
+          "null_references: 1\nnull_sample: 200\n")
 RUN = ["run", "-q", "--no-render", "--params", "p.yml", "--data", "data/demo.csv", "--methods",
        "kmeans,kprototypes,llm", "--k", "2-3", "--workers", "2"]
 CELLS = [(m, k) for m in ("kmeans", "kprototypes", "llm") for k in (2, 3)]
 KILL_CELLS = CELLS[:4]  # kmeans and kprototypes
-
-
-def segreport(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "segreport", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=600)
-    if res.returncode != 0:
-        raise AssertionError(f"segreport {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return res
 
 
 def small_project(path: Path, seed: int) -> Path:

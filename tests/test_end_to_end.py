@@ -16,20 +16,12 @@ from bs4 import BeautifulSoup
 
 from segreport.demo import write_demo
 
-from .conftest import make_workdir
+from .conftest import segreport, make_workdir
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
 KS = [2, 3]
 METHODS = ["kmeans", "kprototypes", "llm"]
-
-
-def segreport(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "segreport", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=900)
-    if check and res.returncode != 0:
-        raise AssertionError(f"segreport {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return res
 
 
 @pytest.fixture(scope="module")

@@ -145,3 +145,46 @@ def test_the_package_installs_and_runs_outside_the_repository(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert (work / "_site" / "index.html").exists() and (work / "_site" / "report.pdf").exists()
     assert (work / "_quarto.yml").exists() and (work / "report" / "kmeans.qmd").exists()
+
+
+@pytest.mark.slow
+def test_famd_and_hdbscan_run_through_the_grid_and_assign(tmp_path):
+    """The two methods added through the interface alone: their cells run as notebooks, the report
+    pages them, and `assign` gives the run's own customers back their segments."""
+    from segreport.cli import main
+    from segreport.demo import write_demo
+
+    from .conftest import make_workdir
+
+    wd = make_workdir(tmp_path / "project")
+    write_demo(wd / "data" / "demo.csv", rows=500, seed=5)
+    (wd / "small.yml").write_text("stability_resamples: 5\nnull_references: 1\nnull_sample: 200\n"
+                                  "hdbscan: {min_cluster_size: [25, 50], umap_sample: 500}\n")
+    import os
+
+    old = os.getcwd()
+    os.chdir(wd)
+    try:
+        assert main(["run", "-q", "--params", "small.yml", "--data", "data/demo.csv", "--k", "3",
+                     "--methods", "famd,hdbscan"]) == 0
+        import json
+
+        manifest = json.loads((wd / "results" / "demo" / "manifest.json").read_text())
+        assert set(manifest["cells"]) == {"famd/k3", "hdbscan/m25", "hdbscan/m50"}
+        for name, st in manifest["cells"].items():
+            assert st["status"] in ("done", "failed"), name
+        assert manifest["cells"]["famd/k3"]["status"] == "done"
+        page = (wd / "_site" / "report" / "hdbscan.html").read_text()
+        assert "minimum segment size" in page
+        for method, value in (("famd", 3), ("hdbscan", 25)):
+            if manifest["cells"][f"{method}/{'k' if method == 'famd' else 'm'}{value}"]["status"] != "done":
+                continue
+            out = wd / f"{method}.csv"
+            assert main(["assign", "--run", "results/demo", "--method", method, "--k", str(value),
+                         "--data", "data/demo.csv", "--out", str(out)]) == 0
+            got = pd.read_csv(out)["segment"].to_numpy()
+            grid = "k" if method == "famd" else "m"
+            want = pd.read_parquet(wd / "results" / "demo" / "cells" / method / f"{grid}{value}" / "labels.parquet")
+            assert (got == want["segment"].to_numpy()).mean() >= 0.98
+    finally:
+        os.chdir(old)

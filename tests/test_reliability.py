@@ -18,8 +18,7 @@ from bs4 import BeautifulSoup
 
 from segreport.demo import generate, write_demo
 
-from .conftest import ROOT, make_workdir
-from .test_end_to_end import segreport
+from .conftest import LIGHT, ROOT, make_workdir, segreport
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
@@ -37,7 +36,7 @@ def test_failed_cell_is_recorded_and_the_rest_renders(tmp_path):
     nb = nbformat.read(analysis / "kmeans.ipynb", as_version=4)
     nb.cells.insert(2, nbformat.v4.new_code_cell('if k == 3:\n    raise RuntimeError("this cell breaks on purpose")'))
     nbformat.write(nb, analysis / "kmeans.ipynb")
-    (wd / "p.yml").write_text(f"analysis: {analysis}\n")
+    (wd / "p.yml").write_text(f"analysis: {analysis}\n" + LIGHT)
     res = segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,kprototypes",
                     "--k", "2-3")
     assert "failed cells: kmeans/k3" in res.stdout
@@ -105,7 +104,7 @@ def test_report_escapes_data_and_leaks_no_customer(tmp_path):
         "  - {name: age, kind: numeric}\n  - {name: job, kind: categorical}\n"
         "  - {name: 'marital <b>status</b>', kind: categorical}\n  - {name: balance, kind: numeric}\n"
         "  - {name: housing, kind: binary}\n"
-        "min_segment_size: 20\n")
+        "min_segment_size: 20\n" + LIGHT)
     segreport(wd, "run", "-q", "--params", "p.yml", "--data", "evil.csv", "--methods", "kmeans,kprototypes,llm",
               "--k", "3")
     for page in (wd / "_site" / "report").glob("*.html"):
