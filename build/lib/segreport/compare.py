@@ -1,0 +1,256 @@
+"""Stage 3 of a run: the metrics table over all cells, agreement between methods, each method's k
+(one rule for all: stability, then silhouette within its bootstrap error), a null reference, a fair
+verdict in neutral spaces, and one recommendation (comparison/comparison.json)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from .methods import REGISTRY, get
+from .store import STABILITY, RunLayout, atomic_write_json, atomic_write_parquet, cell_name, read_json
+
+
+def compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
+    """Metrics table over all cells, agreement between methods, recommended grid value per method."""
+    from .evaluate import agreement, elbow_k, recommend_k
+
+    methods = ctx["methods"]
+    rows, labels = [], {}
+    for method in methods:
+        grid = get(method).grid
+        for v in ctx["grid"][method]:
+            name = cell_name(method, v, grid)
+            st = statuses.get(name, {})
+            row = {"method": method, "grid": grid, "value": int(v), "k": int(v) if grid == "k" else None,
+                   "status": st.get("status", "missing"), "error": st.get("error")}
+            mfile = layout.cell(method, v, grid) / "metrics.json"
+            if row["status"] == "done" and mfile.exists():
+                m = read_json(mfile)
+                row.update(k=m["k"], cost=m["cost"], lgbm_accuracy=m["lgbm_accuracy"], fitted_rows=m["fitted_rows"],
+                           outliers=m["outliers"], min_size=min(m["sizes"]), max_size=max(m["sizes"]),
+                           stability_ari=(m.get("stability") or {}).get("ari_mean"))
+                for space in ("own", "common"):
+                    for metric in ("silhouette", "davies_bouldin", "calinski_harabasz"):
+                        row[f"{space}_{metric}"] = m[space].get(metric)
+                labels[(method, v)] = layout.cell_labels(method, v, grid)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    recommended, choices = {}, {}
+    for method in methods:
+        recommended[method], choices[method] = choose(layout, method, table, ctx)
+    agree = []
+    for k in sorted({int(x) for x in table.k.dropna()}):
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                la, lb = _labels_at_k(table, labels, a, k), _labels_at_k(table, labels, b, k)
+                if la is not None and lb is not None:
+                    agree.append({"k": k, "a": a, "b": b, **agreement(la, lb)})
+    chosen = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            va, vb = recommended[a]["value"], recommended[b]["value"]
+            if (a, va) in labels and (b, vb) in labels:
+                chosen.append({"a": a, "ka": recommended[a]["k"], "b": b, "kb": recommended[b]["k"],
+                               **agreement(labels[(a, va)], labels[(b, vb)])})
+    outcome = None
+    if ctx["data"].get("outcome") and layout.outcome.exists():
+        outcome = outcome_separation(pd.read_parquet(layout.outcome)["outcome"], labels, recommended)
+    params = ctx["params"]
+    nulls, structure = {}, {}
+    if int(params.get("null_references", 0)) > 0:
+        for method in methods:
+            k = recommended[method]["k"]
+            if k is not None and get(method).null_reference:
+                nulls[method], structure[method] = null_check(layout, ctx, method, k)
+    verdict = fair(layout, recommended, table, ctx)
+    rec = None
+    if verdict is not None and choices:
+        from .verdict import recommendation
+
+        rec = recommendation(choices, verdict, structure or {m: {} for m in choices})
+        if rec.get("method"):
+            rec["value"] = recommended[rec["method"]]["value"] if rec["k"] == recommended[rec["method"]]["k"] \
+                else _value_of(table, rec["method"], rec["k"])
+            rec["display"] = get(rec["method"]).display
+        rec["reasons"] = [display_names(r) for r in rec.get("reasons", [])]
+        verdict["reasons"] = [display_names(r) for r in verdict.get("reasons", [])]
+    extras = {}
+    for method in methods:
+        v = recommended[method]["value"]
+        if v is not None and (method, v) in labels:
+            extra = get(method).extra_comparison(layout, ctx, recommended[method]["k"])
+            if extra is not None:
+                extras[method] = extra
+    result = {"recommendation": rec, "recommended": recommended, "choices": choices, "agreement": agree, "agreement_chosen": chosen,
+              "outcome": outcome, "verdict": verdict, "nulls": nulls, "structure": structure, "extras": extras}
+    atomic_write_parquet(layout.metrics_table, table)
+    atomic_write_json(layout.comparison_json, result)
+    return result
+
+
+def _labels_at_k(table: pd.DataFrame, labels: dict, method: str, k: int):
+    """A method's labels with k segments (a method whose k is found: the first grid value that found k)."""
+    sub = table[(table.method == method) & (table.status == "done") & (table.k == k)]
+    return labels.get((method, int(sub.value.iloc[0]))) if len(sub) else None
+
+
+def outcome_separation(outcome: pd.Series, labels: dict, recommended: dict) -> dict:
+    """Share of the outcome's positive level per segment, and how much the segments separate it."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    y = outcome.astype(str).to_numpy()
+    levels, counts = np.unique(y, return_counts=True)
+    positive = "yes" if "yes" in levels else levels[np.argmin(counts)]
+    pos = (y == positive).astype(float)
+    out = {"positive": str(positive), "population_rate": float(pos.mean()), "methods": {}}
+    for method, rec in recommended.items():
+        lab = labels.get((method, rec["value"]))
+        if lab is None:
+            continue
+        rates = [{"segment": int(s), "rate": float(pos[lab == s].mean()), "size": int((lab == s).sum())}
+                 for s in np.unique(lab)]
+        r = np.array([x["rate"] for x in rates])
+        out["methods"][method] = {"k": rec["k"], "rates": rates, "spread": float(r.max() - r.min()),
+                                  "nmi": float(normalized_mutual_info_score(y, lab))}
+    return out
+
+
+def display_names(text: str) -> str:
+    """Method keys in computed reasons -> the names the report uses."""
+    for name, m in REGISTRY.items():
+        text = re.sub(rf"\b{name}\b", m.display, text)
+    return text
+
+
+def _value_of(table: pd.DataFrame, method: str, k: int) -> int | None:
+    sub = table[(table.method == method) & (table.status == "done") & (table.k == k)]
+    return int(sub.value.iloc[0]) if len(sub) else None
+
+
+def choose(layout: RunLayout, method: str, table: pd.DataFrame, ctx: dict) -> tuple[dict, dict]:
+    """A method's k by the same rule as every other's (verdict.choose_k): every segment valid under
+    clusterboot, silhouette in the common space within one bootstrap standard error of the best,
+    then the more stable, then the smaller k. A method whose grid is not k is judged on the k it
+    found (the most stable grid value where several found the same k)."""
+    from .evaluate import elbow_k, recommend_k
+    from .verdict import choose_k
+
+    m = get(method)
+    sub = table[(table.method == method) & (table.status == "done")]
+    per_k, value_of = {}, {}
+    for _, row in sub.iterrows():
+        f = layout.cell(method, int(row.value), m.grid) / STABILITY
+        if not f.exists() or row.common_silhouette is None or pd.isna(row.common_silhouette):
+            continue
+        st = read_json(f)
+        k = int(row.k)
+        if k in per_k and per_k[k]["ari_mean"] >= st["ari_mean"]:
+            continue
+        per_k[k] = {"segments": st["segments"], "ari_mean": st["ari_mean"], "ari_sd": st["ari_sd"],
+                    "silhouette": float(row.common_silhouette), "replicate_score": st.get("replicate_score")}
+        value_of[k] = int(row.value)
+    rec = {"grid": m.grid, "metric": "common_silhouette",
+           "elbow_k": elbow_k({int(v): float(c) for v, c in zip(sub.value, sub.cost)}) if len(sub) > 2 and m.grid == "k"
+           else None}
+    if per_k:
+        grid = [int(v) for v in ctx["grid"][method]] if m.grid == "k" else sorted(per_k)
+        ch = choose_k(per_k, grid=grid)
+        k = ch["k"] if ch["k"] is not None else ch.get("fallback_k")
+        ch["reasons"] = [display_names(r) for r in ch.get("reasons", [])]
+        rec.update(k=k, value=value_of.get(k), rule=ch["rule"], reason="; ".join(ch["reasons"]),
+                   qualified=ch["k"] is not None, edge=bool(ch.get("edge")), edge_reason=ch.get("edge_reason"))
+        return rec, ch
+    # no stability measured (stability_resamples: 0): the highest silhouette, smaller k within 0.01
+    old = recommend_k({int(v): (None if pd.isna(s_) else float(s_)) for v, s_ in zip(sub.value, sub.common_silhouette)})
+    v = old["k"] if old["k"] is not None else (int(sub.value.min()) if len(sub) else None)
+    k = int(sub[sub.value == v].k.iloc[0]) if v is not None and len(sub) else None
+    rec.update(k=k, value=v, rule=old["rule"] + " (no stability was measured: stability_resamples is 0)",
+               reason=old.get("reason", ""), qualified=False, edge=False, edge_reason=None)
+    return rec, {"k": k, "fallback_k": k, "reasons": [old.get("reason", "")], "edge": False, "table": []}
+
+
+def _table_of(layout: RunLayout, ctx: dict):
+    from .config import ColumnSpec
+    from .data import Table
+
+    frame = pd.read_parquet(layout.table)
+    schema = [ColumnSpec.model_validate(s) for s in ctx["schema"]]
+    return Table(frame=frame, schema=schema, path=ctx["data"]["path"], file_sha256=ctx["data"]["file_sha256"])
+
+
+def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict, dict]:
+    """The method's whole pipeline (encoding, outliers, fit) rerun on tables without segments, at its k:
+    column-shuffled copies (no association) and principal-axes uniform references (correlations kept),
+    each on a seeded sample of `null_sample` rows, against the same pipeline on the real sample."""
+    from dataclasses import replace
+
+    from sklearn.metrics import silhouette_score
+
+    from .cell import fit_rows, segments
+    from .config import params_of
+    from .features import ecod_outliers, fit_common
+    from .methods import BuildEnv
+    from .verdict import null_reference, structure_call
+
+    params = params_of(ctx)
+    m = get(method)
+    table = _table_of(layout, ctx)
+    inputs = (ctx.get("inputs") or {}).get(method) or {}
+    mode, contamination = m.outlier_params(params)
+
+    def fit_score(frame: pd.DataFrame, kk: int, seed: int) -> dict:
+        t = replace(table, frame=frame.reset_index(drop=True))
+        sp = m.build_space(t, params, BuildEnv(inputs=inputs, cache_dir=params.cache_dir, progress=False, seed=seed,
+                                               k=[kk]))
+        space = {"X": sp.arrays["X"], "info": sp.info}
+        if mode == "ecod" and sp.outlier_X is not None:
+            space["outliers"] = ecod_outliers(sp.outlier_X, contamination, None, seed)[0]
+        model = fit_rows(m, m.estimator(kk, params, seed, {}), space, np.arange(len(frame)))
+        labels = segments(m, model, space["X"])[0]
+        common = fit_common(t)[0]
+        sil = float(silhouette_score(common, labels)) if len(np.unique(labels)) > 1 else None
+        return {"silhouette": sil, "ari": None}
+
+    n, seed, rows = int(params.null_references), int(params.seed), int(params.null_sample)
+    shuffled = null_reference(fit_score, table.frame, [k], "shuffle", n, seed, rows)
+    pca = null_reference(fit_score, table.frame, [k], "pca", n, seed, rows, table.numeric, table.categorical,
+                         observed=False)
+    entry = shuffled["ks"][int(k)]
+    call = structure_call(entry["observed"], entry, pca["ks"][int(k)])
+    call["reasons"] = [display_names(r) for r in call.get("reasons", [])]
+    return {"k": int(k), "rows": shuffled["rows"], "references": n, "observed": entry["observed"],
+            "shuffled": entry["silhouette_summary"], "pca": pca["ks"][int(k)]["silhouette_summary"],
+            "shuffled_values": entry["silhouette"], "pca_values": pca["ks"][int(k)]["silhouette"]}, call
+
+
+def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -> dict | None:
+    """verdict.fair_verdict over the neutral spaces (common, Gower) at each method's k and at the
+    other methods' k, and on stability."""
+    from .verdict import fair_verdict
+
+    scores = {}
+    done = table[table.status == "done"]
+    for method, rec in recommended.items():
+        row = done[(done.method == method) & (done.value == rec.get("value"))]
+        if rec.get("value") is None or not len(row):
+            continue
+        m = get(method)
+        metrics = read_json(layout.cell(method, rec["value"], m.grid) / "metrics.json")
+        f = layout.cell(method, rec["value"], m.grid) / STABILITY
+        st = read_json(f) if f.exists() else {}
+        scores[method] = {"k": rec["k"], "silhouette": {"common": metrics["common"].get("silhouette"),
+                                                       "gower": (metrics.get("gower") or {}).get("silhouette")},
+                          "ari_mean": st.get("ari_mean"), "ari_sd": st.get("ari_sd"),
+                          "replicates": {"common": st.get("common_silhouette")} if st.get("common_silhouette") else {},
+                          "equal_k": {}}
+        for _, r in done[done.method == method].iterrows():
+            mm = read_json(layout.cell(method, int(r.value), m.grid) / "metrics.json")
+            scores[method]["equal_k"][int(r.k)] = {"common": mm["common"].get("silhouette"),
+                                                   "gower": (mm.get("gower") or {}).get("silhouette")}
+    if not scores:
+        return None
+    order = [m for m in REGISTRY if m in scores]  # the registry lists the simpler methods first
+    return fair_verdict(scores, simplicity=order)

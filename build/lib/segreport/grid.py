@@ -1,0 +1,232 @@
+"""Runs the grid: one papermill-executed notebook per (method, k), in a pool of worker processes.
+
+A cell whose inputs (feature space, parameters, k, seed, code version) did not
+change since it last succeeded is reused. Each cell's notebook is written next to
+its results; a failing cell is recorded with its error and does not stop the
+others. Only this (parent) process writes the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from . import SegreportError, __version__
+from .methods import get
+from .resources import ANALYSIS
+from .store import (CELL_HASHED, DONE, METRICS, NOTEBOOK, RunLayout, atomic_output, atomic_write_json, cell_name,
+                    key, read_json_or_empty, sha256_file)
+
+KERNEL = "segreport"
+PACKAGE = Path(__file__).resolve().parent
+# the modules a grid cell runs (besides its method's module): a change elsewhere (the renderer,
+# the CLI, ...) does not invalidate the cells
+CELL_MODULES = ("cell.py", "evaluate.py", "explain.py", "personas.py", "features.py", "store.py", "config.py",
+                "data.py", "prepare.py", "notebook.py", "verdict.py", "methods/__init__.py", "methods/base.py")
+
+
+def ensure_kernel() -> str:
+    """The project's own kernel spec (this interpreter), installed into the environment if absent."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL, display_name="segreport (project environment)", prefix=sys.prefix)
+    return KERNEL
+
+
+def analysis_dir(ctx: dict) -> Path:
+    """The folder of the analysis notebooks: the package's own, or the one params name."""
+    name = ctx["params"].get("analysis")
+    return Path(name).resolve() if name else Path(ANALYSIS)
+
+
+@lru_cache(maxsize=None)
+def code_hash(method: str) -> str:
+    """sha256 of the source a cell of `method` runs (CELL_MODULES + the method's module and the
+    modules it imports from methods/): a cell computed by other code is not reused."""
+    import inspect
+
+    h = hashlib.sha256()
+    own = Path(inspect.getsourcefile(type(get(method)))).resolve()
+    files = {PACKAGE / f for f in CELL_MODULES} | {own} | set((PACKAGE / "methods").glob("*.py"))
+    for f in sorted(files):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cell_key(ctx: dict, method: str, value: int) -> str:
+    p = ctx["params"]
+    explain = {n: p.get(n) for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size",
+                                     "explain_rows", "stability_resamples", "stability_sample")}
+    scale = {n: v for n, v in (ctx.get("scale") or {}).items() if n not in ("rows", "threshold")}
+    return key(__version__, method, value, p["seed"], p[method], ctx["spaces"][method]["key"],
+               ctx["spaces"]["common"]["key"], explain, scale, notebook_hash(ctx, method), code_hash(method))
+
+
+def notebook_hash(ctx: dict, method: str) -> str:
+    path = analysis_dir(ctx) / f"{method}.ipynb"
+    if not path.exists():
+        raise SegreportError(f"{path}: analysis notebook not found")
+    return sha256_file(path)[:16]
+
+
+def _execute(project: str, run_dir: str, method: str, k: int, threads: int, analysis: str,
+             env: dict | None = None) -> dict:
+    """Worker: execute analysis/<method>.ipynb for one grid value `k` with papermill. `env`: extra variables for
+    its kernel (the Dask executor passes its scheduler's address for LightGBM's Dask interface)."""
+    import papermill as pm
+
+    os.environ.pop("SEGREPORT_DASK_SCHEDULER", None)  # a worker process runs many cells: no leftovers
+    os.environ.update(env or {})
+    for var in ("SEGREPORT_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["PYTHONHASHSEED"] = "0"
+    out_dir = RunLayout(run_dir).cell(method, k, get(method).grid)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the kernel inherits this worker's stderr: send its chatter to the cell's log, not the terminal
+    # (restored afterwards; a worker runs one cell at a time)
+    saved_stderr = os.dup(2)
+    with open(out_dir / "kernel.log", "ab") as log:
+        os.dup2(log.fileno(), 2)
+    t0 = time.perf_counter()
+    status = {"status": "done", "error": None}
+    try:
+        # the executed notebook is kept even when the cell fails: it shows where and why
+        with atomic_output(out_dir / NOTEBOOK) as tmp:
+            try:
+                pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
+                                    parameters={"run_dir": str(Path(run_dir).resolve()), "method": method,
+                                                "value": int(k)},
+                                    kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False)
+            except pm.PapermillExecutionError as exc:
+                status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
+            except Exception as exc:  # kernel died, could not start, ...
+                status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+            if tmp.stat().st_size == 0:
+                raise _NoNotebook
+    except _NoNotebook:
+        pass
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+    status["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return status
+
+
+class _NoNotebook(Exception):
+    """papermill wrote nothing (the kernel never started): there is no notebook to keep."""
+
+
+def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict):
+    """Mark the cells whose inputs did not change since they succeeded as reused; return the rest
+    as (method, k, key), and the manifest's cell statuses. Shared by every executor."""
+    todo, statuses = [], manifest.setdefault("cells", {})
+    for method, k in cells:
+        grid = get(method).grid
+        name = cell_name(method, k, grid)
+        ck = cell_key(ctx, method, k)
+        cdir = layout.cell(method, k, grid)
+        done = cdir / DONE
+        if done.exists() and read_json_or_empty(done).get("key") == ck and (cdir / METRICS).exists():
+            prev = statuses.get(name, {})
+            statuses[name] = {**prev, "status": "done", "reused": True, "key": ck, "error": None,
+                              "notebook": str(cdir / NOTEBOOK)}
+            statuses[name].setdefault("wall_seconds", read_json_or_empty(done).get("wall_seconds"))
+        else:
+            todo.append((method, k, ck))
+    write_manifest(layout, manifest)
+    return todo, statuses
+
+
+def start_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict,
+               project: Path | None):
+    """What every executor does first: the kernel spec, the folders, and the cells left to run."""
+    ensure_kernel()
+    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
+    return (project or Path.cwd()).resolve(), analysis_dir(ctx), todo, statuses
+
+
+def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
+             progress: bool = True, project: Path | None = None) -> dict:
+    """Execute the cells not already done; update the manifest as each finishes."""
+    from tqdm.auto import tqdm
+
+    project, analysis, todo, statuses = start_grid(layout, ctx, cells, manifest, project)
+    if not todo:
+        return statuses
+    workers = max(1, min(workers, len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)
+    ctx_mp = mp.get_context("spawn")  # the parent may hold torch threads: never fork it
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx_mp)
+    futures = {pool.submit(_execute, str(project), str(layout.root), m, k, threads, str(analysis)): (m, k, ck)
+               for m, k, ck in todo}
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                m, k, ck = futures[fut]
+                name = cell_name(m, k, get(m).grid)
+                try:
+                    st = fut.result()
+                except Exception as exc:  # the worker process itself died
+                    st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_seconds": None}
+                record_cell(layout, manifest, m, k, ck, st)
+                bar.set_postfix_str(f"{name} {st['status']}")
+                bar.update(1)
+    except BaseException:
+        # interrupted: stop the workers now; finished cells are on disk, unfinished ones rerun next time
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    bar.close()
+    return statuses
+
+
+def record_cell(layout: RunLayout, manifest: dict, method: str, k: int, ck: str, st: dict) -> dict:
+    """Record one cell the grid just ran (any executor): done.json if it succeeded, its status in the manifest."""
+    grid = get(method).grid
+    cdir = layout.cell(method, k, grid)
+    st.update(key=ck, reused=False, notebook=str(cdir / NOTEBOOK))
+    if st["status"] == "done":
+        st["hashes"] = {f: sha256_file(cdir / f) for f in CELL_HASHED}
+        atomic_write_json(cdir / DONE, {"key": ck, "wall_seconds": st["wall_seconds"]})
+    manifest.setdefault("cells", {})[cell_name(method, k, grid)] = st
+    write_manifest(layout, manifest)
+    return st
+
+
+def write_manifest(layout: RunLayout, manifest: dict) -> None:
+    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(layout.manifest, manifest)
+
+
+def failed_cells(statuses: dict) -> list[str]:
+    return sorted(n for n, s in statuses.items() if s.get("status") != "done")
+
+
+def require_some(statuses: dict) -> None:
+    if statuses and all(s.get("status") != "done" for s in statuses.values()):
+        first = next(iter(statuses.items()))
+        raise SegreportError(f"every grid cell failed; first: {first[0]}: {first[1].get('error')} "
+                             f"(see {first[1].get('notebook')})")

@@ -1,0 +1,167 @@
+"""Method `hdbscan`: density segments as awslabs' DenseClus finds them: UMAP per data type, then HDBSCAN.
+
+The numeric columns (power-transformed) and the categorical columns (one-hot, Dice
+distance) each get their own UMAP graph; the two graphs are intersected (umap-learn's
+`*`, DenseClus' default "intersection" combination) into one low-dimensional embedding,
+built once per data set. HDBSCAN (scikit-learn) then finds dense regions of that
+embedding: it decides the number of segments itself and marks the customers in no
+dense region as noise. The grid runs over `min_cluster_size`, not k.
+
+Every customer still gets a segment, as ECOD's outliers do in the K-means method: noise
+points take the segment of their nearest clustered neighbour in the embedding and are
+flagged as outliers. New customers (assign) take the embedding position of their nearest
+training customer in the encoded columns (UMAP's intersected graph has no transform of
+its own), then the segment of that position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .base import Method, Space, Strict
+
+
+class HDBSCANSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
+    """HDBSCAN (scikit-learn) with every point assigned: noise -> nearest clustered point's segment.
+
+    Attributes
+    ----------
+    labels_ : segment of every row (noise included, by its nearest clustered neighbour)
+    noise_ : bool mask of the rows HDBSCAN left in no cluster
+    n_clusters_ : number of segments found (at least 1: all-noise data is one segment)
+    cluster_centers_ : mean position of each segment's clustered members
+    """
+
+    def __init__(self, min_cluster_size=5, min_samples=None, cluster_selection_method="eom", random_state=None):
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.cluster_selection_method = cluster_selection_method
+        self.random_state = random_state  # HDBSCAN is deterministic; kept for a uniform interface
+
+    def fit(self, X, y=None):
+        from sklearn.cluster import HDBSCAN
+        from sklearn.neighbors import KNeighborsClassifier
+
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        mcs = int(max(2, min(self.min_cluster_size, len(X))))
+        raw = HDBSCAN(min_cluster_size=mcs, min_samples=self.min_samples,
+                      cluster_selection_method=self.cluster_selection_method, copy=True).fit(X).labels_
+        self.noise_ = raw < 0
+        if self.noise_.all():
+            raw = np.zeros(len(X), dtype=np.int64)
+        self.n_clusters_ = int(raw.max()) + 1
+        keep = raw >= 0
+        self.knn_ = KNeighborsClassifier(n_neighbors=1).fit(X[keep], raw[keep])
+        labels = raw.astype(np.int64).copy()
+        if (~keep).any():
+            labels[~keep] = self.knn_.predict(X[~keep])
+        self.labels_ = labels
+        self.cluster_centers_ = np.vstack([X[keep & (raw == s)].mean(axis=0) for s in range(self.n_clusters_)])
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "knn_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.knn_.predict(X).astype(np.int64)
+
+    def transform(self, X):
+        """Euclidean distance of each row to each segment's centre (of its clustered members)."""
+        check_is_fitted(self, "knn_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return np.sqrt(((X[:, None, :] - self.cluster_centers_[None, :, :]) ** 2).sum(axis=2))
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+
+class HDBSCANParams(Strict):
+    # the grid: minimum segment sizes; default: 1%, 2%, 5% and 10% of the rows
+    min_cluster_size: list[int] | None = None
+    min_samples: int | None = Field(None, ge=1)
+    n_components: int = Field(5, ge=2)  # UMAP dimensions
+    n_neighbors: int = Field(15, ge=2)
+    umap_sample: int = Field(4000, ge=200)  # UMAP fitted on this many seeded rows; the rest placed by nearest neighbour
+
+
+class DenseEmbedding:
+    """The encoders, and the training rows' encoded columns and embedding, for placing new rows."""
+
+    def __init__(self, encoder, index, embedding):
+        self.encoder, self.index, self.embedding = encoder, index, embedding
+
+    def transform(self, frame):
+        from ..assign import column_transform
+
+        Z = column_transform(self.encoder, frame)
+        _, nearest = self.index.kneighbors(Z, n_neighbors=1)
+        return self.embedding[nearest[:, 0]]
+
+
+class HDBSCANMethod(Method):
+    name = "hdbscan"
+    display = "Density segments (HDBSCAN)"
+    Params = HDBSCANParams
+    grid = "m"
+    null_reference = False  # a UMAP refit per null table costs minutes: not run, and the page says so
+    grid_label = "minimum segment size"
+    algorithm = "HDBSCAN on a UMAP embedding per data type"
+    summary = "UMAP of numbers and of categories, intersected, then HDBSCAN: finds its own number of segments"
+
+    def grid_values(self, params, rows: int | None = None) -> list[int]:
+        mp = params.hdbscan
+        if mp.min_cluster_size:
+            return sorted(set(int(v) for v in mp.min_cluster_size))
+        rows = rows or 1000
+        return sorted({max(10, int(round(rows * f))) for f in (0.01, 0.02, 0.05, 0.1)})
+
+    def build_space(self, table, params, env) -> Space:
+        import umap
+        from sklearn.neighbors import NearestNeighbors
+
+        from ..features import fit_common, sample_rows
+
+        mp = params.hdbscan
+        Z, ct = fit_common(table)
+        n_num = len(table.numeric)
+        rows = sample_rows(len(Z), mp.umap_sample, env.seed)
+        kw = dict(n_components=mp.n_components, n_neighbors=min(mp.n_neighbors, len(rows) - 1), min_dist=0.0, n_epochs=200,
+                  random_state=env.seed, n_jobs=1)
+        parts = []
+        if n_num:
+            parts.append(umap.UMAP(metric="l2", **kw).fit(Z[rows, :n_num]))
+        if Z.shape[1] > n_num:
+            parts.append(umap.UMAP(metric="dice", **kw).fit(Z[rows, n_num:] > 0))
+        mapper = parts[0] if len(parts) == 1 else parts[0] * parts[1]
+        E_sample = np.asarray(mapper.embedding_, dtype=np.float64)
+        index = NearestNeighbors(n_neighbors=1).fit(Z[rows])
+        E = E_sample[index.kneighbors(Z, n_neighbors=1, return_distance=False)[:, 0]]
+        E[rows] = E_sample  # the fitted rows keep their own position
+        tr = DenseEmbedding(ct, index, E_sample)
+        info = {"dims": int(E.shape[1]), "umap_rows": int(len(rows)), "combination":
+                "intersection" if len(parts) == 2 else ("numeric only" if n_num else "categorical only"),
+                "n_neighbors": kw["n_neighbors"]}
+        return Space({"X": E}, tr, info, outlier_X=None)
+
+    def estimator(self, value, params, seed, scale, n_init=None):
+        return HDBSCANSegmenter(min_cluster_size=value, min_samples=params.hdbscan.min_samples, random_state=seed)
+
+    def outlier_params(self, params):
+        return "none", 0.0
+
+    def found_outliers(self, model):
+        return model.noise_
+
+    def cost(self, model) -> float:
+        return float(model.noise_.mean())  # the share of noise: what a density method "pays"
+
+    cost_name = "noise share"
+
+    def model_facts(self, model) -> dict:
+        return {"k_found": int(model.n_clusters_), "noise_share": float(model.noise_.mean())}
+
+    def transform_new(self, run, frame):
+        tr = run.file(run.space_dir / "transformer.joblib", "the UMAP placement")
+        return tr.transform(frame), {}

@@ -1,0 +1,469 @@
+"""Results → report: Jinja templates write report/*.qmd; Quarto, or pandoc + typst, build _site/.
+
+The templates hold the words; this module hands them finished numbers (through
+formatting filters) and data-derived strings, which are escaped for markdown
+automatically (Jinja `finalize`), so a category called `<script>` is text in the
+HTML and the PDF, never markup. Where `quarto` is on PATH it renders the project;
+else the built-in renderer reads _quarto.yml and renders the same pages with
+pandoc (HTML, and typst for one PDF).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+import yaml
+from markupsafe import Markup
+
+from . import SegreportError
+from . import figures as F
+from .methods import REGISTRY, get
+from .prepare import projection_space, run_dir
+from .resources import QUARTO_PROJECT, TEMPLATES
+from .store import (METRICS, NOTEBOOK, PERSONAS, SHAP, RunLayout, atomic_copy, atomic_write_bytes, atomic_write_text,
+                    cell_id, read_json, sha256_file)
+
+METHOD_TITLES = {name: m.display for name, m in REGISTRY.items()}
+PAGES = ["index", *REGISTRY, "personas", "comparison", "appendix"]
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&\"'~^$%@:;=/?,])")
+
+
+# --------------------------------------------------------------------------- escaping + filters
+
+
+def md_escape(value) -> str:
+    """Data-derived text as literal markdown: every ASCII punctuation backslash-escaped."""
+    s = " ".join(str(value).split())
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def _finalize(value):
+    if isinstance(value, Markup) or value is None:
+        return "" if value is None else value
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return Markup(num(value))
+    return Markup(md_escape(value))
+
+
+def num(v, digits: int | None = None) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    v = float(v)
+    if digits is not None:
+        return f"{v:,.{digits}f}"
+    if v.is_integer() and abs(v) < 1e12:
+        return f"{int(v):,}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:,.2f}"
+    return f"{v:.3f}"
+
+
+def make_env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["pct"] = lambda v, d=0: Markup("–" if v is None else f"{100 * float(v):.{d}f}%")
+    env.filters["num"] = lambda v, d=None: Markup(num(v, d))
+    env.filters["f3"] = lambda v: Markup("–" if v is None else f"{float(v):.3f}")
+    env.filters["times"] = lambda v: Markup("–" if v is None else f"{float(v):.1f}x")
+    env.filters["secs"] = lambda v: Markup("–" if v is None else (f"{float(v):.1f} s" if v < 120 else f"{float(v) / 60:.1f} min"))
+    env.filters["md"] = lambda v: Markup(md_escape(v))
+    env.filters["seg"] = lambda s: Markup(F.seg_name(s))
+    return env
+
+
+# --------------------------------------------------------------------------- figures
+
+
+class FigureWriter:
+    """Writes a figure's Vega-Lite JSON and PNG under report/figures and returns its markdown."""
+
+    def __init__(self, report_dir: Path):
+        self.dir = report_dir / "figures"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.written: list[str] = []
+
+    def __call__(self, name: str, chart, caption: str) -> Markup:
+        spec = F.to_spec(chart)
+        spec_json = F.spec_json_for_html(spec)
+        png_path = self.dir / f"{name}.png"
+        stamp = self.dir / f"{name}.vl.json"
+        if not (stamp.exists() and png_path.exists() and stamp.read_text() == spec_json):
+            atomic_write_bytes(png_path, F.to_png(spec))
+            atomic_write_text(stamp, spec_json)
+        self.written.append(name)
+        cap = md_escape(caption)
+        block = (
+            f"```{{=html}}\n<figure class=\"vega-figure\"><div class=\"vega-chart\" id=\"fig-{name}\"></div>"
+            f"<script type=\"application/json\" class=\"vega-spec\" data-target=\"fig-{name}\">{spec_json}</script>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>\n```\n\n"
+            f"::: {{.content-visible when-format=\"pdf\"}}\n![{cap}](figures/{name}.png)\n:::\n"
+        )
+        return Markup(block)
+
+
+# --------------------------------------------------------------------------- the view model
+
+
+def _load_cells(layout: RunLayout, ctx: dict, manifest: dict) -> dict:
+    cells = {}
+    for method in ctx["methods"]:
+        grid = get(method).grid
+        for v in ctx["grid"][method]:
+            name = f"{method}/{cell_id(v, grid)}"
+            st = manifest.get("cells", {}).get(name, {"status": "missing"})
+            d = layout.cell(method, v, grid)
+            cell = {"method": method, "value": v, "k": v, "grid_label": get(method).grid_label,
+                    "status": st.get("status"), "error": st.get("error"),
+                    "wall_seconds": st.get("wall_seconds"), "notebook": f"notebooks/{method}-{cell_id(v, grid)}",
+                    "notebook_name": f"{method}-{cell_id(v, grid)}", "metrics": None, "personas": None, "shap": None}
+            if st.get("status") == "done" and (d / METRICS).exists():
+                cell.update(metrics=read_json(d / METRICS), personas=read_json(d / PERSONAS),
+                            shap=read_json(d / SHAP))
+                cell["k"] = cell["metrics"]["k"]
+            cells[(method, v)] = cell
+    return cells
+
+
+def build_pages(layout: RunLayout, report_dir: Path) -> dict:
+    """Write report/*.qmd (and figures, notebooks) from the run's results. Returns page facts."""
+    ctx = read_json(layout.context)
+    manifest = read_json(layout.manifest)
+    comparison = read_json(layout.comparison_json)
+    table = pd.read_parquet(layout.metrics_table)
+    params = ctx["params"]
+    cells = _load_cells(layout, ctx, manifest)
+    fig = FigureWriter(report_dir)
+    env = make_env()
+    labels_of = ctx["labels"]
+    seed = params["seed"]
+    projections = {name: pd.read_parquet(layout.projection(name)) for name in
+                   {projection_space(m) for m in ctx["methods"]} | {"mca"}}
+    proj_info = ctx["projections"]
+    methods = []
+    for method, meth in REGISTRY.items():
+        title = meth.display
+        base = {"key": method, "title": title, "grid": meth.grid, "grid_label": meth.grid_label,
+                "cost_name": meth.cost_name, "euclidean": meth.euclidean, "summary": meth.summary,
+                "kmeans_based": meth.algorithm.startswith("K-means"), "about": f"pages/about/{method}.md.j2"}
+        if method not in ctx["methods"]:
+            methods.append({**base, "ran": False, "skipped": ctx.get("skipped", {}).get(method)})
+            continue
+        rec = comparison["recommended"][method]
+        sub = table[table.method == method]
+        done = sub[sub.status == "done"]
+        v_star, k_star = rec["value"], rec["k"]
+        chosen = cells.get((method, v_star)) or {"metrics": None, "personas": None, "shap": None}
+        m = {**base, "ran": True, "rec": rec, "k": k_star, "value": v_star,
+             "cells": [cells[(method, v)] for v in ctx["grid"][method]],
+             "failed": [cells[(method, v)] for v in ctx["grid"][method] if cells[(method, v)]["status"] != "done"],
+             "chosen": chosen, "space": ctx["spaces"][method], "params": params[method],
+             "inputs": (ctx.get("inputs") or {}).get(method) or {},
+             "extra": (comparison.get("extras") or {}).get(method),
+             "choice": (comparison.get("choices") or {}).get(method)}
+        x = "value" if meth.grid != "k" else "k"
+        if len(done):
+            m["fig_elbow"] = fig(f"{method}-elbow", F.metric_lines(
+                done.assign(k=done[x]), "cost", f"{meth.cost_name.capitalize()} against {meth.grid_label}",
+                meth.cost_name, chosen=v_star, x_title=meth.grid_label),
+                f"{title}: {meth.cost_name} for each {meth.grid_label} (dashed: recommended).")
+            long = pd.concat([done.assign(space="own space", silhouette=done["own_silhouette"]),
+                              done.assign(space="common space", silhouette=done["common_silhouette"])])
+            m["fig_silhouette"] = fig(f"{method}-silhouette", F.metric_lines(
+                long.rename(columns={"space": "measured in"}).assign(k=long[x]), "silhouette",
+                f"Silhouette against {meth.grid_label}", "silhouette", chosen=v_star, color_by="measured in",
+                x_title=meth.grid_label),
+                f"{title}: silhouette for each {meth.grid_label}, in the method's own space and in the common space.")
+        if chosen.get("metrics"):
+            lab = layout.cell_labels(method, v_star, meth.grid)
+            space = projection_space(method)
+            p, mca = projections[space], projections["mca"]
+            coords = {"PCA": (p, "pca1", "pca2"), "t-SNE": (p, "tsne1", "tsne2"), "MCA": (mca, "mca1", "mca2")}
+            n_fig = min(params["figure_sample"], len(p))
+            m["projection_sample"] = n_fig
+            m["projection_info"] = proj_info.get(space, {})
+            m["mca_info"] = proj_info.get("mca", {})
+            m["fig_projections"] = fig(f"{method}-projections", F.projections(coords, lab, k_star, n_fig, seed),
+                                       f"{title}, k={k_star}: a seeded sample of {n_fig:,} customers "
+                                       "drawn on PCA, t-SNE and MCA coordinates, coloured by segment.")
+            m["fig_shap"] = fig(f"{method}-shap", F.shap_heatmap(chosen["shap"]["mean_abs_shap"], labels_of, k_star),
+                                f"{title}, k={k_star}: mean |SHAP| of each column for the members "
+                                f"of each segment ({chosen['shap']['rows']:,} sampled rows).")
+            m["fig_sizes"] = fig(f"{method}-sizes", F.sizes_bar(chosen["personas"], k_star),
+                                 f"{title}, k={k_star}: segment sizes.")
+        methods.append(m)
+    ran = [m for m in methods if m["ran"]]
+    common_fig = None
+    done_all = table[table.status == "done"]
+    if len(done_all):
+        common_fig = fig("compare-common-silhouette", F.metric_lines(
+            done_all.assign(method=done_all.method.map(METHOD_TITLES)), "common_silhouette",
+            "Silhouette in the common space", "silhouette", color_by="method",
+            methods=[METHOD_TITLES[m] for m in ctx["methods"]]),
+            "Every method's segments scored in the same (common) space, on the same rows, for each k.")
+    agree_fig = None
+    if comparison["agreement_chosen"]:
+        agree_fig = fig("compare-agreement", F.agreement_heatmap(
+            [{**a, "a": METHOD_TITLES[a["a"]], "b": METHOD_TITLES[a["b"]]} for a in comparison["agreement_chosen"]]),
+            "Adjusted Rand index between the methods' segmentations at their recommended k.")
+    notebooks = export_notebooks(layout, report_dir, cells)
+    view = {"ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
+            "ran": ran, "comparison": comparison, "common_fig": common_fig, "agree_fig": agree_fig,
+            "cells": list(cells.values()), "notebooks": notebooks, "labels": labels_of,
+            "versions": ctx["versions"], "schema": ctx["schema"], "used": ctx["used"],
+            "titles": METHOD_TITLES, "metrics_rows": table.to_dict(orient="records")}
+    pages = {}
+    for page in PAGES:
+        if page in REGISTRY:
+            m = next(x for x in methods if x["key"] == page)
+            try:
+                text = env.get_template("pages/method.qmd.j2").render(view, m=m)
+            except jinja2.UndefinedError as exc:  # one method's odd results never take the report down
+                print(f"segreport: the {m['title']} page lacks a result ({exc.message}); written as a short note",
+                      file=sys.stderr)
+                text = env.get_template("pages/method_error.qmd.j2").render(view, m=m, error=str(exc.message))
+        else:
+            text = env.get_template(f"pages/{page}.qmd.j2").render(view)
+        pages[page] = text
+        atomic_write_text(report_dir / f"{page}.qmd", text)
+    from .track import write_page  # the tracking page, only when the run has snapshots (segreport track)
+
+    if write_page(layout, report_dir, env, fig):
+        pages["tracking"] = True
+    export_csv(layout, report_dir, table)
+    _clean_stale(report_dir / "figures", set(fig.written))
+    return {"pages": list(pages), "figures": fig.written}
+
+
+def _clean_stale(folder: Path, keep: set[str]) -> None:
+    for f in folder.glob("*"):
+        if f.name.split(".")[0] not in keep:
+            f.unlink()
+
+
+def csv_safe(v):
+    """Neutralise spreadsheet formulas: cells starting with = + - @ get a leading apostrophe."""
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + v
+    return v
+
+
+def export_csv(layout: RunLayout, report_dir: Path, table: pd.DataFrame) -> None:
+    out = table.copy()
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = out[c].map(csv_safe)
+    atomic_write_text(report_dir / "downloads" / "metrics.csv", out.to_csv(index=False))
+
+
+def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
+    """Executed notebooks copied beside the report, with an HTML rendering (nbconvert), reused if unchanged."""
+    from nbconvert import HTMLExporter
+
+    out_dir = report_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exporter = None
+    found = {}
+    for (method, v), cell in cells.items():
+        src = layout.cell(method, v, get(method).grid) / NOTEBOOK
+        if not src.exists():
+            continue
+        name = cell["notebook_name"]
+        digest = sha256_file(src)
+        stamp = out_dir / f"{name}.sha256"
+        if not (stamp.exists() and stamp.read_text() == digest and (out_dir / f"{name}.html").exists()):
+            if exporter is None:
+                exporter = HTMLExporter(template_name="lab")
+            body, _ = exporter.from_filename(str(src))
+            atomic_write_text(out_dir / f"{name}.html", body)
+            atomic_copy(src, out_dir / f"{name}.ipynb")
+            atomic_write_text(stamp, digest)
+        found[name] = True
+    for f in out_dir.glob("*"):
+        if f.name.split(".")[0] not in found and not f.name.startswith("."):
+            f.unlink()
+    return found
+
+
+# --------------------------------------------------------------------------- building the site
+
+
+def read_quarto(project: Path, profiles: list[str] = ()) -> dict:
+    cfg = yaml.safe_load((project / "_quarto.yml").read_text(encoding="utf-8"))
+    book = cfg.get("book", {})
+    chapters = list(book.get("chapters", []))
+    for name in profiles:  # as Quarto merges a profile's _quarto-<name>.yml: its chapters are appended
+        extra = project / f"_quarto-{name}.yml"
+        if extra.exists():
+            more = yaml.safe_load(extra.read_text(encoding="utf-8")) or {}
+            chapters += list(more.get("book", {}).get("chapters", []))
+    chapters += list(book.get("appendices", []))
+    return {"title": book.get("title", "Report"), "subtitle": book.get("subtitle"),
+            "chapters": chapters, "output_dir": cfg.get("project", {}).get("output-dir", "_site"),
+            "output_file": book.get("output-file", "report")}
+
+
+def _split_front(text: str) -> tuple[dict, str]:
+    if text.startswith("---\n"):
+        end = text.find("\n---\n", 4)
+        if end > 0:
+            return yaml.safe_load(text[4:end]) or {}, text[end + 5:]
+    return {}, text
+
+
+LUA_FILTER = r"""
+-- Quarto's conditional content for plain pandoc: .content-visible / .content-hidden when-format
+local function matches(fmt)
+  if fmt == "pdf" then return FORMAT:match("typst") or FORMAT:match("latex") end
+  return FORMAT:match(fmt) ~= nil
+end
+function Link(el)
+  if not el.target:match("^%a+://") then
+    el.target = el.target:gsub("%.qmd$", ".html"):gsub("%.qmd#", ".html#")
+  end
+  return el
+end
+function Div(el)
+  local when = el.attributes["when-format"]
+  if when == nil then return nil end
+  if el.classes:includes("content-visible") then
+    if matches(when) then return el.content else return {} end
+  elseif el.classes:includes("content-hidden") then
+    if matches(when) then return {} else return el.content end
+  end
+end
+"""
+
+
+def _pandoc(text: str, to: str, extra: list[str] | None = None) -> str:
+    import pypandoc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lua = Path(tmp) / "when-format.lua"
+        lua.write_text(LUA_FILTER)
+        return pypandoc.convert_text(text, to, format="markdown",
+                                     extra_args=["--lua-filter", str(lua), "--wrap=none"] + (extra or []))
+
+
+def vega_bundle(path: Path) -> None:
+    if path.exists():
+        return
+    import vl_convert as vlc
+
+    atomic_write_text(path, vlc.javascript_bundle())
+
+
+def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
+    """Render _quarto.yml's chapters with pandoc into an HTML site and, via typst, one PDF."""
+    import typst
+
+    cfg = read_quarto(project, profiles)
+    site = Path(site)
+    tmp_site = Path(tempfile.mkdtemp(prefix=f".{site.name}.", dir=site.parent if site.parent.exists() else None))
+    try:
+        pages = []
+        for ch in cfg["chapters"]:
+            src = project / ch
+            if not src.exists():
+                raise SegreportError(f"{src}: page listed in _quarto.yml is missing; run `segreport run` first")
+            front, body = _split_front(src.read_text(encoding="utf-8"))
+            pages.append({"src": src, "rel": Path(ch).with_suffix(".html"), "title": front.get("title", src.stem),
+                          "body": body})
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+        layout = env.get_template("site/layout.html.j2")
+        for i, pg in enumerate(pages):
+            html_body = _pandoc(pg["body"], "html5")
+            nav = [{"title": p["title"], "href": os.path.relpath(p["rel"], pg["rel"].parent), "current": p is pg}
+                   for p in pages]
+            out = tmp_site / pg["rel"]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(layout.render(title=pg["title"], book=cfg["title"], nav=nav, body=Markup(html_body),
+                                         prev=nav[i - 1] if i > 0 else None,
+                                         next=nav[i + 1] if i + 1 < len(nav) else None,
+                                         pdf=os.path.relpath(f"{cfg['output_file']}.pdf", pg["rel"].parent),
+                                         assets=os.path.relpath("report/assets", pg["rel"].parent)),
+                           encoding="utf-8")
+        # resources next to the pages: figures, notebooks, downloads, the Vega bundle
+        report_dir = pages[0]["src"].parent
+        for sub in ("figures", "notebooks", "downloads", "assets"):
+            if (report_dir / sub).exists():
+                shutil.copytree(report_dir / sub, tmp_site / pages[0]["rel"].parent / sub,
+                                ignore=shutil.ignore_patterns(".*", "*.sha256"))
+        first = pages[0]["rel"]
+        if first != Path("index.html"):
+            (tmp_site / "index.html").write_text(
+                f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url={first}">'
+                f'<title>{html.escape(cfg["title"])}</title><a href="{first}">{html.escape(cfg["title"])}</a>\n')
+        # one PDF of the whole report: pages concatenated, titles as level-1 headings
+        combined = "\n\n".join(f"# {md_escape(p['title'])}\n\n{p['body']}" for p in pages)
+        typ = _pandoc(combined, "typst", ["--standalone", "--toc", f"--metadata=title:{cfg['title']}",
+                                          "--shift-heading-level-by=0"])
+        build = report_dir / ".build.typ"
+        build.write_text(typ, encoding="utf-8")
+        try:
+            pdf = typst.compile(str(build), root=str(report_dir))
+        except Exception as exc:
+            raise RuntimeError(f"typst failed on {build}: {exc}") from exc
+        finally:
+            build.unlink(missing_ok=True)
+        (tmp_site / f"{cfg['output_file']}.pdf").write_bytes(pdf)
+        (tmp_site / ".nojekyll").write_text("")
+        # swap the finished site in: readers never see a half-written _site
+        old = None
+        if site.exists():
+            old = site.with_name(f".{site.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(site, old)
+        os.replace(tmp_site, site)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp_site, ignore_errors=True)
+        raise
+    return {"html": str(site / "index.html"), "pdf": str(site / f"{cfg['output_file']}.pdf")}
+
+
+def render(params, layout: RunLayout | None = None, quarto: str = "auto", project: Path = Path("."),
+           build_site: bool = True) -> dict:
+    """Pages from results, then the site: Quarto where installed, else the built-in renderer."""
+    if layout is None:
+        data_path = Path(params.data) if params.data != "demo" else project / "data" / "demo.csv"
+        layout = RunLayout(run_dir(params, data_path))
+    if not layout.manifest.exists() or not layout.comparison_json.exists():
+        raise SegreportError(f"{layout.root}: no finished run to render; run `segreport run` first")
+    if not (project / "_quarto.yml").exists():  # a folder outside the repository: the packaged Quarto project
+        for f in QUARTO_PROJECT.parent.glob("_quarto*.yml"):
+            atomic_copy(f, project / f.name)
+    report_dir = project / "report"
+    vega_bundle(report_dir / "assets" / "vega-bundle.js")
+    t0 = time.perf_counter()
+    facts = build_pages(layout, report_dir)
+    if not build_site:
+        return {"html": None, "pages": facts}
+    profiles = ["tracking"] if "tracking" in facts["pages"] else []  # _quarto-tracking.yml adds the page
+    use_quarto = quarto == "quarto" or (quarto == "auto" and shutil.which("quarto"))
+    if use_quarto:
+        env = dict(os.environ, SEGREPORT_PAGES_READY="1")
+        res = subprocess.run(["quarto", "render"] + [f"--profile={p}" for p in profiles], cwd=project, env=env)
+        if res.returncode != 0:
+            raise SegreportError(f"quarto render failed with exit status {res.returncode}")
+        cfg = read_quarto(project)
+        site = project / cfg["output_dir"]
+        return {"html": str(site / "index.html"), "pdf": str(site / f"{cfg['output_file']}.pdf")}
+    out = builtin_render(project, Path(params.site) if Path(params.site).is_absolute() else project / params.site,
+                         profiles)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out

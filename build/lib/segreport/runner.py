@@ -1,0 +1,98 @@
+"""`segreport run`: prepare → grid → compare → render, the one place that sequences the stages,
+with the manifest kept consistent throughout."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .compare import compare
+from .config import Params, params_to_dict
+from .grid import failed_cells, require_some, run_grid, write_manifest
+from .methods import get
+from .prepare import prepare
+from .store import cell_name, read_json
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run(params: Params, progress: bool = True, root: Path = Path("."), build_site: bool = True) -> str:
+    workers = params.workers or (os.cpu_count() or 1)
+    if params.executor != "dask":
+        return _run(params, progress, root, build_site, workers, None)
+    from .dask_grid import DaskSession
+
+    with DaskSession(params.scheduler, workers) as session:  # one cluster for spaces, embedding and cells
+        return _run(params, progress, root, build_site, workers, session)
+
+
+def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: int, session) -> str:
+    t0 = time.perf_counter()
+    started = _now()
+    layout, ctx = prepare(params, root=root, progress=progress, session=session)
+    old = {}
+    if layout.manifest.exists():
+        try:
+            old = read_json(layout.manifest)
+        except ValueError:
+            old = {}
+    manifest = {
+        "segreport": ctx["segreport"], "status": "running", "started": started,
+        "params": params_to_dict(params), "data": {k: ctx["data"][k] for k in
+                                                    ("path", "file_sha256", "fingerprint", "rows", "demo")},
+        "versions": ctx["versions"], "spaces": ctx["spaces"], "projections": ctx["projections"],
+        "methods": ctx["methods"], "skipped": ctx["skipped"], "grid": ctx["grid"],
+        "scale": ctx["scale"], "executor": {"name": params.executor, **(session.describe() if session else {})},
+        "cells": {n: s for n, s in old.get("cells", {}).items()},
+        "timings": {"prepare": ctx["prepare_seconds"]},
+    }
+    cells = [(m, v) for m in ctx["methods"] for v in ctx["grid"][m]]
+    try:
+        t1 = time.perf_counter()
+        if params.executor == "dask":
+            from .dask_grid import run_grid_dask
+
+            statuses = run_grid_dask(layout, ctx, cells, workers, manifest, progress=progress, project=root,
+                                     session=session)
+        else:
+            statuses = run_grid(layout, ctx, cells, workers, manifest, progress=progress, project=root)
+        manifest["timings"]["grid"] = round(time.perf_counter() - t1, 3)
+        current = {cell_name(m, v, get(m).grid) for m, v in cells}
+        run_statuses = {n: s for n, s in statuses.items() if n in current}
+        require_some(run_statuses)
+        t2 = time.perf_counter()
+        comparison = compare(layout, ctx, run_statuses)
+        manifest["timings"]["compare"] = round(time.perf_counter() - t2, 3)
+        manifest["recommended"] = {m: r["k"] for m, r in comparison["recommended"].items()}
+        manifest["recommended_value"] = {m: r["value"] for m, r in comparison["recommended"].items()}
+        failed = failed_cells(run_statuses)
+        manifest["status"] = "done" if not failed else "done with failed cells"
+        manifest["failed"] = failed
+        manifest["finished"] = _now()
+        manifest["timings"]["analysis"] = round(time.perf_counter() - t0, 3)
+        write_manifest(layout, manifest)
+    except BaseException as exc:
+        manifest["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {type(exc).__name__}"
+        write_manifest(layout, manifest)
+        raise
+    summary = [f"results: {layout.root} ({len(cells) - len(failed)}/{len(cells)} cells done, "
+               f"analysis {manifest['timings']['analysis']:.1f} s)"]
+    if failed:
+        summary.append(f"failed cells: {', '.join(failed)} (see their notebooks)")
+    summary.append("recommended k: " + ", ".join(f"{m} {k}" for m, k in manifest["recommended"].items()))
+    for m, why in ctx["skipped"].items():
+        summary.append(f"left out: {get(m).display} ({why})")
+    if params.render:
+        from .render import render
+
+        t3 = time.perf_counter()
+        out = render(params, layout=layout, project=root, build_site=build_site)
+        manifest["timings"]["render"] = round(time.perf_counter() - t3, 3)
+        write_manifest(layout, manifest)
+        if out.get("html"):
+            summary.append(f"report: {out['html']}" + (f" and {out['pdf']}" if out.get("pdf") else ""))
+    return "\n".join(summary)

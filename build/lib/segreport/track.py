@@ -1,0 +1,816 @@
+"""`segreport track`: score each new snapshot of the customer table with a run's segmentation
+and follow the segments over time.
+
+A snapshot (the customer table as of a month) is scored with the saved pipeline of one
+(method, k) of a finished run (`assign.score_frame`: the run's normalisation, transformers,
+outlier model and centres), locally or in row parts as Dask tasks, and kept in
+``results/<run>/snapshots/<as-of>/``:
+
+    snapshot.json    what was scored (file sha256, rows, method, k, model sha256), what the
+                     normalisation met (unseen levels, imputed numbers), drift per column
+    labels.parquet   row, segment, outlier, distance; id and outcome where the snapshot has them
+    drift.parquet    per column and bin: the fitting table's share and the snapshot's
+
+The same file under the same as-of is never scored twice (nothing is rewritten). After each
+snapshot the history is summarised against the fitting table (the "baseline") into
+``results/<run>/tracking.json`` and ``results/<run>/tracking/*.parquet``, which the report's
+tracking page reads:
+
+- segment sizes and shares per period, the change against the baseline and whether it exceeds
+  sampling noise (two-proportion z-test, 95 %);
+- where an identifier column is in both periods, who moved from which segment to which, and who
+  is new or gone (between consecutive periods);
+- drift per input column: the population stability index (PSI) against the fitting table
+  (numbers: its decile bins; categories: its levels plus one bucket of unseen levels);
+- the outcome rate per segment where the snapshot has the run's outcome column;
+- the share of customers far from their segment's centre (beyond the fitting table's 95th
+  percentile of distances) and of outliers, against the fitting table;
+- a recommendation for the latest snapshot: keep the segmentation, or re-fit it, with the numbers
+  that triggered it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as _dt
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import SegreportError
+from .store import (RunLayout, atomic_write_json, atomic_write_parquet, read_json, read_json_or_empty,
+                    sha256_file)
+
+SNAPSHOTS = "snapshots"
+BASELINE = "baseline"
+PSI_MODERATE, PSI_LARGE = 0.10, 0.25
+PSI_FLOOR = 1e-4          # a share of 0 counts as 0.01 % in the PSI (log of 0 otherwise)
+CONFIDENCE = 0.95         # size changes: two-sided two-proportion z-test at this level
+FAR_QUANTILE = 0.95       # "far from the centre": beyond this quantile of the fitting table's distances
+FAR_RATIO = 2.0           # re-fit when the far share is over this many times what the fitting table had
+OUTLIER_RATIO = 1.5       # re-fit when the outlier share is over this many times the fitting table's
+EVIDENCE = 0.01           # ... and a one-sided binomial test says so at this level
+PART_ROWS = 50_000        # rows per Dask task
+_AS_OF = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?$")
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def parse_as_of(value: str | None) -> tuple[str, str]:
+    """'2026-11' -> ('2026-11', 'November 2026'); '2026-11-30' -> (.., '30 November 2026'); None: this month."""
+    if value is None:
+        today = _dt.date.today()
+        value = f"{today.year:04d}-{today.month:02d}"
+    m = _AS_OF.match(str(value).strip())
+    if not m:
+        raise SegreportError(f"--as-of {value!r}: expected a month YYYY-MM (e.g. 2026-11) or a day YYYY-MM-DD")
+    year, month, day = int(m.group(1)), int(m.group(2)), m.group(3)
+    if not 1 <= month <= 12:
+        raise SegreportError(f"--as-of {value!r}: month {month} is not 1..12")
+    label = f"{calendar.month_name[month]} {year}"
+    if day is not None:
+        try:
+            _dt.date(year, month, int(day))
+        except ValueError:
+            raise SegreportError(f"--as-of {value!r}: no such day") from None
+        label = f"{int(day)} {label}"
+    return m.group(0), label
+
+
+def chosen_segmentation(layout: RunLayout, method: str | None = None, k: int | None = None) -> tuple[str, int]:
+    """The (method, k) to track: as given, else comparison.json's "recommendation", else its first
+    "recommended" method and that method's k. A method without k takes the method's recommended k."""
+    if method is not None and k is not None:
+        return method, int(k)
+    path = layout.comparison / "comparison.json"
+    if not path.exists():
+        raise SegreportError(f"{path}: missing, so the recommended segmentation is unknown; "
+                             "give --method and --k, or finish the run with `segreport run`")
+    try:
+        comp = read_json(path)
+    except ValueError:
+        raise SegreportError(f"{path}: cannot be read (not JSON); rerun `segreport run`") from None
+    recommended = comp.get("recommended") or {}
+    if method is None:
+        rec = comp.get("recommendation")
+        if isinstance(rec, dict) and rec.get("method") and rec.get("k") is not None:
+            value = int(rec.get("value", rec["k"]))  # the cell: k, or a method's own grid value
+            if k is None or int(k) == value:
+                return str(rec["method"]), value
+        if k is not None:
+            raise SegreportError(f"--k {k} without --method: name the method too (--method kmeans, ...)")
+        done = [m for m, r in recommended.items() if (r or {}).get("k") is not None]
+        if not done:
+            raise SegreportError(f"{path}: no method has a recommended k; give --method and --k")
+        method = done[0]
+    rec = recommended.get(method) or {}
+    if rec.get("k") is None:
+        raise SegreportError(f"{path}: no recommended k for method '{method}'; give --k")
+    return method, int(rec.get("value", rec["k"]))
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two count (or share) vectors over the same bins."""
+    e = np.asarray(expected, dtype=float)
+    a = np.asarray(actual, dtype=float)
+    e = np.maximum(e / max(e.sum(), 1.0), PSI_FLOOR)
+    a = np.maximum(a / max(a.sum(), 1.0), PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_reading(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return "stable" if value < PSI_MODERATE else "moderate" if value <= PSI_LARGE else "large"
+
+
+def decile_edges(train: np.ndarray) -> np.ndarray:
+    """The fitting table's decile cut points (ties merged): bins (-inf, e1], (e1, e2], ..., (e_last, inf)."""
+    return np.unique(np.quantile(np.asarray(train, dtype=float), np.linspace(0.1, 0.9, 9)))
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.bincount(np.searchsorted(edges, np.asarray(values, dtype=float), side="left"),
+                       minlength=len(edges) + 1)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:,.2f}"
+
+
+def column_drift(train: pd.Series, new: pd.Series, kind: str) -> tuple[dict, pd.DataFrame]:
+    """PSI of one column of new rows against the fitting table, with its bins; unseen levels counted."""
+    if kind == "numeric":
+        edges = decile_edges(train.to_numpy())
+        e, a = bin_counts(train.to_numpy(), edges), bin_counts(new.to_numpy(), edges)
+        names = ([f"up to {_fmt(edges[0])}"] + [f"{_fmt(lo)} to {_fmt(hi)}" for lo, hi in zip(edges[:-1], edges[1:])]
+                 + [f"over {_fmt(edges[-1])}"]) if len(edges) else ["all"]
+        summary = {"baseline_median": float(train.median()), "median": float(new.median()),
+                   "unseen_rows": 0, "unseen_levels": {}}
+    else:
+        tr, nw = train.astype(str), new.astype(str)
+        levels = sorted(tr.unique())
+        ce, ca = tr.value_counts(), nw.value_counts()
+        unseen = ca[~ca.index.isin(levels)].sort_values(ascending=False)
+        names = levels + ["(not in the fitting table)"]
+        e = np.array([ce.get(lv, 0) for lv in levels] + [0])
+        a = np.array([ca.get(lv, 0) for lv in levels] + [int(unseen.sum())])
+        se, sa = e / max(e.sum(), 1), a / max(a.sum(), 1)
+        top = int(np.argmax(np.abs(sa - se)))
+        summary = {"unseen_rows": int(unseen.sum()),
+                   "unseen_levels": {str(lv): int(n) for lv, n in unseen.head(10).items()},
+                   "top_level": names[top], "top_baseline_share": float(se[top]), "top_share": float(sa[top])}
+    value = psi(e, a)
+    summary.update(kind=kind, psi=value)
+    bins = pd.DataFrame({"bin": names, "order": np.arange(len(names)),
+                         "baseline_share": e / max(e.sum(), 1), "share": a / max(a.sum(), 1)})
+    return summary, bins
+
+
+def size_test(n0: int, x0: int, n1: int, x1: int) -> dict:
+    """Two-proportion z-test of a segment's share in the baseline (x0 of n0) and a snapshot (x1 of n1)."""
+    from scipy.stats import norm
+
+    p0, p1 = x0 / n0, x1 / n1
+    pooled = (x0 + x1) / (n0 + n1)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n0 + 1 / n1))
+    z = 0.0 if se == 0 else (p1 - p0) / se
+    p = float(2 * norm.sf(abs(z)))
+    return {"baseline_share": p0, "share": p1, "change": p1 - p0, "z": z, "p_value": p,
+            "beyond_noise": bool(p < 1 - CONFIDENCE)}
+
+
+def migration(prev: pd.DataFrame, cur: pd.DataFrame) -> pd.DataFrame:
+    """Customers by (from_segment, to_segment) between two periods matched on `id`: from -1 = new
+    customers (only in `cur`), to -1 = departed (only in `prev`)."""
+    a = prev[["id", "segment"]].rename(columns={"segment": "from_segment"})
+    b = cur[["id", "segment"]].rename(columns={"segment": "to_segment"})
+    m = a.merge(b, on="id", how="outer")
+    m = m.fillna({"from_segment": -1, "to_segment": -1}).astype({"from_segment": "int64", "to_segment": "int64"})
+    out = m.groupby(["from_segment", "to_segment"]).size().rename("customers").reset_index()
+    return out.sort_values(["from_segment", "to_segment"]).reset_index(drop=True)
+
+
+def binomial_excess(x: int, n: int, p0: float) -> float:
+    """One-sided p-value of seeing at least x of n when the rate is p0."""
+    from scipy.stats import binom
+
+    if n == 0 or p0 <= 0:
+        return 1.0 if x == 0 else 0.0
+    return float(binom.sf(x - 1, n, p0))
+
+
+def _outcome_values(s: pd.Series) -> pd.Series:
+    """As the run read its outcome column (data.load_table): yes/no where boolean-like, else text."""
+    from .data import to_binary
+
+    b = to_binary(s)
+    return (b if b is not None else s.astype(str)).reset_index(drop=True).astype(str)
+
+
+# --------------------------------------------------------------------------- one snapshot
+
+
+class _Snapshot:
+    """A scored snapshot: its facts (snapshot.json), labels and drift bins."""
+
+    def __init__(self, meta: dict, labels: pd.DataFrame, drift: pd.DataFrame):
+        self.meta, self.labels, self.drift = meta, labels, drift
+
+    @classmethod
+    def read(cls, folder: Path) -> "_Snapshot":
+        try:
+            return cls(read_json(folder / "snapshot.json"), pd.read_parquet(folder / "labels.parquet"),
+                       pd.read_parquet(folder / "drift.parquet"))
+        except (OSError, ValueError) as exc:
+            raise SegreportError(f"{folder}: an incomplete snapshot ({type(exc).__name__}); remove the folder "
+                                 "and track that file again") from None
+
+    def write(self, folder: Path) -> None:
+        """All files into a temporary folder beside it, then one rename: never a half-written snapshot."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            atomic_write_parquet(tmp / "labels.parquet", self.labels)
+            atomic_write_parquet(tmp / "drift.parquet", self.drift)
+            atomic_write_json(tmp / "snapshot.json", self.meta)
+            _swap_in(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def history(layout: RunLayout) -> dict[str, _Snapshot]:
+    """The run's snapshots by as-of, oldest first."""
+    root = layout.root / SNAPSHOTS
+    if not root.is_dir():
+        return {}
+    out = {}
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and _AS_OF.match(folder.name):
+            out[folder.name] = _Snapshot.read(folder)
+    return out
+
+
+def find_identifier(df: pd.DataFrame, schema: list, given: str | None, path: str) -> str | None:
+    """The identifier column of a snapshot: --id, else a schema column of kind identifier, else one
+    that data inference calls an identifier (as `segreport inspect` shows)."""
+    if given:
+        if given not in df.columns:
+            raise SegreportError(f"{path}: identifier column '{given}' (--id) is not in the file")
+        return given
+    for spec in schema:
+        if spec.kind == "identifier" and spec.name in df.columns:
+            return spec.name
+    from .data import infer_schema
+
+    used = {s.name for s in schema if s.use}
+    rest = df[[c for c in df.columns if c not in used]]
+    if rest.shape[1] == 0:
+        return None
+    specs, _ = infer_schema(rest)
+    ids = [s.name for s in specs if s.kind == "identifier"]
+    return ids[0] if ids else None
+
+
+def score(run_dir: Path, method: str, k: int, df: pd.DataFrame, path: str, executor: str = "local",
+          workers: int = 0, scheduler: str | None = None, part_rows: int = PART_ROWS,
+          progress: bool = False) -> tuple[pd.DataFrame, int]:
+    """assign.score_frame on the rows: in this process, or cut into row parts, one Dask task each."""
+    from .assign import score_frame
+
+    if executor != "dask":
+        return score_frame(run_dir, method, k, df, path), 1
+    from .dask_grid import DaskSession
+
+    n_workers = workers or (os.cpu_count() or 1)
+    size = max(1, min(int(part_rows), math.ceil(len(df) / n_workers)))
+    bounds = [(lo, min(lo + size, len(df))) for lo in range(0, len(df), size)]
+    with DaskSession(scheduler, min(n_workers, len(bounds))) as session:
+        futures = {session.submit(score_frame, str(Path(run_dir).resolve()), method, k,
+                                  df.iloc[lo:hi].reset_index(drop=True), path, key=f"track-part-{i}-{lo}"): i
+                   for i, (lo, hi) in enumerate(bounds)}
+        parts = session.gather(futures, progress, f"scoring ({session.n_workers} Dask workers)", unit="row",
+                               weight=lambda i: bounds[i][1] - bounds[i][0])
+    return pd.concat([parts[i] for i in range(len(bounds))], ignore_index=True), len(bounds)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def track(run_dir, data_path, method: str | None = None, k: int | None = None, as_of: str | None = None,
+          id_column: str | None = None, executor: str = "local", workers: int = 0, scheduler: str | None = None,
+          replace: bool = False, part_rows: int = PART_ROWS, progress: bool = False) -> dict:
+    """Score a snapshot and add it to the run's history; rebuild tracking.json. Returns a summary."""
+    from .assign import _Run, normalise_new
+    from .data import read_raw
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise SegreportError(f"{root}: no such run folder; run `segreport run` first")
+    layout = RunLayout(root)
+    past = history(layout)
+    if method is None and k is None and past:  # the history goes on with the segmentation it follows
+        first = next(iter(past.values())).meta
+        method, k = first["method"], first["k"]
+    method, k = chosen_segmentation(layout, method, k)
+    run = _Run(root, method, k)
+    key, label = parse_as_of(as_of)
+    path = str(data_path)
+    if not Path(path).is_file():
+        read_raw(path)  # the one-line error: not found, a folder, ...
+    file_sha = sha256_file(path)
+    model_sha = sha256_file(run.cell / "model.joblib")
+    for other_key, snap in past.items():
+        m = snap.meta
+        if (m["method"], m["k"]) != (method, k):
+            raise SegreportError(f"{root / SNAPSHOTS / other_key}: this run's history follows {m['method']} "
+                                 f"k={m['k']}, "
+                                 f"not {method} k={k}; track with --method {m['method']} --k {m['k']}, or move "
+                                 f"{root / SNAPSHOTS} away to start a new history")
+        if m["model_sha256"] != model_sha:
+            raise SegreportError(f"{root / SNAPSHOTS / other_key}: scored with an earlier fit of {method} k={k} "
+                                 f"(the run was refitted since); move {root / SNAPSHOTS} away to start a new history")
+    if key in past:
+        if past[key].meta["file_sha256"] == file_sha:
+            written = write_tracking(layout, run, past)
+            return {"status": "unchanged", "as_of": key, "label": label, "method": method, "k": k,
+                    "rows": past[key].meta["rows"], "tracking_written": written, "summary": _latest(layout)}
+        if not replace:
+            raise SegreportError(f"{root / SNAPSHOTS / key}: already holds {past[key].meta['source']} "
+                                 f"(sha256 {past[key].meta['file_sha256'][:12]}), not {path}; pass --replace to "
+                                 "score this file in its place, or give another --as-of")
+    df, _ = read_raw(path)
+    frame, facts = normalise_new(df, run.schema(), run.train, path, run.pooled())
+    idcol = find_identifier(df, run.schema(), id_column, path)
+    outcome_col = run.params.get("outcome")
+    scored, parts = score(root, method, k, df, path, executor, workers, scheduler, part_rows, progress)
+    labels = pd.DataFrame({"row": np.arange(len(df), dtype=np.int64),
+                           "segment": scored["segment"].to_numpy(np.int64),
+                           "outlier": scored["outlier"].to_numpy(bool),
+                           "distance": scored["distance"].to_numpy(np.float64)})
+    id_note = None
+    if idcol is not None:
+        ids = df[idcol].reset_index(drop=True)
+        ids = ids.astype(object).where(ids.isna(), ids.astype(str).str.strip())
+        if ids.isna().any() or ids.duplicated().any():
+            id_note = (f"column '{idcol}' has {int(ids.isna().sum())} missing and {int(ids.duplicated().sum())} "
+                       "repeated value(s): not used to follow customers")
+            idcol = None
+        else:
+            labels["id"] = ids.astype(str).to_numpy()
+    if outcome_col and outcome_col in df.columns:
+        labels["outcome"] = _outcome_values(df[outcome_col]).to_numpy()
+    else:
+        outcome_col = None
+    kinds = {s.name: s.kind for s in run.schema()}
+    drift_rows, bins = [], []
+    for col in run.train.columns:
+        kind = "numeric" if kinds.get(col) == "numeric" or pd.api.types.is_numeric_dtype(run.train[col]) \
+            else "categorical"
+        summary, b = column_drift(run.train[col], frame[col], kind)
+        drift_rows.append({"column": col, **summary})
+        bins.append(b.assign(column=col))
+    drift = pd.concat(bins, ignore_index=True)[["column", "order", "bin", "baseline_share", "share"]]
+    meta = {"as_of": key, "label": label, "source": path, "file_sha256": file_sha, "rows": int(len(df)),
+            "method": method, "k": k, "model_sha256": model_sha, "id_column": idcol, "id_note": id_note,
+            "outcome_column": outcome_col, "unseen": facts["unseen"], "pooled": facts["pooled"],
+            "imputed": facts["imputed"], "drift": drift_rows}
+    snap = _Snapshot(meta, labels, drift)
+    new_history = dict(past)
+    new_history[key] = snap
+    new_history = dict(sorted(new_history.items()))
+    tracking, tables = summarise(layout, run, new_history)  # everything computed before anything is written
+    snap.write(layout.root / SNAPSHOTS / key)
+    _write_tracking(layout, tracking, tables)
+    return {"status": "replaced" if key in past else "added", "as_of": key, "label": label, "method": method,
+            "k": k, "rows": int(len(df)), "parts": parts, "id_column": idcol, "tracking_written": True,
+            "summary": tracking}
+
+
+def _latest(layout: RunLayout) -> dict:
+    return read_json_or_empty(layout.root / "tracking.json")
+
+
+def write_tracking(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> bool:
+    """Rebuild tracking.json where it does not describe these snapshots; True if written."""
+    current = _latest(layout)
+    if current.get("history") == _signature(snaps) and (layout.root / "tracking").is_dir():
+        return False
+    tracking, tables = summarise(layout, run, snaps)
+    _write_tracking(layout, tracking, tables)
+    return True
+
+
+def _signature(snaps: dict[str, _Snapshot]) -> list:
+    return [[key, s.meta["file_sha256"], s.meta["model_sha256"]] for key, s in snaps.items()]
+
+
+def _write_tracking(layout: RunLayout, tracking: dict, tables: dict[str, pd.DataFrame]) -> None:
+    folder = layout.root / "tracking"
+    tmp = Path(tempfile.mkdtemp(prefix=".tracking.", dir=layout.root))
+    try:
+        for name, table in tables.items():
+            atomic_write_parquet(tmp / f"{name}.parquet", table)
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_json(layout.root / "tracking.json", tracking)
+
+
+# --------------------------------------------------------------------------- the history, summarised
+
+
+def _baseline_ids(layout: RunLayout, ctx: dict, id_column: str) -> pd.Series | None:
+    """The fitting table's identifiers (read from its file, if unchanged), cached in tracking/."""
+    cache = layout.root / "tracking" / "baseline_ids.parquet"
+    sha = ctx["data"].get("file_sha256")
+    if cache.exists():
+        got = pd.read_parquet(cache)
+        known = read_json_or_empty(layout.root / "tracking.json").get("baseline_ids")
+        if list(got.columns) == ["id"] and known == [id_column, sha]:
+            return got["id"]
+    path = Path(ctx["data"]["path"])
+    if not path.is_file() or sha256_file(path) != sha:
+        return None
+    from .data import read_raw
+
+    df, _ = read_raw(path)
+    if id_column not in df.columns:
+        return None
+    ids = df[id_column].reset_index(drop=True)
+    if ids.isna().any():
+        return None
+    ids = ids.astype(str).str.strip()
+    return None if ids.duplicated().any() else ids
+
+
+def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """tracking.json and its tables from the fitting table's labels and the scored snapshots."""
+    ctx, params = run.ctx, run.params
+    method, k = run.method, run.k
+    fit = pd.read_parquet(run.cell / "labels.parquet")
+    personas = {int(c["segment"]): c for c in read_json(run.cell / "personas.json")}
+    segments = [{"segment": s, "code": f"S{s + 1}", "name": str(personas.get(s, {}).get("name") or f"S{s + 1}")}
+                for s in range(k)]
+    labels_of = ctx.get("labels", {})
+    periods = [{"key": BASELINE, "label": "Baseline", "rows": int(len(fit)), "source": ctx["data"]["path"]}]
+    periods += [{"key": key, "label": s.meta["label"], "rows": s.meta["rows"], "source": s.meta["source"]}
+                for key, s in snaps.items()]
+    seg_of = {BASELINE: fit["segment"].to_numpy()} | {key: s.labels["segment"].to_numpy() for key, s in snaps.items()}
+
+    # sizes and the test of each change against the baseline
+    n0 = len(fit)
+    c0 = np.bincount(seg_of[BASELINE], minlength=k)
+    sizes = []
+    for p in periods:
+        c = np.bincount(seg_of[p["key"]], minlength=k)
+        n = int(c.sum())
+        for s in range(k):
+            row = {"period": p["key"], "segment": s, "customers": int(c[s]), "share": float(c[s] / n)}
+            if p["key"] != BASELINE:
+                t = size_test(n0, int(c0[s]), n, int(c[s]))
+                row.update(change=t["change"], z=t["z"], p_value=t["p_value"], beyond_noise=t["beyond_noise"])
+            else:
+                row.update(change=0.0, z=0.0, p_value=1.0, beyond_noise=False)
+            sizes.append(row)
+    sizes_df = pd.DataFrame(sizes)
+
+    # migration between consecutive periods where both have the identifier
+    id_column = next((s.meta["id_column"] for s in snaps.values() if s.meta.get("id_column")), None)
+    ids_of: dict[str, pd.Series] = {}
+    baseline_ids = None
+    if id_column is not None:
+        baseline_ids = _baseline_ids(layout, ctx, id_column)
+        if baseline_ids is not None and len(baseline_ids) == len(fit):
+            ids_of[BASELINE] = baseline_ids
+    for key, s in snaps.items():
+        if s.meta.get("id_column") == id_column and "id" in s.labels.columns:
+            ids_of[key] = s.labels["id"]
+    transitions, mig_rows = [], []
+    keys = [p["key"] for p in periods]
+    for a, b in zip(keys[:-1], keys[1:]):
+        if a not in ids_of or b not in ids_of:
+            continue
+        m = migration(pd.DataFrame({"id": ids_of[a].to_numpy(), "segment": seg_of[a]}),
+                      pd.DataFrame({"id": ids_of[b].to_numpy(), "segment": seg_of[b]}))
+        both = m[(m.from_segment >= 0) & (m.to_segment >= 0)]
+        stayed = int(both[both.from_segment == both.to_segment].customers.sum())
+        matched = int(both.customers.sum())
+        tr = {"from": a, "to": b, "matched": matched, "stayed": stayed, "moved": matched - stayed,
+              "moved_share": (matched - stayed) / matched if matched else None,
+              "new": int(m[m.from_segment < 0].customers.sum()), "departed": int(m[m.to_segment < 0].customers.sum())}
+        # per segment: who left it for another segment, who joined it from another
+        tr["segments"] = [{"segment": s,
+                           "moved_out": int(both[(both.from_segment == s) & (both.to_segment != s)].customers.sum()),
+                           "moved_in": int(both[(both.to_segment == s) & (both.from_segment != s)].customers.sum()),
+                           "new": int(m[(m.from_segment < 0) & (m.to_segment == s)].customers.sum()),
+                           "departed": int(m[(m.from_segment == s) & (m.to_segment < 0)].customers.sum())}
+                          for s in range(k)]
+        flows = both[both.from_segment != both.to_segment].sort_values("customers", ascending=False).head(3)
+        tr["largest_moves"] = [{"from_segment": int(r.from_segment), "to_segment": int(r.to_segment),
+                                "customers": int(r.customers)} for r in flows.itertuples()]
+        transitions.append(tr)
+        mig_rows.append(m.assign(from_period=a, to_period=b))
+    mig_df = (pd.concat(mig_rows, ignore_index=True) if mig_rows else
+              pd.DataFrame({"from_segment": pd.Series(dtype="int64"), "to_segment": pd.Series(dtype="int64"),
+                            "customers": pd.Series(dtype="int64"), "from_period": pd.Series(dtype=str),
+                            "to_period": pd.Series(dtype=str)}))
+    mig_df = mig_df[["from_period", "to_period", "from_segment", "to_segment", "customers"]]
+
+    # drift per column
+    drift_rows = []
+    for key, s in snaps.items():
+        for d in s.meta["drift"]:
+            drift_rows.append({"period": key, "column": d["column"], "label": labels_of.get(d["column"], d["column"]),
+                               "kind": d["kind"], "psi": d["psi"], "reading": psi_reading(d["psi"]),
+                               "unseen_rows": d["unseen_rows"],
+                               "unseen_levels": ", ".join(f"{lv} ({n:,})" for lv, n in d["unseen_levels"].items()),
+                               "baseline_median": d.get("baseline_median"), "median": d.get("median"),
+                               "top_level": d.get("top_level"), "top_baseline_share": d.get("top_baseline_share"),
+                               "top_share": d.get("top_share")})
+    drift_df = pd.DataFrame(drift_rows)
+    bins_df = pd.concat([s.drift.assign(period=key) for key, s in snaps.items()], ignore_index=True)
+
+    # the outcome per segment, where a period has it
+    outcome = None
+    outcome_col = params.get("outcome")
+    out_file = layout.root / "outcome.parquet"
+    if outcome_col and any(s.meta.get("outcome_column") for s in snaps.values()):
+        comp = read_json_or_empty(layout.comparison / "comparison.json").get("outcome") or {}
+        y_of = {}
+        if out_file.exists():
+            y_of[BASELINE] = pd.read_parquet(out_file)["outcome"].astype(str).to_numpy()
+        for key, s in snaps.items():
+            if "outcome" in s.labels.columns:
+                y_of[key] = s.labels["outcome"].astype(str).to_numpy()
+        positive = comp.get("positive")
+        if positive is None:
+            levels, counts = np.unique(next(iter(y_of.values())), return_counts=True)
+            positive = "yes" if "yes" in levels else str(levels[np.argmin(counts)])
+        rates = []
+        for p in periods:
+            y = y_of.get(p["key"])
+            if y is None:
+                continue
+            seg = seg_of[p["key"]]
+            for s in range(k):
+                n = int((seg == s).sum())
+                rates.append({"period": p["key"], "segment": s, "customers": n,
+                              "rate": float((y[seg == s] == positive).mean()) if n else None})
+            rates.append({"period": p["key"], "segment": -1, "customers": int(len(y)),
+                          "rate": float((y == positive).mean())})
+        outcome = {"column": outcome_col, "positive": str(positive), "periods": sorted({r["period"] for r in rates},
+                                                                                         key=keys.index)}
+        outcome_df = pd.DataFrame(rates)
+    else:
+        outcome_df = pd.DataFrame({"period": pd.Series(dtype=str), "segment": pd.Series(dtype="int64"),
+                                   "customers": pd.Series(dtype="int64"), "rate": pd.Series(dtype=float)})
+
+    # far from the centres, and outliers, against the fitting table
+    fit_dist = fit["distance"].to_numpy(float)
+    far_cut = float(np.quantile(fit_dist, FAR_QUANTILE))
+    fit_far = float((fit_dist > far_cut).mean())
+    has_outliers = bool(run.space_info.get("outliers"))
+    fit_out = float(fit["outlier"].mean()) if has_outliers else None
+    fit_facts = {"rows": int(n0), "distance_cut": far_cut, "far_share": fit_far, "far_quantile": FAR_QUANTILE,
+                 "outlier_share": fit_out, "min_segment_size": int(params.get("min_segment_size", 20))}
+    health = []
+    for key, s in snaps.items():
+        d = s.labels["distance"].to_numpy(float)
+        x_far, n = int((d > far_cut).sum()), len(d)
+        h = {"period": key, "rows": n, "far": x_far, "far_share": x_far / n,
+             "far_p_value": binomial_excess(x_far, n, fit_far)}
+        if has_outliers:
+            x_out = int(s.labels["outlier"].sum())
+            h.update(outliers=x_out, outlier_share=x_out / n, outlier_p_value=binomial_excess(x_out, n, fit_out))
+        health.append(h)
+
+    latest = keys[-1]
+    recommendation = recommend(latest, sizes_df, drift_df, health[-1], fit_facts, segments, labels_of)
+    tracking = {
+        "method": method, "k": k, "model_sha256": snaps[latest].meta["model_sha256"],
+        "history": _signature(snaps), "baseline_ids": [id_column, ctx["data"].get("file_sha256")]
+        if BASELINE in ids_of else None,
+        "periods": periods, "latest": latest, "segments": segments, "fit": fit_facts,
+        "sizes": sizes, "confidence": CONFIDENCE,
+        "migration": {"id_column": id_column, "transitions": transitions,
+                      "notes": [s.meta["id_note"] for s in snaps.values() if s.meta.get("id_note")]},
+        "drift": {"thresholds": {"moderate": PSI_MODERATE, "large": PSI_LARGE},
+                  "latest": [r for r in drift_rows if r["period"] == latest],
+                  "by_period": {key: {r["column"]: r["psi"] for r in drift_rows if r["period"] == key}
+                                for key in snaps}},
+        "outcome": outcome, "outcome_rates": outcome_df.to_dict(orient="records"),
+        "health": health, "recommendation": recommendation,
+    }
+    tables = {"sizes": sizes_df, "migration": mig_df, "drift": drift_df, "drift_bins": bins_df,
+              "outcome": outcome_df}
+    if BASELINE in ids_of:
+        tables["baseline_ids"] = pd.DataFrame({"id": ids_of[BASELINE].astype(str).to_numpy()})
+    return tracking, tables
+
+
+def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dict, fit: dict,
+              segments: list[dict], labels_of: dict) -> dict:
+    """Keep or re-fit, judged on the latest snapshot, with the numbers behind it.
+
+    Re-fit when a column drifted a lot (PSI > 0.25), a segment fell below the minimum segment
+    size, or clearly more customers than in the fitting table sit far from every centre (over
+    twice the fitting share beyond its 95th percentile distance) or are outliers (over 1.5 times
+    the fitting share), each at a one-sided binomial p below 0.01. Moderate drift, size changes
+    beyond noise, unseen categories and smaller (but significant) rises of those two shares are
+    listed to watch."""
+    name = {s["segment"]: s for s in segments}
+    reasons, watch = [], []
+    d = drift[drift.period == latest].sort_values("psi", ascending=False)
+    for r in d.itertuples():
+        item = {"kind": "drift", "column": r.column, "label": r.label, "psi": float(r.psi)}
+        if r.psi > PSI_LARGE:
+            reasons.append(item)
+        elif r.psi >= PSI_MODERATE:
+            watch.append(item)
+    for r in d[d.unseen_rows > 0].itertuples():
+        watch.append({"kind": "unseen", "column": r.column, "label": r.label, "rows": int(r.unseen_rows),
+                      "levels": r.unseen_levels})
+    s = sizes[sizes.period == latest]
+    for r in s.itertuples():
+        seg = name[int(r.segment)]
+        if r.customers < fit["min_segment_size"]:
+            reasons.append({"kind": "small", "segment": int(r.segment), "code": seg["code"], "name": seg["name"],
+                            "customers": int(r.customers), "minimum": fit["min_segment_size"]})
+        if r.beyond_noise:
+            watch.append({"kind": "size", "segment": int(r.segment), "code": seg["code"], "name": seg["name"],
+                          "baseline_share": float(r.share - r.change), "share": float(r.share),
+                          "change": float(r.change), "p_value": float(r.p_value)})
+    # more customers far from every centre, or outliers: re-fit past the ratio, watch when only significant
+    checks = [("far", "far", FAR_RATIO)]
+    if health.get("outlier_share") is not None and fit.get("outlier_share"):
+        checks.append(("outliers", "outlier", OUTLIER_RATIO))
+    for kind, key, ratio in checks:
+        if health[f"{key}_p_value"] >= EVIDENCE or health[f"{key}_share"] <= fit[f"{key}_share"]:
+            continue
+        item = {"kind": kind, "share": health[f"{key}_share"], "fit_share": fit[f"{key}_share"],
+                "customers": health["far" if kind == "far" else "outliers"], "p_value": health[f"{key}_p_value"],
+                "ratio": ratio}
+        (reasons if health[f"{key}_share"] > ratio * fit[f"{key}_share"] else watch).append(item)
+    return {"period": latest, "action": "refit" if reasons else "keep", "reasons": reasons, "watch": watch,
+            "rules": {"psi_large": PSI_LARGE, "psi_moderate": PSI_MODERATE, "far_ratio": FAR_RATIO,
+                      "outlier_ratio": OUTLIER_RATIO, "evidence": EVIDENCE,
+                      "min_segment_size": fit["min_segment_size"]}}
+
+
+def describe(result: dict) -> str:
+    """The command's one-paragraph answer."""
+    t = result.get("summary") or {}
+    rec = t.get("recommendation") or {}
+    head = {"unchanged": "already tracked (same file, same as-of): nothing scored",
+            "added": "tracked", "replaced": "re-tracked"}[result["status"]]
+    line = (f"{head}: {result['rows']:,} customers as of {result['label']} with {result['method']} k={result['k']}"
+            + (f" ({result['parts']} Dask parts)" if result.get("parts", 1) > 1 else ""))
+    if rec:
+        verdict = "keep the segmentation" if rec["action"] == "keep" else "re-fit the segmentation"
+        why = "; ".join(_reason_text(r) for r in rec["reasons"])
+        when = next((p["label"] for p in t.get("periods", []) if p["key"] == rec["period"]), rec["period"])
+        line += f"\nrecommendation for {when}: {verdict}" + (f" ({why})" if why else "")
+    return line
+
+
+def _reason_text(r: dict) -> str:
+    if r["kind"] == "drift":
+        return f"{r['label']} drifted, PSI {r['psi']:.2f}"
+    if r["kind"] == "small":
+        return f"{r['code']} {r['name']} has {r['customers']} customers, under {r['minimum']}"
+    if r["kind"] == "far":
+        return f"{r['share']:.1%} far from every centre against {r['fit_share']:.1%} when fitted"
+    return f"{r['share']:.1%} outliers against {r['fit_share']:.1%} when fitted"
+
+
+# --------------------------------------------------------------------------- the report page
+
+
+def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
+    """report/tracking.qmd from tracking.json (and its figures), when the run has snapshots scored with
+    its current fit; else no tracking page (a stale one is removed). True if the page was written."""
+    page = Path(report_dir) / "tracking.qmd"
+    view = page_view(layout, fig)
+    if view is None:
+        page.unlink(missing_ok=True)
+        return False
+    from markupsafe import Markup
+
+    env.filters.setdefault("pts", lambda v: Markup("–" if v is None else f"{100 * float(v):+.1f} pts"))
+    env.filters.setdefault("f2", lambda v: Markup("–" if v is None else f"{float(v):.2f}"))
+    text = env.get_template("pages/tracking.qmd.j2").render(view)
+    from .store import atomic_write_text
+
+    atomic_write_text(page, text)
+    return True
+
+
+def page_view(layout: RunLayout, fig) -> dict | None:
+    """What the tracking page shows, read from tracking.json and tracking/*.parquet (no new numbers)."""
+    import warnings
+
+    from . import figures as F
+
+    t = read_json_or_empty(layout.root / "tracking.json")
+    if not t.get("periods") or not (layout.root / SNAPSHOTS).is_dir():
+        return None
+    from .methods import get
+
+    model = layout.cell(t["method"], t["k"], get(t["method"]).grid) / "model.joblib"
+    if not model.exists() or sha256_file(model) != t["model_sha256"]:
+        warnings.warn(f"{layout.root / 'tracking.json'}: the snapshots were scored with an earlier fit of "
+                      f"{t['method']} k={t['k']}; the tracking page is left out until they are tracked again")
+        return None
+    k = t["k"]
+    label = {p["key"]: p["label"] for p in t["periods"]}
+    order = [p["label"] for p in t["periods"]]
+    segs = {s["segment"]: s for s in t["segments"]}
+    sizes = pd.DataFrame(t["sizes"])
+    sizes["segment_code"] = sizes["segment"].map(lambda s: segs[s]["code"])
+    latest = t["latest"]
+    table = []
+    for s in t["segments"]:
+        rows = {r["period"]: r for r in t["sizes"] if r["segment"] == s["segment"]}
+        table.append({**s, "cells": [rows[p["key"]] for p in t["periods"]], "latest": rows[latest]})
+    chart_data = sizes.assign(period=sizes["period"].map(label), name=sizes["segment"].map(lambda s: segs[s]["name"]),
+                              segment=sizes["segment_code"])[
+        ["period", "segment", "name", "customers", "share", "beyond_noise"]]
+    from .render import METHOD_TITLES
+
+    view = {"t": t, "titles": METHOD_TITLES, "segments": t["segments"], "periods": t["periods"],
+            "snapshots": t["periods"][1:],
+            "latest_label": label[latest], "size_rows": table, "label": label,
+            "fig_sizes": fig("tracking-sizes", F.shares_over_time(chart_data, order, k),
+                             "Each segment's share of customers, baseline and snapshots; solid points: a change "
+                             "against the baseline beyond sampling noise (95 %).")}
+    # moves between periods
+    mig = t["migration"]
+    view["transitions"] = [{**tr, "from_label": label[tr["from"]], "to_label": label[tr["to"]]}
+                           for tr in mig["transitions"]]
+    if mig["transitions"]:
+        last = view["transitions"][-1]
+        m = pd.read_parquet(layout.root / "tracking" / "migration.parquet")
+        m = m[(m["from_period"] == last["from"]) & (m["to_period"] == last["to"])]  # (DataFrame.to_period is a method)
+        codes = [s["code"] for s in t["segments"]]
+        rows_, cols_ = codes + ["new"], codes + ["left"]
+        grid = pd.DataFrame([(a, b) for a in range(-1, k) for b in range(-1, k) if not (a < 0 and b < 0)],
+                            columns=["from_segment", "to_segment"])
+        grid = grid.merge(m[["from_segment", "to_segment", "customers"]], how="left").fillna({"customers": 0})
+        grid["customers"] = grid["customers"].astype(int)
+        name = lambda s, none: none if s < 0 else segs[s]["code"]  # noqa: E731
+        cells = pd.DataFrame({"from": [name(s, "new") for s in grid.from_segment],
+                              "to": [name(s, "left") for s in grid.to_segment],
+                              "customers": grid.customers, "dark_from": grid.customers.max() / 2})
+        view["fig_migration"] = fig("tracking-migration", F.migration_heatmap(
+            cells, rows_, cols_, f"{last['from_label']} to {last['to_label']}"),
+            f"Customers by their segment in {last['from_label']} (rows) and in {last['to_label']} (columns); "
+            "'new': not in the earlier table, 'left': not in the later one.")
+        matrix = []
+        for a in list(range(k)) + [-1]:
+            row = {"from": segs[a] if a >= 0 else None, "counts": []}
+            for b in list(range(k)) + [-1]:
+                hit = grid[(grid.from_segment == a) & (grid.to_segment == b)]
+                row["counts"].append(None if (a < 0 and b < 0) else int(hit.customers.iloc[0]))
+            matrix.append(row)
+        view["matrix"] = matrix
+        view["last_transition"] = last
+    # drift
+    d_latest = pd.DataFrame(t["drift"]["latest"])
+    th = t["drift"]["thresholds"]
+    view["fig_drift"] = fig("tracking-drift", F.psi_bars(d_latest[["label", "psi", "reading"]], th["moderate"],
+                                                         th["large"]),
+                            f"Population stability index of each column in {label[latest]} against the baseline; "
+                            f"dashed lines at {th['moderate']} (moderate) and {th['large']} (large).")
+    view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -r["psi"])
+    view["drift_by_period"] = t["drift"]["by_period"]
+    # outcome
+    if t.get("outcome"):
+        rates = {(r["period"], r["segment"]): r for r in t["outcome_rates"]}
+        view["outcome_periods"] = [p for p in t["periods"] if p["key"] in t["outcome"]["periods"]]
+        view["outcome_rows"] = [{"segment": s, "cells": [rates.get((p["key"], s["segment"])) for p in
+                                                         view["outcome_periods"]]} for s in t["segments"]]
+        view["outcome_total"] = [rates.get((p["key"], -1)) for p in view["outcome_periods"]]
+    view["health"] = [{**h, "label": label[h["period"]]} for h in t["health"]]
+    view["rec"] = t["recommendation"]
+    return view
