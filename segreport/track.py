@@ -361,7 +361,7 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
     df, _ = read_raw(path)
     frame, facts = normalise_new(df, run.schema(), run.train, path, run.pooled())
     idcol = find_identifier(df, run.schema(), id_column, path)
-    outcome_col = run.params.get("outcome")
+    outcome_col = run.params.outcome
     scored, parts = score(root, method, k, df, path, executor, workers, scheduler, part_rows, progress)
     labels = pd.DataFrame({"row": np.arange(len(df), dtype=np.int64),
                            "segment": scored["segment"].to_numpy(np.int64),
@@ -553,7 +553,7 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict
 
     # the outcome per segment, where a period has it
     outcome = None
-    outcome_col = params.get("outcome")
+    outcome_col = params.outcome
     out_file = layout.root / "outcome.parquet"
     if outcome_col and any(s.meta.get("outcome_column") for s in snaps.values()):
         comp = read_json_or_empty(layout.comparison / "comparison.json").get("outcome") or {}
@@ -593,7 +593,7 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict
     has_outliers = bool(run.space_info.get("outliers"))
     fit_out = float(fit["outlier"].mean()) if has_outliers else None
     fit_facts = {"rows": int(n0), "distance_cut": far_cut, "far_share": fit_far, "far_quantile": FAR_QUANTILE,
-                 "outlier_share": fit_out, "min_segment_size": int(params.get("min_segment_size", 20))}
+                 "outlier_share": fit_out, "min_segment_size": int(params.min_segment_size)}
     health = []
     for key, s in snaps.items():
         d = s.labels["distance"].to_numpy(float)
