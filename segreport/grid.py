@@ -100,6 +100,8 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
     os.environ["PYTHONHASHSEED"] = "0"
     out_dir = RunLayout(run_dir).cell(method, k, get(method).grid)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp"):  # left by a run killed mid-cell (a killed process cannot clean up)
+        stale.unlink(missing_ok=True)
     # the kernel inherits this worker's stderr: send its chatter to the cell's log, not the terminal
     # (restored afterwards; a worker runs one cell at a time)
     saved_stderr = os.dup(2)
@@ -159,6 +161,8 @@ def start_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manif
                project: Path | None):
     """What every executor does first: the kernel spec, the folders, and the cells left to run."""
     ensure_kernel()
+    for stale in (layout.root / "cells").rglob(".*.tmp"):  # a killed run's half-written files
+        stale.unlink(missing_ok=True)
     todo, statuses = cells_to_run(layout, ctx, cells, manifest)
     return (project or Path.cwd()).resolve(), analysis_dir(ctx), todo, statuses
 
