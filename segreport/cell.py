@@ -179,7 +179,8 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         "lgbm_accuracy": ex["accuracy"], "lgbm_folds": ex["folds"], "lgbm_cv_rows": ex["cv_rows"],
         "lgbm_engine": ex["engine"], "lgbm_validation": ex["validation"], "lgbm_holdout_rows": ex.get("holdout_rows"),
         "shap_rows": ex["shap_rows"],
-        "algorithm": "MiniBatchKMeans" if getattr(model, "algorithm", None) == "minibatch" else method.algorithm,
+        "algorithm": {"minibatch": "MiniBatchKMeans", "lloyd": "KMeans (Lloyd)"}.get(
+            getattr(model, "algorithm", None), method.algorithm),
         **method.model_facts(model),
     }
     shap_json = {"mean_abs_shap": ex["mean_abs_shap"], "overall": ex["mean_abs_shap_overall"],

@@ -57,7 +57,7 @@ from uuid import uuid4
 from . import SegreportError
 from .grid import _execute, ensure_kernel, record_cell, start_grid
 from .methods import get
-from .store import RunLayout, cell_name
+from .store import RunLayout, cell_name, sweep_partial
 
 
 class DaskSession:
@@ -156,6 +156,7 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
     client = session.client
     bar = None
     futures: dict = {}
+    interrupted = False
     try:
         try:
             client.run(ensure_kernel)  # the workers' environments: segreport importable, kernel spec present
@@ -180,6 +181,7 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
             bar.set_postfix_str(f"{cell_name(m, k, get(m).grid)} {st['status']}")
             bar.update(1)
     except BaseException:
+        interrupted = True
         # interrupted: drop the tasks; finished cells are on disk, unfinished ones rerun next time. Closing a
         # LocalCluster stops its workers (and so their kernels); a remote worker finishes the cell it is running.
         if futures:
@@ -193,6 +195,8 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
             bar.close()
         if own:
             session.close()
+            if interrupted:  # its workers are gone: remove what they were writing (a remote worker may still be)
+                sweep_partial(layout.root / "cells")
     return statuses
 
 

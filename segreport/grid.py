@@ -22,7 +22,7 @@ from . import SegreportError, __version__
 from .methods import get
 from .resources import ANALYSIS
 from .store import (CELL_HASHED, DONE, METRICS, NOTEBOOK, RunLayout, atomic_output, atomic_write_json, cell_name,
-                    key, read_json_or_empty, sha256_file)
+                    key, read_json_or_empty, sha256_file, sweep_partial)
 
 KERNEL = "segreport"
 PACKAGE = Path(__file__).resolve().parent
@@ -161,8 +161,7 @@ def start_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manif
                project: Path | None):
     """What every executor does first: the kernel spec, the folders, and the cells left to run."""
     ensure_kernel()
-    for stale in (layout.root / "cells").rglob(".*.tmp"):  # a killed run's half-written files
-        stale.unlink(missing_ok=True)
+    sweep_partial(layout.root / "cells")  # a killed run's half-written files
     todo, statuses = cells_to_run(layout, ctx, cells, manifest)
     return (project or Path.cwd()).resolve(), analysis_dir(ctx), todo, statuses
 
@@ -198,9 +197,13 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
                 bar.update(1)
     except BaseException:
         # interrupted: stop the workers now; finished cells are on disk, unfinished ones rerun next time
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        procs = list(getattr(pool, "_processes", {}).values())
+        for proc in procs:
             proc.terminate()
+        for proc in procs:  # a terminated worker leaves its cell's temporary files: remove them once it is gone
+            proc.join(timeout=10)
         pool.shutdown(wait=False, cancel_futures=True)
+        sweep_partial(layout.root / "cells")
         raise
     pool.shutdown(wait=True)
     bar.close()

@@ -67,6 +67,15 @@ def cell_id(value: int, grid: str = "k") -> str:
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yields a temporary path beside `path`; on success it is fsynced and renamed onto `path`,
@@ -79,10 +88,21 @@ def atomic_output(path: str | Path):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: a served site needs the usual file mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sweep_partial(folder: str | Path) -> int:
+    """Remove the temporary files `atomic_output` left under `folder` when its process was killed
+    (a killed process cannot clean up); returns how many. Call it only when no writer is running there."""
+    n = 0
+    for stale in Path(folder).rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
