@@ -232,7 +232,7 @@ def column_transform(ct, frame: pd.DataFrame) -> np.ndarray:
 
 def _safe_cell(v):
     """Spreadsheet formulas neutralised with a leading apostrophe; numbers such as -120 left as numbers."""
-    from .render import csv_safe
+    from .downloads import csv_safe
 
     if isinstance(v, str) and _NUMBER.match(v):
         return v

@@ -1,4 +1,4 @@
-"""The command line: `segreport run | render | assign | track | inspect | demo-data`.
+"""The command line: `segreport run | render | assign | list | track | inspect | demo-data`.
 
 Every `run` option also has a key in params.yml; the command line overrides the
 file. Errors caused by the input are printed as one line and exit with status 2.
@@ -43,7 +43,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-threshold", dest="scale.threshold", type=int, metavar="ROWS",
                    help="tables of at least this many rows take the scalable path: MiniBatchKMeans, ECOD fitted "
                         "on a sample, LightGBM on the Dask cluster with --executor dask (default: 200000)")
-    p.add_argument("--outcome", help="column whose share per segment the report compares (never used for fitting)")
+    p.add_argument("--outcome", help="column whose rate per segment the report compares, never used for fitting "
+                                     "(default: a two-valued column named like an outcome, such as y, target, "
+                                     "churn, converted or response, as `segreport inspect` shows; 'none': no outcome)")
     p.add_argument("--model", dest="llm.model", help="sentence-transformers model name or folder (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--precision", dest="llm.precision", choices=["auto", "bf16", "fp32"],
                    help="embedding arithmetic: auto = bf16 where the CPU has it natively")
@@ -119,6 +121,11 @@ def cmd_inspect(ns) -> int:
         by = {d["column"]: d for d in inferred}
         for d in decisions:
             d.update({k: v for k, v in by.get(d["column"], {}).items() if k in ("missing", "distinct")})
+    from .data import detect_outcome
+
+    outcome = detect_outcome(df, params.schema if params else None)
+    decisions = [{**d, "used": False, "reason": "the outcome (detected by its name): compared per segment, never "
+                  "fitted; --outcome none keeps it as an input"} if d["column"] == outcome else d for d in decisions]
     print(f"{ns.data}: {len(df)} rows, {df.shape[1]} columns"
           + (f", delimiter {info['delimiter']!r}, encoding {info['encoding']}" if info.get("delimiter") else ""))
     w = max(len(str(d["column"])) for d in decisions)
@@ -126,6 +133,8 @@ def cmd_inspect(ns) -> int:
     for d in decisions:
         print(f"{str(d['column']):<{w}}  {d['kind']:<11} {d.get('missing', 0):>7.1%} {d.get('distinct', 0):>8}  "
               f"{'yes' if d['used'] else 'no ':<4}  {d['reason']}")
+    print(f"outcome: {outcome} (detected by its name; --outcome COLUMN or --outcome none to change)" if outcome
+          else "outcome: none detected (give one with --outcome COLUMN)")
     return 0
 
 
@@ -134,6 +143,14 @@ def cmd_assign(ns) -> int:
 
     n, facts = assign(ns.run_dir, ns.method, ns.k, ns.data, ns.out)
     print(f"wrote {n} labelled rows to {ns.out}" + (f" ({facts})" if facts else ""))
+    return 0
+
+
+def cmd_list(ns) -> int:
+    from .downloads import campaign_list
+
+    n, which = campaign_list(ns.run_dir, ns.segment, ns.out, method=ns.method, k=ns.k)
+    print(f"wrote {n} customers of {', '.join(ns.segment)} ({which}) to {ns.out}")
     return 0
 
 
@@ -207,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="new customers: CSV or Parquet with the run's columns")
     p.add_argument("--out", required=True, help="output CSV: the rows with segment, persona, outlier, distance")
     p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser("list", help="write a campaign list: the customers of a segment, with all their columns",
+                       description="The rows of the run's customer table that fall in the given segments, with "
+                                   "segment, persona and outlier flag added (the recommended segmentation unless "
+                                   "--method and --k say otherwise).")
+    p.add_argument("--run", dest="run_dir", required=True, help="the run's results folder, e.g. results/demo")
+    p.add_argument("--segment", action="append", required=True,
+                   help="segment code (S3), number (3) or persona name; repeat for several")
+    p.add_argument("--method", choices=list(REGISTRY), help="which method (default: the recommended one)")
+    p.add_argument("--k", type=int, help="which k (default: the method's recommended k)")
+    p.add_argument("--out", required=True, help="output CSV")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("track", help="score a new snapshot of the customer table and follow the segments over time",
                        description="Assign a snapshot (the customer table as of a month) with a run's saved "

@@ -97,6 +97,26 @@ def _labels_at_k(table: pd.DataFrame, labels: dict, method: str, k: int):
     return labels.get((method, int(sub.value.iloc[0]))) if len(sub) else None
 
 
+def segment_rates(positive: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Per segment: the outcome's rate, its 95% Wilson interval (scipy's binomtest) and its lift over
+    the whole table's rate."""
+    from scipy.stats import binomtest
+
+    base = float(positive.mean())
+    out = []
+    for s in np.unique(labels):
+        member = labels == s
+        n, hits = int(member.sum()), int(positive[member].sum())
+        ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+        rate = hits / n
+        out.append({"segment": int(s), "rate": rate, "size": n, "positives": hits,
+                    "ci_low": float(ci.low), "ci_high": float(ci.high),
+                    "lift": rate / base if base > 0 else None,
+                    # the interval excludes the table's rate: the segment differs beyond sampling noise
+                    "differs": bool(ci.low > base or ci.high < base)})
+    return out
+
+
 def outcome_separation(outcome: pd.Series, labels: dict, recommended: dict) -> dict:
     """Share of the outcome's positive level per segment, and how much the segments separate it."""
     from sklearn.metrics import normalized_mutual_info_score
@@ -110,8 +130,7 @@ def outcome_separation(outcome: pd.Series, labels: dict, recommended: dict) -> d
         lab = labels.get((method, rec["value"]))
         if lab is None:
             continue
-        rates = [{"segment": int(s), "rate": float(pos[lab == s].mean()), "size": int((lab == s).sum())}
-                 for s in np.unique(lab)]
+        rates = segment_rates(pos, lab)
         r = np.array([x["rate"] for x in rates])
         out["methods"][method] = {"k": rec["k"], "rates": rates, "spread": float(r.max() - r.min()),
                                   "nmi": float(normalized_mutual_info_score(y, lab))}

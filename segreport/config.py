@@ -91,6 +91,9 @@ class _Params(_Strict):
     null_references: int = Field(3, ge=0)  # tables without segments per reference kind (shuffled, principal axes)
     null_sample: int = Field(1500, ge=100)  # rows of each null table (and of the observed sample they are set against)
     render: bool = True
+    # per-customer assignment files go into the published site only when asked (a public site carries no
+    # customer rows by default); they are always written beside the results
+    publish_assignments: bool = False
     analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
     scale: ScaleParams = Field(default_factory=ScaleParams)
 

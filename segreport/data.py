@@ -46,6 +46,10 @@ class Table:
     notes: list[str] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)
     outcome: pd.Series | None = None
+    ids: pd.Series | None = None  # the identifier column's values (strings) where it is complete and unique
+    id_column: str | None = None
+    outcome_name: str | None = None
+    outcome_source: str | None = None  # "given" (--outcome / params) or "detected" (by its name, see detect_outcome)
     pooled: list[str] = field(default_factory=list)  # columns whose rare levels were pooled as 'other'
 
     @property
@@ -254,7 +258,7 @@ def resolve_schema(df: pd.DataFrame, schema: list[ColumnSpec] | None, path: str)
         return schema, [{"column": c.name, "kind": c.kind, "used": c.use, "reason": "given in the schema"} for c in schema]
     if all(c.name in df.columns for c in DEFAULT_SCHEMA):
         return list(DEFAULT_SCHEMA), [
-            {"column": c.name, "kind": c.kind, "used": True, "reason": "default schema (the seed's 8 columns)"}
+            {"column": c.name, "kind": c.kind, "used": True, "reason": "the bank-marketing preset (its 8 customer columns)"}
             for c in DEFAULT_SCHEMA
         ]
     return infer_schema(df)
@@ -337,8 +341,30 @@ def normalise(df: pd.DataFrame, schema: list[ColumnSpec], path: str, max_levels:
     return frame, kept, notes
 
 
+# names that customer tables give the answer a stakeholder wants explained: a churn flag, a campaign
+# response, a purchase, a subscription (UCI bank's `y`), a generic target or label
+_OUTCOME_NAME = re.compile(
+    r"^(y|target|label|class|outcome|result|exited|attrition([_ ]?flag)?|default[_ ]?next[_ ]?month)$"
+    r"|(^|[_\W])(churn(ed)?|converted|conversion|respon(se|ded)|subscri(bed|ption)|purchased?|bought|"
+    r"target|outcome|label)([_\W]|$)", re.I)
+OUTCOME_OFF = "none"
+
+
+def detect_outcome(df: pd.DataFrame, schema: list[ColumnSpec] | None = None) -> str | None:
+    """The column that looks like the outcome: two values and a name such as y, target, churn, label,
+    outcome, converted, response or subscribed; None when no column or more than one looks like it.
+    A column an explicit schema uses as an input is never taken."""
+    inputs = {c.name for c in (schema or []) if c.use}
+    found = [c for c in df.columns if str(c) not in inputs and _OUTCOME_NAME.search(str(c))
+             and df[c].dropna().nunique() == 2]
+    return str(found[0]) if len(found) == 1 else None
+
+
 def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome: str | None = None) -> Table:
-    """Read, resolve the schema, normalise. The one entry point for a run's data."""
+    """Read, resolve the schema, normalise. The one entry point for a run's data.
+
+    `outcome`: the column compared per segment and never fitted; None = the one `detect_outcome`
+    finds (if any), "none" = no outcome."""
     path = str(path)
     df, info = read_raw(path)
     if df.shape[1] == 1 and (schema is None or len(schema) > 1):
@@ -349,10 +375,23 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
     if len(df) < 2:
         raise SegreportError(f"{path}: a single row; segments need more distinct rows than k")
     specs, decisions = resolve_schema(df, schema, path)
+    source = "given"
+    if outcome is None:
+        outcome, source = detect_outcome(df, schema), "detected"
+    elif outcome.lower() == OUTCOME_OFF:
+        outcome = None
     if outcome is not None:
         if outcome not in df.columns:
             raise SegreportError(f"{path}: outcome column '{outcome}' is not in the file")
+        if df[outcome].dropna().nunique() < 2:
+            raise SegreportError(f"{path}: outcome column '{outcome}' has a single value; nothing to compare")
         specs = [s.model_copy(update={"use": False}) if s.name == outcome else s for s in specs]
+        why = ("the outcome, detected by its name: compared per segment, never fitted (--outcome none turns it off)"
+               if source == "detected" else "the outcome: compared per segment, never fitted")
+        decisions = [{**d, "used": False, "reason": why} if d["column"] == outcome else d for d in decisions]
+        if not any(d["column"] == outcome for d in decisions):
+            decisions.append({"column": outcome, "kind": "binary" if df[outcome].dropna().nunique() == 2
+                              else "categorical", "used": False, "reason": why})
     pooled: list[str] = []
     frame, specs, notes = normalise(df, specs, path, pooled_out=pooled)
     pooled = [c for c in pooled if c in frame.columns]
@@ -361,9 +400,35 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
         o = df[outcome]
         b = to_binary(o)
         out_series = (b if b is not None else o.astype(str)).reset_index(drop=True)
-    return Table(frame=frame, schema=specs, path=path, file_sha256=file_sha256(path),
+    decisions = [{**d, **quality(df[d["column"]])} if d["column"] in df.columns else d for d in decisions]
+    id_column, ids = _identifier(df, specs)
+    return Table(frame=frame, schema=specs, path=path, file_sha256=file_sha256(path), ids=ids, id_column=id_column,
                  encoding=info.get("encoding") or "binary", delimiter=info.get("delimiter"),
-                 notes=notes, decisions=decisions, outcome=out_series, pooled=pooled)
+                 notes=notes, decisions=decisions, outcome=out_series, pooled=pooled,
+                 outcome_name=outcome, outcome_source=source if outcome is not None else None)
+
+
+UNKNOWN_WORDS = {"unknown", "n/a", "na", "?", "not known", "none given", "unspecified", "-"}
+
+
+def quality(s: pd.Series) -> dict:
+    """Data quality of one raw column: missing cells, and cells that say they are unknown ("unknown",
+    "n/a", "?", ...): a real level for the methods, but no information about the customer."""
+    text = s.dropna().astype(str).str.strip().str.lower()
+    return {"missing_n": int(s.isna().sum()), "unknown_n": int(text.isin(UNKNOWN_WORDS).sum())}
+
+
+def _identifier(df: pd.DataFrame, specs: list[ColumnSpec]) -> tuple[str | None, pd.Series | None]:
+    """The first identifier column of the schema, as strings, when no value is missing or repeated."""
+    for spec in specs:
+        if spec.kind == "identifier" and spec.name in df.columns:
+            ids = df[spec.name].reset_index(drop=True)
+            if ids.isna().any():
+                continue
+            ids = ids.astype(str).str.strip()
+            if not ids.duplicated().any():
+                return spec.name, ids
+    return None, None
 
 
 def check_k(table: Table, ks: list[int]) -> None:

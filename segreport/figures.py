@@ -23,8 +23,21 @@ def seg_name(s: int) -> str:
     return f"S{int(s) + 1}"
 
 
-def segment_scale(k: int) -> alt.Scale:
-    return alt.Scale(domain=[seg_name(i) for i in range(k)], range=[PALETTE[i % len(PALETTE)] for i in range(k)])
+def segment_scale(k: int, names: dict | None = None) -> alt.Scale:
+    return alt.Scale(domain=[seg_label(i, names) for i in range(k)], range=[PALETTE[i % len(PALETTE)] for i in range(k)])
+
+
+def seg_label(s: int, names: dict | None = None, width: int = 38) -> str:
+    """A segment as a legend or axis shows it: its code and persona name ("S3 · High balance · Retired")."""
+    name = (names or {}).get(int(s))
+    if not name:
+        return seg_name(s)
+    label = f"{seg_name(s)} · {name}"
+    return label if len(label) <= width else label[:width - 1] + "…"
+
+
+def persona_names(cards: list[dict] | None) -> dict[int, str]:
+    return {int(c["segment"]): str(c.get("name") or "") for c in (cards or [])}
 
 
 def metric_lines(table: pd.DataFrame, y: str, title: str, y_title: str, chosen: int | None = None,
@@ -48,46 +61,163 @@ def metric_lines(table: pd.DataFrame, y: str, title: str, y_title: str, chosen: 
     return chart.properties(title=title, width=WIDTH, height=220)
 
 
-def projections(coords: dict[str, pd.DataFrame], labels: np.ndarray, k: int, sample: int, seed: int) -> alt.Chart:
-    """PCA, t-SNE and MCA panels of one method, coloured by segment, on a seeded sample of points."""
+def projections(coords: dict[str, tuple[pd.DataFrame, str, str, str, str]], labels: np.ndarray, k: int,
+                sample: int, seed: int, names: dict | None = None) -> alt.Chart:
+    """PCA, t-SNE and MCA panels of one method, coloured by persona, on a seeded sample of points.
+    coords: title -> (frame, x column, y column, x axis title, y axis title)."""
     panels = []
-    for title, (frame, x, y) in coords.items():
+    for title, (frame, x, y, x_title, y_title) in coords.items():
         df = frame[["row", x, y]].rename(columns={x: "x", y: "y"}).copy()
         if len(df) > sample:
             df = df.sample(n=sample, random_state=seed)
         df = df.sort_values("row")
-        df["segment"] = [seg_name(s) for s in labels[df["row"].to_numpy()]]
-        df = df.drop(columns="row").round(4)
-        panels.append(alt.Chart(df).mark_circle(size=9, opacity=0.6).encode(
-            x=alt.X("x:Q", title=None, axis=alt.Axis(labels=False, ticks=False)),
-            y=alt.Y("y:Q", title=None, axis=alt.Axis(labels=False, ticks=False)),
-            color=alt.Color("segment:N", scale=segment_scale(k), title="segment"),
-        ).properties(title=title, width=175, height=175))
-    return alt.hconcat(*panels).resolve_scale(color="shared")
+        df["segment"] = [seg_label(s, names) for s in labels[df["row"].to_numpy()]]
+        df = df.drop(columns="row").round(3)
+        panels.append(alt.Chart(df).mark_circle(size=10, opacity=0.55).encode(
+            x=alt.X("x:Q", title=x_title, axis=alt.Axis(tickCount=5, labelFontSize=9)),
+            y=alt.Y("y:Q", title=y_title, axis=alt.Axis(tickCount=5, labelFontSize=9)),
+            color=alt.Color("segment:N", scale=segment_scale(k, names), title="segment",
+                            legend=alt.Legend(orient="bottom", columns=2, labelLimit=260)),
+            tooltip=[alt.Tooltip("segment:N", title="segment")],
+        ).properties(title=title, width=250, height=230))
+    return alt.concat(*panels, columns=2).resolve_scale(color="shared")
 
 
-def shap_heatmap(mean_abs_shap: dict, labels: dict[str, str], k: int) -> alt.Chart:
-    rows = [{"segment": seg_name(int(s)), "feature": labels.get(f, f), "value": v}
+def shap_heatmap(mean_abs_shap: dict, labels: dict[str, str], k: int, names: dict | None = None,
+                 top: int = 10) -> alt.Chart:
+    """Columns (rows of the grid, the `top` strongest) by segment: mean |SHAP| of the surrogate, as colour
+    and number. A heatmap, so its size follows k and the number of columns, not their product."""
+    rows = [{"segment": seg_label(int(s), names, 24), "feature": labels.get(f, f), "value": v}
             for s, feats in mean_abs_shap.items() for f, v in feats.items()]
     df = pd.DataFrame(rows)
-    order = df.groupby("feature")["value"].mean().sort_values(ascending=False).index.tolist()
-    return alt.Chart(df).mark_bar().encode(
+    order = df.groupby("feature")["value"].mean().sort_values(ascending=False).index.tolist()[:top]
+    df = df[df.feature.isin(order)]
+    seg_order = [seg_label(i, names, 24) for i in range(k)]
+    base = alt.Chart(df).encode(
         y=alt.Y("feature:N", sort=order, title=None),
-        x=alt.X("value:Q", title="mean |SHAP| (log-odds)"),
-        color=alt.Color("segment:N", scale=segment_scale(k), title="segment"),
-        yOffset=alt.YOffset("segment:N", sort=[seg_name(i) for i in range(k)]),
-        tooltip=["segment", "feature", alt.Tooltip("value:Q", format=".3f")],
-    ).properties(title="What drives each segment (LightGBM surrogate, SHAP)", width=WIDTH - 120)
+        x=alt.X("segment:N", sort=seg_order, title=None, axis=alt.Axis(labelAngle=-30, labelLimit=160)))
+    cell = max(34, min(70, 560 // max(k, 1)))
+    return (base.mark_rect().encode(
+                color=alt.Color("value:Q", scale=alt.Scale(scheme="oranges"), title="mean |SHAP|"),
+                tooltip=["segment", "feature", alt.Tooltip("value:Q", format=".3f", title="mean |SHAP|")])
+            + base.mark_text(fontSize=10).encode(
+                text=alt.Text("value:Q", format=".2f"),
+                color=alt.condition(f"datum.value > {0.6 * float(df['value'].max()):.6f}", alt.value("white"),
+                                    alt.value("black")))
+            ).properties(title="What drives membership of each segment (mean |SHAP|)",
+                         width=cell * k, height=22 * len(order))
 
 
 def sizes_bar(cards: list[dict], k: int) -> alt.Chart:
-    df = pd.DataFrame([{"segment": seg_name(c["segment"]), "share": c["share"], "size": c["size"]} for c in cards])
+    names = persona_names(cards)
+    df = pd.DataFrame([{"segment": seg_label(c["segment"], names), "share": c["share"], "size": c["size"]}
+                       for c in cards])
     return alt.Chart(df).mark_bar().encode(
         x=alt.X("share:Q", axis=alt.Axis(format="%"), title="share of customers"),
-        y=alt.Y("segment:N", sort=[seg_name(i) for i in range(k)], title=None),
-        color=alt.Color("segment:N", scale=segment_scale(k), legend=None),
-        tooltip=["segment", "size", alt.Tooltip("share:Q", format=".1%")],
-    ).properties(width=WIDTH - 120, height=18 * k + 20)
+        y=alt.Y("segment:N", sort=[seg_label(i, names) for i in range(k)], title=None,
+                axis=alt.Axis(labelLimit=280)),
+        color=alt.Color("segment:N", scale=segment_scale(k, names), legend=None),
+        tooltip=["segment", alt.Tooltip("size:Q", title="customers", format=","),
+                 alt.Tooltip("share:Q", format=".1%")],
+    ).properties(width=WIDTH - 260, height=20 * k + 20)
+
+
+def outcome_bars(cards: list[dict], k: int, outcome_label: str, population_rate: float) -> alt.Chart:
+    """The outcome's rate per segment with its 95% interval, against the whole table's rate (dashed)."""
+    names = persona_names(cards)
+    rows = [{"segment": seg_label(c["segment"], names), "rate": c["outcome"]["rate"],
+             "low": c["outcome"]["ci_low"], "high": c["outcome"]["ci_high"], "customers": c["size"]}
+            for c in cards if c.get("outcome")]
+    df = pd.DataFrame(rows)
+    order = [seg_label(i, names) for i in range(k)]
+    y = alt.Y("segment:N", sort=order, title=None, axis=alt.Axis(labelLimit=280))
+    bars = alt.Chart(df).mark_bar(opacity=0.85).encode(
+        x=alt.X("rate:Q", axis=alt.Axis(format="%"), title=outcome_label),
+        y=y, color=alt.Color("segment:N", scale=segment_scale(k, names), legend=None),
+        tooltip=["segment", alt.Tooltip("rate:Q", format=".1%", title=outcome_label),
+                 alt.Tooltip("low:Q", format=".1%", title="95% interval from"),
+                 alt.Tooltip("high:Q", format=".1%", title="to"), alt.Tooltip("customers:Q", format=",")])
+    err = alt.Chart(df).mark_rule(color="#333").encode(x="low:Q", x2="high:Q", y=y)
+    avg = alt.Chart(pd.DataFrame({"rate": [population_rate]})).mark_rule(strokeDash=[4, 4], color="#555").encode(
+        x="rate:Q")
+    return (bars + err + avg).properties(width=WIDTH - 260, height=22 * k + 20,
+                                         title=f"{outcome_label} per segment (dashed: all customers)")
+
+
+def profile_heatmap(profile: dict, names: dict, labels: dict[str, str], units: dict, k: int,
+                    max_levels: int = 14) -> alt.Chart:
+    """Segment against all customers, per column: colour = how far the segment sits from the rest
+    (numbers: Cliff's delta; a category level: its share in the segment minus in the rest, both -1..1),
+    text = the segment's median or share. Category levels shown: those that differ most somewhere."""
+    from .personas import format_value
+
+    rows = []
+    segs = [s for s in profile["segments"] if not s["suppressed"]]
+    for seg in segs:
+        lab = seg_label(seg["segment"], names, 24)
+        for c, v in seg["numeric"].items():
+            rows.append({"segment": lab, "row": f"{labels.get(c, c)} (median)", "effect": v["cliff_delta"],
+                         "text": format_value(v["median"], units.get(c)), "kind": 0})
+    levels = []
+    for c in (segs[0]["categorical"] if segs else {}):
+        for lv in segs[0]["categorical"][c]:
+            spread = max(abs(s["categorical"][c][lv]["effect"]) for s in segs)
+            levels.append((spread, c, lv))
+    for _, c, lv in sorted(levels, key=lambda t: -t[0])[:max_levels]:
+        for seg in segs:
+            x = seg["categorical"][c][lv]
+            rows.append({"segment": seg_label(seg["segment"], names, 24), "row": f"{labels.get(c, c)}: {lv}",
+                         "effect": x["effect"], "text": f"{x['share']:.0%}", "kind": 1})
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df.sort_values("kind", kind="stable")["row"]))
+    seg_order = [seg_label(i, names, 24) for i in range(k)]
+    base = alt.Chart(df).encode(
+        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
+        x=alt.X("segment:N", sort=seg_order, title=None, axis=alt.Axis(labelAngle=-30, labelLimit=160)))
+    cell = max(44, min(80, 600 // max(k, 1)))
+    return (base.mark_rect().encode(
+                color=alt.Color("effect:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
+                                title="vs the rest"),
+                tooltip=["segment", "row", alt.Tooltip("text:N", title="segment"),
+                         alt.Tooltip("effect:Q", format="+.2f", title="difference (-1..1)")])
+            + base.mark_text(fontSize=9).encode(text="text:N")
+            ).properties(title="Each segment against the rest of the customers", width=cell * k,
+                         height=18 * len(order))
+
+
+def distributions(profile: dict, names: dict, labels: dict[str, str], units: dict, k: int) -> alt.Chart:
+    """Per numeric column, each segment's middle half (quartiles) and median beside all customers'."""
+    rows = []
+    pop = profile["population"]["numeric"]
+    for c, p in pop.items():
+        rows.append({"column": _unit_title(labels.get(c, c), units.get(c)), "segment": "All customers",
+                     "q25": p["q25"], "median": p["median"], "q75": p["q75"]})
+        for seg in profile["segments"]:
+            if seg["suppressed"]:
+                continue
+            v = seg["numeric"][c]
+            rows.append({"column": _unit_title(labels.get(c, c), units.get(c)),
+                         "segment": seg_label(seg["segment"], names, 30),
+                         "q25": v["q25"], "median": v["median"], "q75": v["q75"]})
+    df = pd.DataFrame(rows)
+    order = ["All customers"] + [seg_label(i, names, 30) for i in range(k)]
+    domain = order
+    colors = ["#999999"] + [PALETTE[i % len(PALETTE)] for i in range(k)]
+    y = alt.Y("segment:N", sort=order, title=None, axis=alt.Axis(labelLimit=220))
+    box = alt.Chart().mark_bar(height=10, opacity=0.7).encode(
+        x=alt.X("q25:Q", title=None), x2="q75:Q", y=y,
+        color=alt.Color("segment:N", scale=alt.Scale(domain=domain, range=colors), legend=None),
+        tooltip=["segment", alt.Tooltip("q25:Q", format=",.0f", title="lower quartile"),
+                 alt.Tooltip("median:Q", format=",.0f"), alt.Tooltip("q75:Q", format=",.0f", title="upper quartile")])
+    med = alt.Chart().mark_tick(color="black", thickness=2, size=14).encode(x="median:Q", y=y)
+    return alt.layer(box, med, data=df).properties(width=240, height=16 * (k + 1)).facet(
+        facet=alt.Facet("column:N", title=None, header=alt.Header(labelFontSize=12, labelFontWeight="bold")),
+        columns=2).resolve_scale(x="independent").properties(
+        title="Middle half of each segment (bar: lower to upper quartile; tick: median)")
+
+
+def _unit_title(label: str, unit: str | None) -> str:
+    return f"{label} ({unit})" if unit else label
 
 
 def agreement_heatmap(pairs: list[dict]) -> alt.Chart:

@@ -121,6 +121,10 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
         atomic_write_parquet(layout.outcome, pd.DataFrame({"outcome": table.outcome.astype(str)}))
     else:
         layout.outcome.unlink(missing_ok=True)
+    if table.ids is not None:  # for the assignment files only
+        atomic_write_parquet(layout.ids, pd.DataFrame({table.id_column: table.ids}))
+    else:
+        layout.ids.unlink(missing_ok=True)
     if not layout.table.exists() or read_json_or_empty(layout.table_info).get("fingerprint") != fp:
         atomic_write_parquet(layout.table, table.frame.copy())
         atomic_write_json(layout.table_info, {"fingerprint": fp})
@@ -161,7 +165,8 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
         "data": {"path": str(data_path), "name": data_path.name, "file_sha256": table.file_sha256,
                  "fingerprint": fp, "rows": int(len(table.frame)), "encoding": table.encoding,
                  "delimiter": table.delimiter, "demo": demo, "notes": table.notes,
-                 "decisions": table.decisions, "outcome": params.outcome, "pooled": table.pooled},
+                 "decisions": table.decisions, "outcome": table.outcome_name,
+                 "outcome_source": table.outcome_source, "pooled": table.pooled, "id_column": table.id_column},
         "schema": [s.model_dump(mode="json") for s in table.schema],
         "used": {"numeric": table.numeric, "categorical": table.categorical,
                  "binary": [c.name for c in table.used if c.kind == "binary"]},

@@ -28,11 +28,12 @@ from markupsafe import Markup
 
 from . import SegreportError
 from . import figures as F
+from .downloads import csv_text, write_downloads
 from .methods import REGISTRY, get
 from .prepare import projection_space, run_dir
 from .resources import QUARTO_PROJECT, TEMPLATES
-from .store import (METRICS, NOTEBOOK, PERSONAS, SHAP, RunLayout, atomic_copy, atomic_write_bytes, atomic_write_text,
-                    cell_id, read_json, sha256_file)
+from .store import (LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_write_bytes,
+                    atomic_write_text, cell_id, read_json, sha256_file)
 
 METHOD_TITLES = {name: m.display for name, m in REGISTRY.items()}
 PAGES = ["index", *REGISTRY, "personas", "comparison", "appendix"]
@@ -82,6 +83,7 @@ def make_env() -> jinja2.Environment:
     env.filters["secs"] = lambda v: Markup("–" if v is None else (f"{float(v):.1f} s" if v < 120 else f"{float(v) / 60:.1f} min"))
     env.filters["md"] = lambda v: Markup(md_escape(v))
     env.filters["seg"] = lambda s: Markup(F.seg_name(s))
+    env.filters["strip_comments"] = lambda s: re.sub(r"\{#.*?#\}\s*", "", str(s), flags=re.S).strip()
     return env
 
 
@@ -191,19 +193,35 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             lab = layout.cell_labels(method, v_star, meth.grid)
             space = projection_space(method)
             p, mca = projections[space], projections["mca"]
-            coords = {"PCA": (p, "pca1", "pca2"), "t-SNE": (p, "tsne1", "tsne2"), "MCA": (mca, "mca1", "mca2")}
+            coords = {"PCA": (p, "pca1", "pca2", "principal component 1", "principal component 2"),
+                      "t-SNE": (p, "tsne1", "tsne2", "t-SNE 1", "t-SNE 2"),
+                      "MCA": (mca, "mca1", "mca2", "MCA dimension 1", "MCA dimension 2")}
             n_fig = min(params["figure_sample"], len(p))
+            names = F.persona_names(chosen["personas"])
             m["projection_sample"] = n_fig
             m["projection_info"] = proj_info.get(space, {})
             m["mca_info"] = proj_info.get("mca", {})
-            m["fig_projections"] = fig(f"{method}-projections", F.projections(coords, lab, k_star, n_fig, seed),
+            m["fig_projections"] = fig(f"{method}-projections",
+                                       F.projections(coords, lab, k_star, n_fig, seed, names),
                                        f"{title}, k={k_star}: a seeded sample of {n_fig:,} customers "
                                        "drawn on PCA, t-SNE and MCA coordinates, coloured by segment.")
-            m["fig_shap"] = fig(f"{method}-shap", F.shap_heatmap(chosen["shap"]["mean_abs_shap"], labels_of, k_star),
+            m["fig_shap"] = fig(f"{method}-shap", F.shap_heatmap(chosen["shap"]["mean_abs_shap"], labels_of, k_star,
+                                                                 names),
                                 f"{title}, k={k_star}: mean |SHAP| of each column for the members "
-                                f"of each segment ({chosen['shap']['rows']:,} sampled rows).")
+                                f"of each segment ({chosen['shap']['rows']:,} sampled rows; the ten strongest "
+                                "columns).")
             m["fig_sizes"] = fig(f"{method}-sizes", F.sizes_bar(chosen["personas"], k_star),
                                  f"{title}, k={k_star}: segment sizes.")
+            prof = read_json(layout.cell(method, v_star, meth.grid) / PROFILE)
+            units = ctx.get("units") or {}
+            m["fig_profile"] = fig(f"{method}-profile", F.profile_heatmap(prof, names, labels_of, units, k_star),
+                                   f"{title}, k={k_star}: each segment against the rest of the customers. Red: "
+                                   "more than the rest, blue: less; the numbers are the segment's median or share.")
+            if ctx["used"]["numeric"]:
+                m["fig_distributions"] = fig(f"{method}-distributions",
+                                             F.distributions(prof, names, labels_of, units, k_star),
+                                             f"{title}, k={k_star}: the middle half of each segment on each "
+                                             "numeric column, beside all customers.")
         methods.append(m)
     ran = [m for m in methods if m["ran"]]
     common_fig = None
@@ -220,11 +238,30 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             [{**a, "a": METHOD_TITLES[a["a"]], "b": METHOD_TITLES[a["b"]]} for a in comparison["agreement_chosen"]]),
             "Adjusted Rand index between the methods' segmentations at their recommended k.")
     notebooks = export_notebooks(layout, report_dir, cells)
+    outcome = outcome_info(layout, ctx, comparison)
+    rates_of = _rates_reader(layout, outcome)
+    for m in ran:  # the outcome per segment of each method's chosen k, on its cards
+        rates = {r["segment"]: r for r in (rates_of(m["key"], m["value"]) or [])}
+        for card in (m["chosen"].get("personas") or []):
+            card["outcome"] = rates.get(card["segment"])
+    downloads = write_downloads(layout, report_dir, ctx, cells, outcome, rates_of,
+                                bool(params.get("publish_assignments")))
+    for m in ran:
+        m["downloads"] = downloads.get(f"{m['key']}-{cell_id(m['value'], m['grid'])}")
+        cards = m["chosen"].get("personas") or []
+        if outcome and any(c.get("outcome") for c in cards):
+            label = f"{outcome['column']} = {outcome['positive']}"
+            m["fig_outcome"] = fig(f"{m['key']}-outcome", F.outcome_bars(cards, m["k"], label,
+                                                                          outcome["population_rate"]),
+                                   f"{m['title']}, k={m['k']}: share of customers with {label} in each segment, "
+                                   "with its 95% interval; dashed: all customers.")
     view = {"ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
             "ran": ran, "comparison": comparison, "common_fig": common_fig, "agree_fig": agree_fig,
             "cells": list(cells.values()), "notebooks": notebooks, "labels": labels_of,
             "versions": ctx["versions"], "schema": ctx["schema"], "used": ctx["used"],
-            "titles": METHOD_TITLES, "metrics_rows": table.to_dict(orient="records")}
+            "titles": METHOD_TITLES, "metrics_rows": table.to_dict(orient="records"), "outcome": outcome,
+            "downloads": downloads, "run_name": layout.root.name,
+            "reused": sum(1 for c in manifest.get("cells", {}).values() if c.get("reused"))}
     pages = {}
     for page in PAGES:
         if page in REGISTRY:
@@ -248,25 +285,45 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     return {"pages": list(pages), "figures": fig.written}
 
 
+def outcome_info(layout: RunLayout, ctx: dict, comparison: dict) -> dict | None:
+    """The outcome the report compares (never fitted): its column, positive level, overall rate, whether
+    it was given or detected by its name."""
+    oc = comparison.get("outcome")
+    if not oc or not layout.outcome.exists():
+        return None
+    return {"column": ctx["data"].get("outcome"), "source": ctx["data"].get("outcome_source") or "given",
+            "positive": oc["positive"], "population_rate": oc["population_rate"]}
+
+
+def _rates_reader(layout: RunLayout, outcome: dict | None):
+    """(method, value) -> the outcome's rate, interval and lift per segment (compare.segment_rates)."""
+    from .compare import segment_rates
+
+    if outcome is None:
+        return lambda method, value: None
+    positive = (pd.read_parquet(layout.outcome)["outcome"].astype(str).to_numpy() == outcome["positive"]).astype(float)
+
+    def rates(method: str, value: int) -> list[dict] | None:
+        path = layout.cell(method, value, get(method).grid) / LABELS
+        if not path.exists():
+            return None
+        return segment_rates(positive, pd.read_parquet(path, columns=["segment"])["segment"].to_numpy())
+    return rates
+
+
 def _clean_stale(folder: Path, keep: set[str]) -> None:
     for f in folder.glob("*"):
         if f.name.split(".")[0] not in keep:
             f.unlink()
 
 
-def csv_safe(v):
-    """Neutralise spreadsheet formulas: cells starting with = + - @ get a leading apostrophe."""
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + v
-    return v
-
-
 def export_csv(layout: RunLayout, report_dir: Path, table: pd.DataFrame) -> None:
+    """Every cell's metrics, rounded for people (the exact values stay in results/<run>/metrics.parquet)."""
     out = table.copy()
     for c in out.columns:
-        if out[c].dtype == object:
-            out[c] = out[c].map(csv_safe)
-    atomic_write_text(report_dir / "downloads" / "metrics.csv", out.to_csv(index=False))
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].round(4)
+    atomic_write_text(report_dir / "downloads" / "metrics.csv", csv_text(out))
 
 
 def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:

@@ -257,6 +257,16 @@ class RunLayout:
         return self.root / "outcome.parquet"
 
     @property
+    def ids(self) -> Path:
+        """The table's identifier column (when it has a clean one): for assignment files, never fitted."""
+        return self.root / "ids.parquet"
+
+    @property
+    def assignments(self) -> Path:
+        """Per (method, k): who is in which segment, a file a campaign list is made from."""
+        return self.root / "assignments"
+
+    @property
     def context(self) -> Path:
         return self.root / "context.json"
 
