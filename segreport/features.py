@@ -196,8 +196,14 @@ def sample_rows(n: int, size: int, seed: int, strata: np.ndarray | None = None) 
         return np.sort(rng.choice(n, size=size, replace=False))
     picked = []
     values, inverse = np.unique(strata, return_inverse=True)
+    counts = np.bincount(inverse)
+    # proportional allocation by largest remainder: exactly `size` rows (more only where every stratum
+    # needs its one row), never the sum of rounded shares
+    quota = size * counts / n
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[:size - int(take.sum())]] += 1
+    take = np.minimum(np.maximum(take, 1), counts)
     for g in range(len(values)):
         idx = np.flatnonzero(inverse == g)
-        take = max(1, int(round(size * len(idx) / n)))
-        picked.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
+        picked.append(rng.choice(idx, size=int(take[g]), replace=False))
     return np.sort(np.concatenate(picked))

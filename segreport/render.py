@@ -90,6 +90,17 @@ def make_env() -> jinja2.Environment:
 # --------------------------------------------------------------------------- figures
 
 
+def pdf_width_cm(png: Path, text_width: float = 17.0, max_height: float = 21.0) -> float:
+    """A figure's width on the A4 page: its own size (the PNG is drawn at 2x, 96 dpi), at most the text
+    width, and narrower where it would be taller than `max_height` cm."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        w, h = im.size
+    natural = w / 2 / 96 * 2.54
+    return max(4.0, min(text_width, natural, max_height * w / h))
+
+
 class FigureWriter:
     """Writes a figure's Vega-Lite JSON and PNG under report/figures and returns its markdown."""
 
@@ -108,11 +119,12 @@ class FigureWriter:
             atomic_write_text(stamp, spec_json)
         self.written.append(name)
         cap = md_escape(caption)
+        width = pdf_width_cm(png_path)
         block = (
             f"```{{=html}}\n<figure class=\"vega-figure\"><div class=\"vega-chart\" id=\"fig-{name}\"></div>"
             f"<script type=\"application/json\" class=\"vega-spec\" data-target=\"fig-{name}\">{spec_json}</script>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>\n```\n\n"
-            f"::: {{.content-visible when-format=\"pdf\"}}\n![{cap}](figures/{name}.png)\n:::\n"
+            f"::: {{.content-visible when-format=\"pdf\"}}\n![{cap}](figures/{name}.png){{width={width:.1f}cm}}\n:::\n"
         )
         return Markup(block)
 
@@ -370,6 +382,7 @@ def read_quarto(project: Path, profiles: list[str] = ()) -> dict:
     chapters += list(book.get("appendices", []))
     return {"title": book.get("title", "Report"), "subtitle": book.get("subtitle"),
             "chapters": chapters, "output_dir": cfg.get("project", {}).get("output-dir", "_site"),
+            "site_url": book.get("site-url"),
             "output_file": book.get("output-file", "report")}
 
 
@@ -390,10 +403,24 @@ end
 function Link(el)
   if not el.target:match("^%a+://") then
     el.target = el.target:gsub("%.qmd$", ".html"):gsub("%.qmd#", ".html#")
+    if matches("pdf") then
+      -- the PDF travels alone: a link into the site works only as an address of the published site
+      local site = os.getenv("SEGREPORT_SITE_URL")
+      if site and site ~= "" then
+        el.target = site:gsub("/$", "") .. "/report/" .. el.target
+      else
+        return el.content
+      end
+    end
   end
   return el
 end
 function Div(el)
+  if matches("pdf") and el.classes:includes("persona") then
+    -- a persona card stays on one page
+    return {pandoc.RawBlock("typst", "#block(breakable: false, width: 100%, inset: (x: 8pt, y: 6pt), "
+                            .. "stroke: 0.5pt + luma(190), radius: 3pt)["), el, pandoc.RawBlock("typst", "]")}
+  end
   local when = el.attributes["when-format"]
   if when == nil then return nil end
   if el.classes:includes("content-visible") then
@@ -413,6 +440,30 @@ def _pandoc(text: str, to: str, extra: list[str] | None = None) -> str:
         lua.write_text(LUA_FILTER)
         return pypandoc.convert_text(text, to, format="markdown",
                                      extra_args=["--lua-filter", str(lua), "--wrap=none"] + (extra or []))
+
+
+# the PDF as a document: A4, ragged right without hyphenation (narrow table cells stay whole words),
+# headings kept with what follows them, figures and tables not split, smaller type in tables
+TYPST_STYLE = """
+#set page(paper: "a4", margin: (x: 2cm, top: 2.2cm, bottom: 2.6cm), numbering: "1")
+#set par(justify: false)
+#set text(hyphenate: false, size: 10pt)
+#show heading: set block(sticky: true)
+#show figure: set block(breakable: false)
+#show table: set text(size: 8pt)
+#show raw: set text(size: 8pt)
+"""
+
+
+def with_document_style(typ: str) -> str:
+    """pandoc's typst document with TYPST_STYLE set after its template's own rules (the later rule wins)."""
+    anchor = "#show: doc => conf("
+    i = typ.find(anchor)
+    if i < 0:
+        return TYPST_STYLE + typ
+    end = typ.find("\n)\n", i)
+    end = len(typ) if end < 0 else end + 3
+    return typ[:end] + TYPST_STYLE + typ[end:]
 
 
 def vega_bundle(path: Path) -> None:
@@ -466,8 +517,9 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
                 f'<title>{html.escape(cfg["title"])}</title><a href="{first}">{html.escape(cfg["title"])}</a>\n')
         # one PDF of the whole report: pages concatenated, titles as level-1 headings
         combined = "\n\n".join(f"# {md_escape(p['title'])}\n\n{p['body']}" for p in pages)
-        typ = _pandoc(combined, "typst", ["--standalone", "--toc", f"--metadata=title:{cfg['title']}",
-                                          "--shift-heading-level-by=0"])
+        os.environ["SEGREPORT_SITE_URL"] = cfg.get("site_url") or ""
+        typ = with_document_style(_pandoc(combined, "typst", ["--standalone", "--toc", f"--metadata=title:{cfg['title']}",
+                                                             "--shift-heading-level-by=0"]))
         build = report_dir / ".build.typ"
         build.write_text(typ, encoding="utf-8")
         try:
