@@ -23,7 +23,8 @@ EPILOG_RUN = """examples:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default=None, help="parameters file (YAML); default: params.yml if present")
+    p.add_argument("--params", default=None, help="parameters file (YAML); default: $SEGREPORT_PARAMS if set, "
+                                                  "else params.yml if present")
     p.add_argument("--data", help="customer table: CSV (delimiter detected) or Parquet; 'demo' = generated demo data")
     p.add_argument("--run", help="run name: results go to <results>/<run>/ (default: the data file's stem)")
     p.add_argument("--results", help="folder for run results (default: results)")
@@ -64,8 +65,10 @@ RUN_KEYS = ["data", "run", "results", "site", "methods", "k", "seed", "workers",
 def _params(ns, extra: dict | None = None):
     from .config import load_params
 
-    path = ns.params
-    if path is None:
+    import os
+
+    path = ns.params or os.environ.get("SEGREPORT_PARAMS") or None  # the variable: where a command is fixed
+    if path is None:                                                  # (Quarto's pre-render, a CI job)
         from .resources import DEFAULT_PARAMS
 
         path = "params.yml" if Path("params.yml").exists() else DEFAULT_PARAMS

@@ -1,31 +1,103 @@
-"""What the analysis notebooks display: small tables read from a cell's results (aggregates only)."""
+"""What the analysis notebooks display: small tables and one chart read from a cell's results (aggregates only).
+
+The notebooks are records: their numbers are formatted as the report formats them, the values a
+record ran with are restated plainly, no warning box clutters them, and no local path is shown.
+"""
 
 from __future__ import annotations
+
+import warnings
+from pathlib import Path
 
 import pandas as pd
 
 from .methods import get
-from .store import PERSONAS, SHAP, RunLayout
+from .store import PERSONAS, SHAP, RunLayout, read_json
 
 
-def metrics_table(metrics: dict) -> pd.DataFrame:
+def quiet() -> None:
+    """No warning boxes in a record: tqdm's 'IProgress not found' (no widgets in a papermill kernel) and
+    libraries' deprecation notices say nothing about the analysis."""
+    try:
+        from tqdm import TqdmWarning
+
+        warnings.filterwarnings("ignore", category=TqdmWarning)
+    except ImportError:  # pragma: no cover
+        pass
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+quiet()
+
+
+def _num(v) -> str:
+    from .render import num
+
+    return num(v)
+
+
+def _table(rows: list[tuple[str, str]], label: str = "value"):
+    df = pd.DataFrame(rows, columns=["", label]).set_index("")
+    df.index.name = None
+    return df.style.set_properties(**{"text-align": "right"})
+
+
+def parameters(run_dir, method: str, value) -> "pd.io.formats.style.Styler":
+    """The values this record ran with (papermill's injected cell), said plainly: no local path."""
+    m = get(method)
+    ctx = read_json(RunLayout(run_dir).context)
+    data = ctx.get("data") or {}
+    rows = [("method", f"{m.display} ({method})"), (m.grid_label, _num(value)),
+            ("run", Path(run_dir).name), ("customers", _num(data.get("rows"))),
+            ("seed", str(ctx.get("params", {}).get("seed", "")))]
+    return _table(rows)
+
+
+def metrics_table(metrics: dict):
     rows = [("rows", metrics["rows"]), ("segments", metrics["k"]),
             ("fitted rows (outliers excluded)", metrics["fitted_rows"]),
             (metrics["cost_name"], metrics["cost"]), ("LightGBM CV accuracy", metrics["lgbm_accuracy"])]
     for space in ("own", "common"):
         for m in ("silhouette", "davies_bouldin", "calinski_harabasz"):
-            rows.append((f"{m} ({space} space)", metrics[space].get(m)))
-    return pd.DataFrame(rows, columns=["metric", "value"]).set_index("metric")
+            rows.append((f"{m.replace('_', '-')} ({space} space)", metrics[space].get(m)))
+    fmt = [(name, f"{100 * v:.1f}%" if name.startswith("LightGBM") and v is not None
+            else ("–" if v is None else _num(v))) for name, v in rows]
+    return _table(fmt)
+
+
+def chart(run_dir, method: str, value, metrics: dict):
+    """Segment sizes beside the cell's scores (silhouette in both spaces, LightGBM accuracy, stability),
+    as a PNG: it shows wherever the notebook is opened, offline included."""
+    import altair as alt
+    from IPython.display import Image
+
+    from . import figures as F
+
+    cards = RunLayout(run_dir).read_cell(method, value, PERSONAS, get(method).grid)
+    sizes = F.sizes_bar(cards, metrics["k"]).properties(width=300, title="Segment sizes")
+    stab = (metrics.get("stability") or {}).get("ari_mean")
+    scores = [("silhouette (own space)", metrics["own"].get("silhouette")),
+              ("silhouette (common space)", metrics["common"].get("silhouette")),
+              ("LightGBM CV accuracy", metrics.get("lgbm_accuracy")), ("stability (mean ARI)", stab)]
+    df = pd.DataFrame([{"score": n, "value": float(v)} for n, v in scores if v is not None])
+    bars = alt.Chart(df).mark_bar(color="#2c5d8f").encode(
+        x=alt.X("value:Q", scale=alt.Scale(domain=[min(0.0, df.value.min()), 1]), title=None),
+        y=alt.Y("score:N", sort=None, title=None))
+    text = bars.mark_text(align="left", dx=3).encode(text=alt.Text("value:Q", format=".3f"))
+    both = alt.hconcat(sizes, (bars + text).properties(width=220, height=18 * len(df) + 20,
+                                                       title="Scores (higher is better)"))
+    return Image(data=F.to_png(F.to_spec(both), scale=1.5), format="png")
 
 
 def personas_table(run_dir, method: str, value: int) -> pd.DataFrame:
     cards = RunLayout(run_dir).read_cell(method, value, PERSONAS, get(method).grid)
-    return pd.DataFrame([{"segment": c["segment"] + 1, "size": c["size"], "share": round(c["share"], 3),
+    return pd.DataFrame([{"segment": c["segment"] + 1, "customers": _num(c["size"]), "share": f"{100 * c['share']:.1f}%",
                           "persona": c["name"]} for c in cards]).set_index("segment")
 
 
-def shap_table(run_dir, method: str, value: int) -> pd.DataFrame:
+def shap_table(run_dir, method: str, value: int):
     shap = RunLayout(run_dir).read_cell(method, value, SHAP, get(method).grid)["mean_abs_shap"]
     df = pd.DataFrame(shap)
     df.columns = [f"segment {int(c) + 1}" for c in df.columns]
-    return df.round(4)
+    return df.style.format("{:.3f}")

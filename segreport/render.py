@@ -287,7 +287,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
         else:
             text = env.get_template(f"pages/{page}.qmd.j2").render(view)
         pages[page] = text
-        atomic_write_text(report_dir / f"{page}.qmd", text)
+        atomic_write_text(page_path(report_dir, page), text)
     from .track import write_page  # the tracking page, only when the run has snapshots (segreport track)
 
     if write_page(layout, report_dir, env, fig):
@@ -340,6 +340,7 @@ def export_csv(layout: RunLayout, report_dir: Path, table: pd.DataFrame) -> None
 
 def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
     """Executed notebooks copied beside the report, with an HTML rendering (nbconvert), reused if unchanged."""
+    import nbformat
     from nbconvert import HTMLExporter
 
     out_dir = report_dir / "notebooks"
@@ -351,14 +352,15 @@ def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
         if not src.exists():
             continue
         name = cell["notebook_name"]
-        digest = sha256_file(src)
+        digest = f"{sha256_file(src)}:{PUBLISH_VERSION}"  # a new scrubbing rule re-exports
         stamp = out_dir / f"{name}.sha256"
         if not (stamp.exists() and stamp.read_text() == digest and (out_dir / f"{name}.html").exists()):
             if exporter is None:
                 exporter = HTMLExporter(template_name="lab")
-            body, _ = exporter.from_filename(str(src))
-            atomic_write_text(out_dir / f"{name}.html", body)
-            atomic_copy(src, out_dir / f"{name}.ipynb")
+            record = publishable_notebook(src, layout, report_dir, name)
+            body, _ = exporter.from_notebook_node(nbformat.reads(record, as_version=4))
+            atomic_write_text(out_dir / f"{name}.html", scrub_paths(body, local_paths(layout, report_dir)))
+            atomic_write_text(out_dir / f"{name}.ipynb", record)
             atomic_write_text(stamp, digest)
         found[name] = True
     for f in out_dir.glob("*"):
@@ -484,11 +486,11 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
     try:
         pages = []
         for ch in cfg["chapters"]:
-            src = project / ch
+            src = chapter_source(project, ch)
             if not src.exists():
                 raise SegreportError(f"{src}: page listed in _quarto.yml is missing; run `segreport run` first")
             front, body = _split_front(src.read_text(encoding="utf-8"))
-            pages.append({"src": src, "rel": Path(ch).with_suffix(".html"), "title": front.get("title", src.stem),
+            pages.append({"src": project / ch, "rel": Path(ch).with_suffix(".html"), "title": front.get("title", src.stem),
                           "body": body})
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
         layout = env.get_template("site/layout.html.j2")
@@ -530,6 +532,7 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
             build.unlink(missing_ok=True)
         (tmp_site / f"{cfg['output_file']}.pdf").write_bytes(pdf)
         (tmp_site / ".nojekyll").write_text("")
+        publish_modes(tmp_site)  # mkdtemp made the folder 0700: served, it would answer 403
         # swap the finished site in: readers never see a half-written _site
         old = None
         if site.exists():
@@ -558,6 +561,7 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
             atomic_copy(f, project / f.name)
     report_dir = project / "report"
     vega_bundle(report_dir / "assets" / "vega-bundle.js")
+    write_stubs(report_dir)  # the chapters _quarto.yml lists (committed in the repository: unchanged there)
     t0 = time.perf_counter()
     facts = build_pages(layout, report_dir)
     if not build_site:
@@ -576,3 +580,117 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
                          profiles)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+# --------------------------------------------------------------------------- publishing: chapters, paths, modes
+#
+# Quarto resolves a book's chapters before it runs the pre-render script (quarto-cli #11567), so the chapters
+# listed in _quarto.yml are fixed stubs committed in report/: each shows, when Quarto renders it, the page
+# that `segreport run` wrote in report/_pages/ (ignored by git). A run changes no tracked file.
+
+PAGES_DIR = "_pages"
+PUBLISH_VERSION = "2"  # bump when publishable_notebook changes what it writes
+_STUB_CODE = '''```{{python}}
+#| echo: false
+#| output: asis
+# segreport writes this page in report/{pages}/ (`segreport run`, or Quarto's pre-render); show it here
+import pathlib, re
+page = pathlib.Path("{pages}/{page}.qmd")
+if page.exists():
+    print(re.sub(r"\\A---\\n.*?\\n---\\n", "", page.read_text(encoding="utf-8"), count=1, flags=re.S))
+else:
+    print("This page has not been written yet: run `segreport run` (or `quarto render` of the whole project).")
+```
+'''
+
+
+def page_path(report_dir: Path, page: str) -> Path:
+    """Where build_pages writes a page: report/_pages/<page>.qmd (report/<page>.qmd is its fixed stub)."""
+    return Path(report_dir) / PAGES_DIR / f"{page}.qmd"
+
+
+def page_title(page: str) -> str:
+    """A page's title as its template's front matter sets it (method pages: the method's name)."""
+    name = "method" if page in REGISTRY else page
+    src = (TEMPLATES / "pages" / f"{name}.qmd.j2").read_text(encoding="utf-8")
+    front, _ = _split_front(src.split("\n---\n", 1)[0] + "\n---\n")
+    title = str(front.get("title", page))
+    if "{{" in title:
+        title = jinja2.Template(title).render(m={"title": METHOD_TITLES.get(page, page)})
+    return title
+
+
+def stub_text(page: str) -> str:
+    """The committed chapter report/<page>.qmd: its title, and a cell that shows report/_pages/<page>.qmd."""
+    title = page_title(page).replace("\\", "\\\\").replace('"', '\\"')
+    return (f'---\ntitle: "{title}"\n'
+            "# a fixed chapter (segreport.render.stub_text): Quarto needs it before its pre-render writes the page\n"
+            f"---\n\n{_STUB_CODE.format(pages=PAGES_DIR, page=page)}")
+
+
+def stub_pages() -> list[str]:
+    return [*PAGES, "tracking"]
+
+
+def write_stubs(report_dir: Path) -> None:
+    """The chapter stubs in report/, where missing or different (in the repository they are committed)."""
+    for page in stub_pages():
+        path = Path(report_dir) / f"{page}.qmd"
+        text = stub_text(page)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+
+
+def chapter_source(project: Path, chapter: str) -> Path:
+    """The markdown of a chapter for the built-in renderer: the page a stub shows, else the chapter itself."""
+    ch = Path(project) / chapter
+    generated = page_path(ch.parent, ch.stem)
+    return generated if generated.exists() else ch
+
+
+def local_paths(layout: RunLayout, report_dir: Path) -> list[tuple[str, str]]:
+    """(absolute local path, what a published file says instead), longest first."""
+    project = Path(report_dir).resolve().parent
+    run = Path(layout.root).resolve()
+    try:
+        run_name = run.relative_to(project).as_posix()
+    except ValueError:
+        run_name = f"<run folder {run.name}>"
+    pairs = {str(run): run_name, str(project): ".", str(Path(__file__).resolve().parent): "segreport",
+             sys.prefix: "<python environment>", sys.base_prefix: "<python>"}
+    for path, name in list(pairs.items()):  # the same folders as the kernel may have spelled them
+        real = os.path.realpath(path)
+        pairs.setdefault(real, name)
+    return sorted(((p, n) for p, n in pairs.items() if len(p) > 1), key=lambda x: -len(x[0]))
+
+
+def scrub_paths(text: str, pairs: list[tuple[str, str]]) -> str:
+    for path, name in pairs:
+        text = text.replace(path, name)
+    return text
+
+
+def publishable_notebook(src: Path, layout: RunLayout, report_dir: Path, name: str) -> str:
+    """An executed notebook as published: papermill's paths relative, no absolute local path anywhere."""
+    import json
+
+    nb = json.loads(Path(src).read_text(encoding="utf-8"))
+    pm = nb.get("metadata", {}).get("papermill")
+    if pm:
+        pm["input_path"] = f"analysis/{Path(pm.get('input_path') or '').name}"
+        pm["output_path"] = f"notebooks/{name}.ipynb"
+        pm.pop("environment_variables", None)
+    return scrub_paths(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", local_paths(layout, report_dir))
+
+
+def publish_modes(tree: Path) -> None:
+    """The usual modes of a served site: folders 0755, files 0644, whatever the umask or mkdtemp made."""
+    tree = Path(tree)
+    os.chmod(tree, 0o755)
+    for root, dirs, files in os.walk(tree):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            path = os.path.join(root, f)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)

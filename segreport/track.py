@@ -708,9 +708,11 @@ def _reason_text(r: dict) -> str:
 
 
 def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
-    """report/tracking.qmd from tracking.json (and its figures), when the run has snapshots scored with
+    """report/_pages/tracking.qmd from tracking.json (and its figures), when the run has snapshots scored with
     its current fit; else no tracking page (a stale one is removed). True if the page was written."""
-    page = Path(report_dir) / "tracking.qmd"
+    from .render import page_path
+
+    page = page_path(report_dir, "tracking")
     view = page_view(layout, fig)
     if view is None:
         page.unlink(missing_ok=True)

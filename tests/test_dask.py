@@ -170,7 +170,7 @@ def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path):
         assert metrics["algorithm"] == "MiniBatchKMeans"
         assert metrics["lgbm_engine"] == "lightgbm.dask" and metrics["lgbm_validation"] == "holdout"
         assert metrics["lgbm_holdout_rows"] + metrics["lgbm_cv_rows"] == 300 and metrics["lgbm_accuracy"] > 0.5
-        page = (wd / "report" / f"{m}.qmd").read_text()
+        page = (wd / "report" / "_pages" / f"{m}.qmd").read_text()
         assert "took the **scalable path**" in page and "MiniBatchKMeans (mini-batches of 8,192 rows" in page
         assert f"trained with its Dask interface on {metrics['lgbm_cv_rows']} rows" in page
         assert "Cells ran on Dask (a local cluster of 2 workers)" in page
@@ -179,7 +179,7 @@ def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path):
               "--workers", "2")
     metrics = json.loads((run / "cells" / "kmeans" / "k3" / "metrics.json").read_text())
     assert metrics["algorithm"] == "KMeans (Lloyd)" and metrics["lgbm_engine"] == "lightgbm"
-    assert "below the scale threshold of 200,000" in (wd / "report" / "kmeans.qmd").read_text()
+    assert "below the scale threshold of 200,000" in (wd / "report" / "_pages" / "kmeans.qmd").read_text()
 
 
 def test_local_cluster_settings():
