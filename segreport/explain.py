@@ -228,7 +228,6 @@ def rule_tree(frame: pd.DataFrame, labels: np.ndarray, categorical: list[str], m
 def _tree_rules(tree, X: pd.DataFrame, y: np.ndarray, dummies: dict, levels: dict) -> list[dict]:
     t = tree.tree_
     names = list(X.columns)
-    leaf_of = tree.apply(X)
     cuts: dict[tuple[str, float], float] = {}
 
     def cut(f: str, thr: float) -> float:
@@ -241,11 +240,21 @@ def _tree_rules(tree, X: pd.DataFrame, y: np.ndarray, dummies: dict, levels: dic
         return cuts[(f, thr)]
 
     out = []
+    reach = tree.decision_path(X).tocsc()
+
+    def one_class(node: int) -> int | None:
+        """The class every leaf under `node` predicts, or None: such a subtree is one rule, since its
+        splits change no prediction (the tree grows them for purity, a reader needs none of them)."""
+        if t.children_left[node] == -1:
+            return int(np.argmax(t.value[node][0]))
+        a, b = one_class(t.children_left[node]), one_class(t.children_right[node])
+        return a if a is not None and a == b else None
 
     def walk(node: int, path: list):
-        if t.children_left[node] == -1:
-            seg = int(tree.classes_[int(np.argmax(t.value[node][0]))])
-            members = leaf_of == node
+        cls = one_class(node)
+        if cls is not None:
+            seg = int(tree.classes_[cls])
+            members = reach[:, node].toarray().ravel().astype(bool)
             conds = _conditions(path, dummies, levels)
             out.append({"segment": seg, "conditions": conds, "text": _rule_text(conds),
                         "rows": int(members.sum()),

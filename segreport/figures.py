@@ -145,7 +145,7 @@ def outcome_bars(cards: list[dict], k: int, outcome_label: str, population_rate:
 
 
 def profile_heatmap(profile: dict, names: dict, labels: dict[str, str], units: dict, k: int,
-                    max_levels: int = 14) -> alt.Chart:
+                    max_levels: int = 14, binary: set | None = None) -> alt.Chart:
     """Segment against all customers, per column: colour = how far the segment sits from the rest
     (numbers: Cliff's delta; a category level: its share in the segment minus in the rest, both -1..1),
     text = the segment's median or share. Category levels shown: those that differ most somewhere."""
@@ -161,6 +161,8 @@ def profile_heatmap(profile: dict, names: dict, labels: dict[str, str], units: d
     levels = []
     for c in (segs[0]["categorical"] if segs else {}):
         for lv in segs[0]["categorical"][c]:
+            if c in (binary or ()) and lv.lower() in ("no", "false", "0"):
+                continue  # a yes/no column by its share of yes
             spread = max(abs(s["categorical"][c][lv]["effect"]) for s in segs)
             levels.append((spread, c, lv))
     for _, c, lv in sorted(levels, key=lambda t: -t[0])[:max_levels]:
@@ -180,7 +182,8 @@ def profile_heatmap(profile: dict, names: dict, labels: dict[str, str], units: d
                                 title="vs the rest"),
                 tooltip=["segment", "row", alt.Tooltip("text:N", title="segment"),
                          alt.Tooltip("effect:Q", format="+.2f", title="difference (-1..1)")])
-            + base.mark_text(fontSize=9).encode(text="text:N")
+            + base.mark_text(fontSize=9).encode(
+                text="text:N", color=alt.condition("abs(datum.effect) > 0.55", alt.value("white"), alt.value("black")))
             ).properties(title="Each segment against the rest of the customers", width=cell * k,
                          height=18 * len(order))
 

@@ -226,7 +226,8 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
                                  f"{title}, k={k_star}: segment sizes.")
             prof = read_json(layout.cell(method, v_star, meth.grid) / PROFILE)
             units = ctx.get("units") or {}
-            m["fig_profile"] = fig(f"{method}-profile", F.profile_heatmap(prof, names, labels_of, units, k_star),
+            m["fig_profile"] = fig(f"{method}-profile", F.profile_heatmap(prof, names, labels_of, units, k_star,
+                                                                        binary=set(ctx["used"]["binary"])),
                                    f"{title}, k={k_star}: each segment against the rest of the customers. Red: "
                                    "more than the rest, blue: less; the numbers are the segment's median or share.")
             if ctx["used"]["numeric"]:
