@@ -274,7 +274,8 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             "versions": ctx["versions"], "schema": ctx["schema"], "used": ctx["used"],
             "titles": METHOD_TITLES, "metrics_rows": table.to_dict(orient="records"), "outcome": outcome,
             "downloads": downloads, "run_name": layout.root.name,
-            "reused": sum(1 for c in manifest.get("cells", {}).values() if c.get("reused"))}
+            "reused": sum(1 for c in manifest.get("cells", {}).values() if c.get("reused")),
+            "verdict_grid": verdict_grid((comparison.get("verdict") or {}).get("table") or [])}
     pages = {}
     for page in PAGES:
         if page in REGISTRY:
@@ -296,6 +297,19 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     export_csv(layout, report_dir, table)
     _clean_stale(report_dir / "figures", set(fig.written))
     return {"pages": list(pages), "figures": fig.written}
+
+
+def verdict_grid(rows: list[dict]) -> dict:
+    """The verdict's long table (method, k, criterion, value, best) as one row per (method, k) and one
+    column per criterion, so each number appears once."""
+    columns, grid = [], {}
+    for r in rows:
+        col = f"{r['measure']} ({r['space']})" if r.get("space") else r["measure"]
+        if col not in columns:
+            columns.append(col)
+        cell = grid.setdefault((r["method"], r["k"]), {"method": r["method"], "k": r["k"], "values": {}})
+        cell["values"][col] = {"value": r["value"], "best": bool(r.get("best"))}
+    return {"columns": columns, "rows": sorted(grid.values(), key=lambda c: (c["k"], c["method"]))}
 
 
 def outcome_info(layout: RunLayout, ctx: dict, comparison: dict) -> dict | None:
