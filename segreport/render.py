@@ -345,7 +345,7 @@ def _clean_stale(folder: Path, keep: set[str]) -> None:
 
 
 def export_csv(layout: RunLayout, report_dir: Path, table: pd.DataFrame) -> None:
-    """Every cell's metrics, rounded for people (the exact values stay in results/<run>/metrics.parquet)."""
+    """Every cell's metrics, rounded for people (the exact values stay in results/<run>/comparison/metrics.parquet)."""
     out = table.copy()
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c]):
