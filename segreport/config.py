@@ -76,7 +76,7 @@ class KPrototypesParams(_Strict):
 class LLMParams(_Strict):
     model: str = DEFAULT_MODEL
     template: str = "templates/row_text.j2"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8"] = "auto"
     batch_size: int = Field(128, ge=1)
     normalize: bool = True
     outliers: Literal["ecod", "none"] = "none"

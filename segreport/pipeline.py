@@ -224,7 +224,8 @@ def build_space(method: str, params: Params, table: Table, layout: RunLayout, fp
         einfo_texts = round(time.perf_counter() - t_texts, 3)
         emb, einfo = embed_texts(texts, params.llm.model, params.llm.precision, params.llm.batch_size,
                                  params.llm.normalize, cache_dir=params.cache_dir, progress=progress,
-                                 seed=params.seed, run_parts=run_parts, part_rows=params.llm.part_rows)
+                                 seed=params.seed, run_parts=run_parts, part_rows=params.llm.part_rows,
+                                 gate_k=params.k, gate_n_init=params.llm.n_init)
         atomic_write_npy(d / "X.npy", emb)
         info.update(embedding=einfo, dims=int(emb.shape[1]), example_text=texts[0] if texts else "",
                     texts_seconds=einfo_texts)
