@@ -159,8 +159,14 @@ def _structure(st) -> dict:
     return {"normalize": "Normalize" in names[2:]}
 
 
+def _tokenize(st, texts: list[str]) -> dict:
+    """The model's own preprocessing (sentence-transformers 6 calls it preprocess; older versions tokenize)."""
+    fn = getattr(st, "preprocess", None) or st.tokenize
+    return fn(texts)
+
+
 def _input_names(st) -> list[str]:
-    return [k for k in st.tokenize(["a"]).keys() if k in ("input_ids", "attention_mask", "token_type_ids")]
+    return [k for k in _tokenize(st, ["a"]).keys() if k in ("input_ids", "attention_mask", "token_type_ids")]
 
 
 def _export_onnx(st, out: Path) -> dict:
@@ -188,7 +194,7 @@ def _export_onnx(st, out: Path) -> dict:
             mask = kw["attention_mask"].unsqueeze(-1).to(h.dtype)
             return (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    ex = st.tokenize(["an example sentence to trace", "a second one"])
+    ex = _tokenize(st, ["an example sentence to trace", "a second one"])
     args = tuple(ex[n] for n in names)
     axes = {n: {0: "batch", 1: "tokens"} for n in names}
     axes["sentence_embedding"] = {0: "batch"}
@@ -307,7 +313,7 @@ def _batches(st, texts: list[str], batch_size: int, names: list[str]):
     order = np.argsort([-len(t) for t in texts], kind="stable")
     for lo in range(0, len(texts), batch_size):
         idx = order[lo:lo + batch_size]
-        feats = st.tokenize([texts[i] for i in idx])
+        feats = _tokenize(st, [texts[i] for i in idx])
         yield idx, {n: np.ascontiguousarray(feats[n].numpy().astype(np.int64)) for n in names}
 
 
