@@ -1,12 +1,14 @@
 """Method 3's feature space: each row rendered to text, embedded by a sentence model.
 
 Texts come from a Jinja template (templates/row_text.j2 by default, or one
-generated from the schema). Identical texts are embedded once; on CPUs with
-native bf16 (AMX / AVX-512 BF16) the model runs under bf16 autocast, checked
-against fp32 on a sample of every part. Embeddings are cached on disk as
-partitioned parquet (one file per part of 8,192 distinct texts, named by the
-hash of model, precision and texts), so a rerun embeds nothing, an interrupted
-run resumes, and the Dask executor embeds the parts on its workers.
+generated from the schema). Identical texts are embedded once, by one of the
+paths in embed_fast (PyTorch fp32 / bf16, ONNX Runtime, OpenVINO, int8):
+`precision: auto` takes the fastest that passes the fidelity gate against fp32
+on this machine, and every part of a reduced path is checked against fp32 on a
+sample. Embeddings are cached on disk as partitioned parquet (one file per part
+of 8,192 distinct texts, named by the path and the hash of model, exported model
+and texts), so a rerun embeds nothing, an interrupted run resumes, and the Dask
+executor embeds the parts on its workers.
 """
 
 from __future__ import annotations
