@@ -26,7 +26,7 @@ DEFAULT_TEMPLATE = "templates/row_text.j2"
 class LLMParams(Strict):
     model: str = DEFAULT_MODEL
     template: str = DEFAULT_TEMPLATE
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8"] = "auto"
     batch_size: int = Field(128, ge=1)
     normalize: bool = True
     outliers: Literal["ecod", "none"] = "none"
@@ -93,7 +93,8 @@ class LLMMethod(Method):
         t_texts = round(time.perf_counter() - t0, 3)
         emb, einfo = embed_texts(texts, lp.model, lp.precision, lp.batch_size, lp.normalize,
                                  cache_dir=env.cache_dir, progress=env.progress, seed=env.seed,
-                                 run_parts=env.run_parts, part_rows=lp.part_rows)
+                                 run_parts=env.run_parts, part_rows=lp.part_rows,
+                                 gate_k=params.k, gate_n_init=lp.n_init)
         return Space({"X": emb}, None, {"embedding": einfo, "dims": int(emb.shape[1]),
                                         "example_text": texts[0] if texts else "", "texts_seconds": t_texts},
                      outlier_X=emb)
