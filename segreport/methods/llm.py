@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import Field
 
 from .. import SegreportError
+from ..embed_fast import PATHS
 from .base import Method, Space, Strict
 from .kmeans import kmeans_estimator
 
@@ -26,7 +27,7 @@ DEFAULT_TEMPLATE = "templates/row_text.j2"
 class LLMParams(Strict):
     model: str = DEFAULT_MODEL
     template: str = DEFAULT_TEMPLATE
-    precision: Literal["auto", "bf16", "fp32", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8"] = "auto"
+    precision: Literal[("auto",) + PATHS] = "auto"  # auto: the fastest path that passes the fidelity gate (embed_fast)
     batch_size: int = Field(128, ge=1)
     normalize: bool = True
     outliers: Literal["ecod", "none"] = "none"
