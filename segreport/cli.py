@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import SegreportError, __version__
+from .embed_fast import PATHS
 from .methods import DEFAULT_METHODS, REGISTRY
 
 EPILOG_RUN = """examples:
@@ -48,8 +49,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                                      "(default: a two-valued column named like an outcome, such as y, target, "
                                      "churn, converted or response, as `segreport inspect` shows; 'none': no outcome)")
     p.add_argument("--model", dest="llm.model", help="sentence-transformers model name or folder (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--precision", dest="llm.precision", choices=["auto", "bf16", "fp32"],
-                   help="embedding arithmetic: auto = bf16 where the CPU has it natively")
+    p.add_argument("--precision", dest="llm.precision", choices=("auto",) + PATHS,
+                   help="embedding path: auto = the fastest that passes the fidelity gate against fp32 on this machine")
     p.add_argument("--kprototypes-engine", dest="kprototypes.engine", choices=["fast", "kmodes"],
                    help="K-Prototypes implementation: segreport's vectorised one or the kmodes package")
 

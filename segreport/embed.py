@@ -1,12 +1,14 @@
 """Method 3's feature space: each row rendered to text, embedded by a sentence model.
 
 Texts come from a Jinja template (templates/row_text.j2 by default, or one
-generated from the schema). Identical texts are embedded once; on CPUs with
-native bf16 (AMX / AVX-512 BF16) the model runs under bf16 autocast, checked
-against fp32 on a sample of every part. Embeddings are cached on disk as
-partitioned parquet (one file per part of 8,192 distinct texts, named by the
-hash of model, precision and texts), so a rerun embeds nothing, an interrupted
-run resumes, and the Dask executor embeds the parts on its workers.
+generated from the schema). Identical texts are embedded once, by one of the
+paths in embed_fast (PyTorch fp32 / bf16, ONNX Runtime, OpenVINO, int8):
+`precision: auto` takes the fastest that passes the fidelity gate against fp32
+on this machine, and every part of a reduced path is checked against fp32 on a
+sample. Embeddings are cached on disk as partitioned parquet (one file per part
+of 8,192 distinct texts, named by the path and the hash of model, exported model
+and texts), so a rerun embeds nothing, an interrupted run resumes, and the Dask
+executor embeds the parts on its workers.
 """
 
 from __future__ import annotations
@@ -178,22 +180,35 @@ class EmbeddingPlan:
     reads it instead of embedding it again.
     """
 
-    def __init__(self, texts: list[str], model_name: str, precision: str, folder: Path, part_rows: int | None = None):
-        part_rows = part_rows or PART_ROWS
+    def __init__(self, texts: list[str], model_name: str, precision: str, folder: Path, part_rows: int | None = None,
+                 model_dir: str | None = None):
+        self.part_rows = part_rows or PART_ROWS
         uniq, self.inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         self.texts = [str(u) for u in uniq]
         self.rows = len(texts)
         self.model = model_name
-        self.bf16 = {"auto": cpu_has_bf16(), "bf16": True, "fp32": False}[precision]
         self.folder = Path(folder)
+        self.use(precision, model_dir)
+
+    def use(self, precision: str, model_dir: str | None = None) -> None:
+        """Name the parts for this path: the file name carries the path, so parts of different paths never mix."""
+        from .embed_fast import PATHS, default_path
+
+        precision = default_path() if precision == "auto" else precision
+        if precision not in PATHS:
+            raise SegreportError(f"unknown embedding precision '{precision}'; one of auto, {', '.join(PATHS)}")
+        self.precision, self.model_dir = precision, model_dir
+        self.bf16 = precision == "bf16"
+        variant = Path(model_dir).name if model_dir else ""  # the exported model's hash (int8: its calibration too)
         self.parts = []
-        for lo in range(0, len(self.texts), part_rows):
-            chunk = self.texts[lo:lo + part_rows]
-            h = hashlib.sha256(f"{model_name}|{'bf16' if self.bf16 else 'fp32'}\n".encode())
+        for lo in range(0, len(self.texts), self.part_rows):
+            chunk = self.texts[lo:lo + self.part_rows]
+            h = hashlib.sha256(f"{self.model}|{precision}|{variant}\n".encode())
             for t in chunk:
                 h.update(t.encode())
                 h.update(b"\0")
-            self.parts.append({"lo": lo, "hi": lo + len(chunk), "path": self.folder / f"part-{h.hexdigest()[:24]}.parquet"})
+            self.parts.append({"lo": lo, "hi": lo + len(chunk),
+                               "path": self.folder / f"part-{precision}-{h.hexdigest()[:24]}.parquet"})
 
     def missing(self) -> list[dict]:
         return [p for p in self.parts if not p["path"].exists()]
@@ -202,34 +217,39 @@ class EmbeddingPlan:
         return self.texts[part["lo"]:part["hi"]]
 
 
-def embed_part(texts: list[str], model_name: str, bf16: bool, batch_size: int, path: str | Path,
-               seed: int = 0, threads: int | None = None) -> dict:
-    """Embed one part of distinct texts (unnormalised) and write it as a parquet file, atomically.
+def embed_part(texts: list[str], model_name: str, precision: str | bool, batch_size: int, path: str | Path,
+               seed: int = 0, threads: int | None = None, model_dir: str | None = None) -> dict:
+    """Embed one part of distinct texts and write it as a parquet file, atomically.
 
-    Runs wherever a part is sent: in this process, or on a Dask worker, where the model is
-    loaded once per worker process and reused for every part that worker gets.
+    `precision` is an embedding path (embed_fast.PATHS; True / False mean bf16 / fp32); exported
+    paths load their model from `model_dir`. Runs wherever a part is sent: in this process, or on
+    a Dask worker, where the model is loaded once per worker process and reused for every part.
     """
     import platform
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import torch
+
+    from .embed_fast import get_encoder
 
     path = Path(path)
     if path.exists():  # another task or run wrote it meanwhile
         return part_meta(path)
+    if isinstance(precision, bool):
+        precision = "bf16" if precision else "fp32"
     if threads:
-        import torch
-
         torch.set_num_threads(int(threads))
-    model = load_model(model_name)
+    encoder = get_encoder(model_name, precision, model_dir, torch.get_num_threads())
     t0 = time.perf_counter()
-    emb = _encode(model, texts, batch_size, bf16, False)
+    emb = encoder(texts, batch_size)
     meta = {"rows": len(texts), "seconds": round(time.perf_counter() - t0, 3), "host": platform.node(),
-            "pid": os.getpid(), "model_loads_in_process": _LOADS.get(model_name, 0), "bf16": bf16}
-    if bf16:  # the same texts in fp32, on a seeded sample of the part
+            "pid": os.getpid(), "model_loads_in_process": _LOADS.get(model_name, 0), "bf16": precision == "bf16",
+            "precision": precision}
+    if precision != "fp32":  # the same texts in fp32, on a seeded sample of the part
         rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(len(texts), size=min(CHECK_PER_PART, len(texts)), replace=False))
-        ref = _encode(model, [texts[i] for i in idx], batch_size, False, False)
+        ref = _encode(load_model(model_name), [texts[i] for i in idx], batch_size, False, False)
         a = emb[idx]
         cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
         meta["check"] = {"sample": int(len(idx)), "min_cosine": float(cos.min()), "sum_cosine": float(cos.sum())}
@@ -267,9 +287,17 @@ def read_part(path: Path, texts: list[str]) -> np.ndarray:
 
 def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batch_size: int = 128,
                 normalize: bool = True, cache_dir: str | Path | None = None, progress: bool = True,
-                seed: int = 0, run_parts=None, part_rows: int | None = None) -> tuple[np.ndarray, dict]:
+                seed: int = 0, run_parts=None, part_rows: int | None = None, gate_k: list[int] | None = None,
+                gate_n_init: int = 10, gate_sample: int | None = None,
+                gate_min_texts: int | None = None) -> tuple[np.ndarray, dict]:
     """Embed texts (distinct ones once) through the partitioned parquet cache. Returns (n, d) float32
     and facts for the manifest.
+
+    precision: "auto", or a path of embed_fast.PATHS. With "auto" and the run's k grid in `gate_k`,
+    the fastest path that passes the fidelity gate on a seeded sample of these texts is used
+    (embed_fast.choose_path; the gate's numbers go into the facts under "gate"); without `gate_k`,
+    or with fewer than `gate_min_texts` distinct texts, auto is bf16 where the CPU has native bf16,
+    else fp32.
 
     Missing parts are embedded here one after another, or by `run_parts(plan, missing, progress)`
     (the Dask executor's: one task per part, spread over the workers). Either way each part
@@ -284,11 +312,31 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
         tmpdir = tempfile.TemporaryDirectory(prefix="segreport-embed-")
         cache_dir = tmpdir.name
     try:
+        from . import embed_fast as ef
+
         plan = EmbeddingPlan(texts, model_name, precision, Path(cache_dir) / "embeddings", part_rows)
+        sample = ef.GATE_SAMPLE if gate_sample is None else int(gate_sample)
+        min_texts = ef.GATE_MIN_TEXTS if gate_min_texts is None else int(gate_min_texts)
+        gate = None
+        if precision == "auto" and gate_k:
+            if len(plan.texts) < min_texts:
+                gate = {"chosen": plan.precision, "skipped": f"{len(plan.texts)} distinct texts, fewer than {min_texts}: "
+                        "the gate would cost more than a faster path saves"}
+            else:
+                load_model(model_name)  # fails early, before the gate
+                gate = ef.choose_path(plan.texts, model_name, gate_k, seed, gate_n_init, cache_dir, batch_size, sample)
+        model_dir = None
+        if plan.precision in ef.EXPORTED_PATHS or (gate and gate["chosen"] in ef.EXPORTED_PATHS):
+            chosen = gate["chosen"] if gate else plan.precision
+            model_dir = ef.model_folder(model_name, chosen, cache_dir, ef.seeded_sample(plan.texts, sample, seed))
+            plan.use(chosen, model_dir)
+        elif gate:
+            plan.use(gate["chosen"])
         missing = plan.missing()
-        info = {"model": model_name, "precision": "bf16" if plan.bf16 else "fp32", "unique_texts": len(plan.texts),
+        info = {"model": model_name, "precision": plan.precision, "unique_texts": len(plan.texts),
                 "rows": len(texts), "parts": len(plan.parts), "parts_embedded": len(missing),
-                "cache": str(plan.folder)}
+                "cache": str(plan.folder), "gate": gate,
+                "exported_model": Path(model_dir).name if model_dir else None}
         t1 = time.perf_counter()
         if missing and run_parts is not None:
             run_parts(plan, missing, progress, batch_size, seed)
@@ -299,7 +347,8 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
             with tqdm(total=sum(p["hi"] - p["lo"] for p in missing), desc="embedding", unit="row",
                       disable=not progress) as bar:
                 for p in missing:
-                    embed_part(plan.texts_of(p), model_name, plan.bf16, batch_size, p["path"], seed=seed)
+                    embed_part(plan.texts_of(p), model_name, plan.precision, batch_size, p["path"], seed=seed,
+                               model_dir=plan.model_dir)
                     bar.update(p["hi"] - p["lo"])
         if missing:
             n_new = sum(p["hi"] - p["lo"] for p in missing)
@@ -323,8 +372,10 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
         checks = [m["check"] for m in metas if m.get("check")]
         if checks:
             n = sum(c["sample"] for c in checks)
-            info["bf16_check"] = {"sample": n, "min_cosine_to_fp32": min(c["min_cosine"] for c in checks),
+            info["fp32_check"] = {"sample": n, "min_cosine_to_fp32": min(c["min_cosine"] for c in checks),
                                   "mean_cosine_to_fp32": sum(c["sum_cosine"] for c in checks) / n}
+            if plan.precision == "bf16":
+                info["bf16_check"] = info["fp32_check"]
         if normalize:
             for lo in range(0, len(emb_u), PART_ROWS):  # in place, block by block
                 block = emb_u[lo:lo + PART_ROWS]

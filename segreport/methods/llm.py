@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import Field
 
 from .. import SegreportError
+from ..embed_fast import PATHS
 from .base import Method, Space, Strict
 from .kmeans import kmeans_estimator
 
@@ -26,7 +27,7 @@ DEFAULT_TEMPLATE = "templates/row_text.j2"
 class LLMParams(Strict):
     model: str = DEFAULT_MODEL
     template: str = DEFAULT_TEMPLATE
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal[("auto",) + PATHS] = "auto"  # auto: the fastest path that passes the fidelity gate (embed_fast)
     batch_size: int = Field(128, ge=1)
     normalize: bool = True
     outliers: Literal["ecod", "none"] = "none"
@@ -93,7 +94,8 @@ class LLMMethod(Method):
         t_texts = round(time.perf_counter() - t0, 3)
         emb, einfo = embed_texts(texts, lp.model, lp.precision, lp.batch_size, lp.normalize,
                                  cache_dir=env.cache_dir, progress=env.progress, seed=env.seed,
-                                 run_parts=env.run_parts, part_rows=lp.part_rows)
+                                 run_parts=env.run_parts, part_rows=lp.part_rows,
+                                 gate_k=params.k, gate_n_init=lp.n_init)
         return Space({"X": emb}, None, {"embedding": einfo, "dims": int(emb.shape[1]),
                                         "example_text": texts[0] if texts else "", "texts_seconds": t_texts},
                      outlier_X=emb)
