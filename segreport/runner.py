@@ -31,7 +31,11 @@ def run(params: Params, progress: bool = True, root: Path = Path("."), build_sit
         def lock(layout):
             # taken once the input is validated, before the first write into the run folder
             stack.enter_context(RunLock(layout.root).acquire(wait=wait))
-            sweep_partial(layout.root)  # a killed run's temporary files: no other run writes here now
+            # a killed run's temporary files: no other run writes here now (`track`'s snapshots/ aside)
+            for stale in layout.root.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+            for sub in ("spaces", "projections", "cells", "comparison"):
+                sweep_partial(layout.root / sub)
 
         if params.executor != "dask":
             return _run(params, progress, root, build_site, workers, None, lock)
