@@ -21,6 +21,8 @@ from .evaluate import stability_class
 GENERIC_LEVELS = {"unknown", "other", "missing", "yes", "no", "none", "n/a", "true", "false"}
 NAME_MIN_SHARE = 0.5  # a segment is named after a level only when at least half of it holds it
 MIN_EFFECT = 0.147  # |Cliff's delta| below this is negligible (Romano et al. 2006)
+NAME_MIN_EFFECT = 0.33  # a number names a segment only from a medium effect on (Romano et al.): a median
+# one year below the average is a trait worth listing, not what the segment is
 CURRENCIES = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "€": "€", "$": "$", "£": "£"}
 
 
@@ -161,7 +163,8 @@ def traits(seg: dict, labels: dict[str, str], units: dict[str, str | None], bina
              "effect_measure": "Cliff's delta, segment vs rest", "median_shift_iqr": v.get("median_shift_iqr"),
              "median": v["median"], "pop_median": v["pop_median"], "mean": v["mean"], "ratio": v["median_ratio"],
              # "High X" holds for the typical member only if the segment's median is on that side
-             "nameable": (v["median"] > v["pop_median"]) if d > 0 else (v["median"] < v["pop_median"]),
+             "nameable": abs(d) >= NAME_MIN_EFFECT and (
+                 (v["median"] > v["pop_median"]) if d > 0 else (v["median"] < v["pop_median"])),
              "binary": False}
         t["phrase"] = _numeric_phrase(t, v)
         out.append(t)
