@@ -19,7 +19,6 @@ training distribution frozen at fit time (not refitted on the new batch).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import joblib
@@ -33,7 +32,6 @@ from .methods import REGISTRY, get
 from .store import LABELS, MODEL, OUTLIER_MODEL, PERSONAS, SPACE_INFO, RunLayout, atomic_write_text, read_json
 
 RESULT_COLUMNS = ("segment", "segment_name", "persona", "outlier", "distance")
-_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
 
 
 def _plural(n: int, word: str) -> str:
@@ -234,8 +232,6 @@ def _safe_cell(v):
     """Spreadsheet formulas neutralised with a leading apostrophe; numbers such as -120 left as numbers."""
     from .downloads import csv_safe
 
-    if isinstance(v, str) and _NUMBER.match(v):
-        return v
     return csv_safe(v)
 
 

@@ -11,6 +11,7 @@ and document dates are fixed).
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -24,9 +25,13 @@ from .store import (LABELS, PERSONAS, PROFILE, RunLayout, atomic_copy, atomic_wr
 FIXED_TIME = datetime(2000, 1, 1)  # spreadsheet document dates: the same bytes for the same results
 
 
+_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
 def csv_safe(v):
-    """Neutralise spreadsheet formulas: cells starting with = + - @ get a leading apostrophe."""
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """Neutralise spreadsheet formulas: cells starting with = + - @ get a leading apostrophe; a number
+    written as text (-1, +3.5) stays a number."""
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER.match(v):
         return "'" + v
     return v
 

@@ -145,6 +145,7 @@ def test_a_run_writes_profiles_assignments_and_a_campaign_list(tmp_path):
     s1 = pd.read_csv(wd / "s1.csv")
     assert len(s1) == (assign.segment == "S1").sum() and set(s1.segment) == {"S1"}
     assert "wrote" in res.stdout and list(s1.columns[:2]) == ["customer_id", "age"]
+    assert pd.api.types.is_numeric_dtype(s1["balance"])  # negative balances stay numbers, not "'-120"
     assert set(s1.customer_id) == set(assign.customer_id[assign.segment == "S1"])
     bad = segreport(wd, "list", "--run", "results/c", "--segment", "S9", "--out", "x.csv", check=False)
     assert bad.returncode == 2 and "S9" in bad.stderr and not (wd / "x.csv").exists()
