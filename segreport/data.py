@@ -419,15 +419,18 @@ def quality(s: pd.Series) -> dict:
 
 
 def _identifier(df: pd.DataFrame, specs: list[ColumnSpec]) -> tuple[str | None, pd.Series | None]:
-    """The first identifier column of the schema, as strings, when no value is missing or repeated."""
-    for spec in specs:
-        if spec.kind == "identifier" and spec.name in df.columns:
-            ids = df[spec.name].reset_index(drop=True)
-            if ids.isna().any():
-                continue
-            ids = ids.astype(str).str.strip()
-            if not ids.duplicated().any():
-                return spec.name, ids
+    """The first identifier column of the schema (else of the file, named like one: customer_id, id, ...),
+    as strings, when no value is missing or repeated."""
+    named = [s.name for s in specs if s.kind == "identifier" and s.name in df.columns]
+    named += [str(c) for c in df.columns if _ID_NAME.search(str(c)) and str(c) not in named
+              and not any(s.name == c and s.use for s in specs)]
+    for name in named:
+        ids = df[name].reset_index(drop=True)
+        if ids.isna().any():
+            continue
+        ids = ids.astype(str).str.strip()
+        if not ids.duplicated().any():
+            return name, ids
     return None, None
 
 

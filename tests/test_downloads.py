@@ -139,7 +139,7 @@ def test_a_run_writes_profiles_assignments_and_a_campaign_list(tmp_path):
     assert "subscribed = yes (%)" in prof.columns and prof["Customers"].iloc[-1] == 300
     assert (wd / "_site" / "report" / "downloads" / "profiles" / "kmeans-k3.xlsx").exists()
     assert not (wd / "_site" / "report" / "downloads" / "assignments").exists()  # no customer rows published
-    overview = (wd / "report" / "index.qmd").read_text()
+    overview = (wd / "report" / "_pages" / "index.qmd").read_text()
     assert "subscribed" in overview and "because of its name" in overview and "segreport list" in overview
     res = segreport(wd, "list", "--run", "results/c", "--segment", "S1", "--out", "s1.csv")
     s1 = pd.read_csv(wd / "s1.csv")
