@@ -260,7 +260,8 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     downloads = write_downloads(layout, report_dir, ctx, cells, outcome, rates_of,
                                 bool(params.get("publish_assignments")))
     for m in ran:
-        m["downloads"] = downloads.get(f"{m['key']}-{cell_id(m['value'], m['grid'])}")
+        m["downloads"] = (downloads.get(f"{m['key']}-{cell_id(m['value'], m['grid'])}")
+                          if m["value"] is not None else None)
         cards = m["chosen"].get("personas") or []
         if outcome and any(c.get("outcome") for c in cards):
             label = f"{outcome['column']} = {outcome['positive']}"
@@ -330,7 +331,9 @@ def _rates_reader(layout: RunLayout, outcome: dict | None):
         return lambda method, value: None
     positive = (pd.read_parquet(layout.outcome)["outcome"].astype(str).to_numpy() == outcome["positive"]).astype(float)
 
-    def rates(method: str, value: int) -> list[dict] | None:
+    def rates(method: str, value: int | None) -> list[dict] | None:
+        if value is None:  # a method without a finished recommended cell
+            return None
         path = layout.cell(method, value, get(method).grid) / LABELS
         if not path.exists():
             return None
