@@ -153,6 +153,11 @@ def assignments_frame(labels: pd.DataFrame, cards: list[dict], ids: pd.DataFrame
     return out
 
 
+def run_ref(layout: RunLayout) -> str:
+    """The run folder as the report names it in commands: results folder and run (results/bank)."""
+    return f"{layout.root.parent.name}/{layout.root.name}"
+
+
 def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict, outcome: dict | None,
                     rates_of, publish_assignments: bool = False) -> dict:
     """Profiles (CSV + XLSX) into report/downloads/profiles/, assignments into results/<run>/assignments/
@@ -172,7 +177,7 @@ def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict,
         grid = get(method).grid
         cdir = layout.cell(method, v, grid)
         name = f"{method}-{cell_id(v, grid)}"
-        cards = read_json(cdir / PERSONAS)
+        cards = cell["personas"]
         frame = profile_frame(read_json(cdir / PROFILE), cards, ctx, rates_of(method, v), outcome)
         text = csv_text(frame)
         atomic_write_text(prof_dir / f"{name}.csv", text)
@@ -190,7 +195,8 @@ def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict,
             keep_pub.add(f"{name}.csv")
         found[cell["notebook_name"]] = {"profile_csv": f"downloads/profiles/{name}.csv",
                                         "profile_xlsx": f"downloads/profiles/{name}.xlsx",
-                                        "assignments": str(target),
+                                        # named from the results folder on, never as an absolute path
+                                        "assignments": f"{run_ref(layout)}/assignments/{name}.csv",
                                         "published": f"downloads/assignments/{name}.csv" if publish_assignments else None}
     for folder, keep in ((prof_dir, keep_prof), (pub_dir, keep_pub)):
         if folder.exists():

@@ -10,6 +10,7 @@ pandoc (HTML, and typst for one PDF).
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 import re
@@ -28,7 +29,7 @@ from markupsafe import Markup
 
 from . import SegreportError
 from . import figures as F
-from .downloads import csv_text, write_downloads
+from .downloads import csv_text, run_ref, write_downloads
 from .methods import REGISTRY, get
 from .prepare import projection_space, run_dir
 from .resources import QUARTO_PROJECT, TEMPLATES
@@ -83,6 +84,7 @@ def make_env() -> jinja2.Environment:
     env.filters["secs"] = lambda v: Markup("–" if v is None else (f"{float(v):.1f} s" if v < 120 else f"{float(v) / 60:.1f} min"))
     env.filters["md"] = lambda v: Markup(md_escape(v))
     env.filters["seg"] = lambda s: Markup(F.seg_name(s))
+    env.filters["code"] = lambda v: Markup("`" + str(v).replace("`", "") + "`")  # literal inside a code span
     env.filters["strip_comments"] = lambda s: re.sub(r"\{#.*?#\}\s*", "", str(s), flags=re.S).strip()
     return env
 
@@ -274,7 +276,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             "cells": list(cells.values()), "notebooks": notebooks, "labels": labels_of,
             "versions": ctx["versions"], "schema": ctx["schema"], "used": ctx["used"],
             "titles": METHOD_TITLES, "metrics_rows": table.to_dict(orient="records"), "outcome": outcome,
-            "downloads": downloads, "run_name": layout.root.name,
+            "downloads": downloads, "run_ref": run_ref(layout),
             "reused": sum(1 for c in manifest.get("cells", {}).values() if c.get("reused")),
             "verdict_grid": verdict_grid((comparison.get("verdict") or {}).get("table") or [])}
     pages = {}
@@ -331,6 +333,7 @@ def _rates_reader(layout: RunLayout, outcome: dict | None):
         return lambda method, value: None
     positive = (pd.read_parquet(layout.outcome)["outcome"].astype(str).to_numpy() == outcome["positive"]).astype(float)
 
+    @functools.lru_cache(maxsize=None)  # the chosen cells' rates serve both their cards and their downloads
     def rates(method: str, value: int | None) -> list[dict] | None:
         if value is None:  # a method without a finished recommended cell
             return None

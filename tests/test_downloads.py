@@ -95,7 +95,8 @@ def test_the_profile_table_is_rounded_for_people_and_matches_the_profile():
     assert out.loc[1, "y = yes (%)"] == rounded(100 * rates[1]["rate"])
     assert out.loc[3, "Housing loan (% yes)"] == rounded(100 * (frame.housing == "yes").mean())
     text = csv_text(out)
-    assert "'=cmd" in text or "=cmd" not in text  # a formula-looking value is neutralised
+    guarded = csv_text(pd.DataFrame({"job": ["=cmd", "-1", "@x", "admin."]}))
+    assert guarded.splitlines()[1:] == ["'=cmd", "-1", "'@x", "admin."]  # formulas neutralised, numbers kept
     decimals = [x.split(".")[1] for x in text.replace(",", " ").split() if "." in x and x.replace(".", "").isdigit()]
     assert decimals and all(len(d) <= 2 for d in decimals)  # no 17-digit floats
 
