@@ -441,3 +441,26 @@ def check_k(table: Table, ks: list[int]) -> None:
         raise SegreportError(
             f"{table.path}: {len(table.frame)} row(s), {n_distinct} distinct; k={max(ks)} needs more distinct rows than k"
         )
+
+
+def sample_rows(n: int, size: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
+    """A seeded sample of row indices (sorted), stratified when strata are given. Here, not in features.py,
+    so that a run reusing its feature spaces draws it without importing scikit-learn."""
+    if size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return np.sort(rng.choice(n, size=size, replace=False))
+    picked = []
+    values, inverse = np.unique(strata, return_inverse=True)
+    counts = np.bincount(inverse)
+    # proportional allocation by largest remainder: exactly `size` rows (more only where every stratum
+    # needs its one row), never the sum of rounded shares
+    quota = size * counts / n
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[:size - int(take.sum())]] += 1
+    take = np.minimum(np.maximum(take, 1), counts)
+    for g in range(len(values)):
+        idx = np.flatnonzero(inverse == g)
+        picked.append(rng.choice(idx, size=int(take[g]), replace=False))
+    return np.sort(np.concatenate(picked))

@@ -4,10 +4,8 @@ silhouette-only choice of k (`recommend_k`, superseded by `verdict.choose_k`).""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score,
-                             normalized_mutual_info_score, silhouette_score)
 
-from .features import sample_rows
+from .data import sample_rows  # scikit-learn is imported by the functions that use it (a reused run needs none)
 
 RECOMMEND_RULE = (
     "highest silhouette in the method's own space over the k grid; a k within 0.01 of the best "
@@ -18,6 +16,8 @@ RECOMMEND_RULE = (
 def validity(X: np.ndarray, labels: np.ndarray, silhouette_sample: int, seed: int,
              metric: str = "euclidean") -> dict:
     """Silhouette (exact up to `silhouette_sample` rows, else on a seeded sample), DB and CH."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
     labels = np.asarray(labels)
     n = len(labels)
     if len(np.unique(labels)) < 2:
@@ -36,6 +36,8 @@ def validity(X: np.ndarray, labels: np.ndarray, silhouette_sample: int, seed: in
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     return {"ari": float(adjusted_rand_score(a, b)), "nmi": float(normalized_mutual_info_score(a, b))}
 
 
@@ -102,6 +104,8 @@ def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int = DEFAULT
     had one segment) and replicate_score {n, mean, sd (the bootstrap standard error of the score),
     mc_se (sd / sqrt(n), the Monte Carlo error of the mean)}.
     """
+    from sklearn.metrics import adjusted_rand_score
+
     rng = np.random.default_rng(seed)
     base = sample_rows(n, max_rows, seed)
     ref = labels[base]

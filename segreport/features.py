@@ -21,7 +21,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransformer
 
-from .data import Table
+from .data import Table, sample_rows  # noqa: F401  (sample_rows: imported from here by the cells)
 
 
 def _levels(table: Table, col: str) -> list[str]:
@@ -185,25 +185,3 @@ def ecod_outliers(X: np.ndarray, contamination: float, sample: int | None = None
         if hasattr(det, scratch):
             delattr(det, scratch)
     return flags, scores, det
-
-
-def sample_rows(n: int, size: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
-    """A seeded sample of row indices (sorted), stratified when strata are given."""
-    if size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    if strata is None:
-        return np.sort(rng.choice(n, size=size, replace=False))
-    picked = []
-    values, inverse = np.unique(strata, return_inverse=True)
-    counts = np.bincount(inverse)
-    # proportional allocation by largest remainder: exactly `size` rows (more only where every stratum
-    # needs its one row), never the sum of rounded shares
-    quota = size * counts / n
-    take = np.floor(quota).astype(int)
-    take[np.argsort(-(quota - take), kind="stable")[:size - int(take.sum())]] += 1
-    take = np.minimum(np.maximum(take, 1), counts)
-    for g in range(len(values)):
-        idx = np.flatnonzero(inverse == g)
-        picked.append(rng.choice(idx, size=int(take[g]), replace=False))
-    return np.sort(np.concatenate(picked))

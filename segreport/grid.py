@@ -180,21 +180,23 @@ def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], man
 
 def start_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict,
                project: Path | None):
-    """What every executor does first: the kernel spec, the folders, and the cells left to run."""
-    ensure_kernel()
+    """What every executor does first: the folders, the cells left to run, and the kernel spec (where
+    a cell is left to run: a rerun that reuses every cell starts no Jupyter machinery)."""
     sweep_partial(layout.root / "cells")  # a killed run's half-written files
     todo, statuses = cells_to_run(layout, ctx, cells, manifest)
+    if todo:
+        ensure_kernel()
     return (project or Path.cwd()).resolve(), analysis_dir(ctx), todo, statuses
 
 
 def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
              progress: bool = True, project: Path | None = None) -> dict:
     """Execute the cells not already done; update the manifest as each finishes."""
-    from tqdm.auto import tqdm
-
     project, analysis, todo, statuses = start_grid(layout, ctx, cells, manifest, project)
     if not todo:
         return statuses
+    from tqdm.auto import tqdm
+
     workers = max(1, min(workers, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import SegreportError, __version__
 from .config import Params, params_to_dict
-from .data import Table, check_k, load_table
+from .data import Table, check_k, load_table, sample_rows
 from .demo import is_demo, write_demo
 from .methods import BuildEnv, get
 from .store import (OUTLIER_MODEL, OUTLIERS, SPACE_INFO, TRANSFORMER, RunLayout, atomic_write_joblib,
@@ -164,8 +164,6 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
         if (layout.space(name) / OUTLIERS).exists():
             strata = np.load(layout.space(name) / OUTLIERS)
             break
-    from .features import sample_rows
-
     rows = sample_rows(len(table.frame), params.projection_sample, params.seed, strata)
     projections = {}
     for name in sorted({projection_space(m) for m in methods} | {"mca"}):
@@ -210,9 +208,6 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
                 progress: bool, scale: dict | None = None, env: dict | None = None, run_parts=None) -> dict:
     """One feature space in results/<run>/spaces/<name>/ (reused when its key is unchanged).
     Runs in this process, or as a Dask task (then `table` arrives as the scattered table)."""
-    from . import features
-    from .methods import Space
-
     d = layout.space(name)
     ecod_sample = (scale or {}).get("ecod_sample")
     k = space_key(name, params, fp, inputs, table.schema, ecod_sample)
@@ -223,6 +218,9 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
         if bad is None:
             return old
         say_damaged(*bad, "rebuilding that feature space")
+    from . import features  # scikit-learn: only where a space is built
+    from .methods import Space
+
     t0 = time.perf_counter()
     if name == COMMON:
         X, ct = features.fit_common(table)
@@ -268,8 +266,6 @@ def load_space(layout: RunLayout, name: str, mmap: bool = False) -> dict:
 
 def build_projection(name: str, params: Params, table: Table, layout: RunLayout, rows: np.ndarray,
                      fp: str, spaces: dict, threads: int) -> dict:
-    from .project import mca, project_space
-
     src_key = spaces[name]["key"] if name in spaces else fp
     k = key("projection", name, src_key, rows.tolist(), params.seed)
     info_path = layout.projection_info(name)
@@ -279,6 +275,8 @@ def build_projection(name: str, params: Params, table: Table, layout: RunLayout,
         if why is None:
             return old
         say_damaged(layout.projection(name), why, "rebuilding that projection")
+    from .project import mca, project_space  # scikit-learn, prince, openTSNE: only where one is computed
+
     t0 = time.perf_counter()
     if name == "mca":
         coords, var = mca(table.frame, table.categorical, rows, params.seed)

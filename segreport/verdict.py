@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluate import STABILITY_CLASSES, stability_class
-from .features import sample_rows
+from .data import sample_rows
 
 VALID_JACCARD = 0.75  # Hennig: a segment with mean bootstrap Jaccard >= 0.75 is valid
 CHOOSE_K_RULE = (

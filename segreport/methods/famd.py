@@ -9,14 +9,16 @@ is the smallest that explains `inertia` of the total (stated on the method's pag
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 
 from .base import Method, Space, Strict
 from .kmeans import kmeans_estimator
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class FAMDParams(Strict):
@@ -54,11 +56,14 @@ class FAMDTransformer:
         return self
 
     def _one_hot(self, X: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
         cat = self.famd._active_cat_cols()
         return pd.get_dummies(X[cat].astype(str), dtype=float).reindex(columns=self.famd.one_hot_columns_,
                                                                          fill_value=0)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        import pandas as pd
         import prince
 
         f, X = self.famd, self.frame(frame)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 
 from .. import SegreportError
@@ -149,6 +148,7 @@ def numbers_experiment(layout, ctx: dict, k: int, max_rows: int = 3000) -> dict:
     other freshly, cached), clustered at the LLM method's recommended k, and compared on
     stability (bootstrap ARI), separation in the common space, and the outcome where one is given.
     """
+    import pandas as pd
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
     from ..embed import embed_texts, row_texts
