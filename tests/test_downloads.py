@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -106,6 +108,9 @@ def test_the_spreadsheet_is_readable_and_byte_reproducible():
     frame = profile_frame(prof, cards, ctx)
     a, b = xlsx_bytes({"Segments": frame}), xlsx_bytes({"Segments": frame})
     assert a == b
+    # the same bytes at any time: the document's dates are fixed (openpyxl stamps the saving time)
+    core = zipfile.ZipFile(io.BytesIO(a)).read("docProps/core.xml").decode()
+    assert re.findall(r"<dcterms:(?:created|modified)[^>]*>([^<]*)<", core) == ["2000-01-01T00:00:00Z"] * 2
     back = pd.read_excel(io.BytesIO(a), sheet_name="Segments")
     assert list(back.columns) == list(frame.columns) and len(back) == len(frame)
 
