@@ -1,19 +1,96 @@
 """Stage 3 of a run: the metrics table over all cells, agreement between methods, each method's k
 (one rule for all: stability, then silhouette within its bootstrap error), a null reference, a fair
-verdict in neutral spaces, and one recommendation (comparison/comparison.json)."""
+verdict in neutral spaces, and one recommendation (comparison/comparison.json).
+
+The comparison is reused when nothing it depends on changed (`comparison_key`: the cells it reads,
+the feature spaces, the parameters, the data, the outcome and the code it runs) and its files are
+intact (comparison/done.json records their size and sha256, as a cell's done.json does).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import __version__
 from .methods import REGISTRY, get
-from .store import STABILITY, RunLayout, atomic_write_json, atomic_write_parquet, cell_name, read_json
+from .store import (DONE, STABILITY, RunLayout, atomic_write_json, atomic_write_parquet, cell_name, file_record, key,
+                    read_json, read_json_or_empty, say_damaged, sha256_file, verify)
+
+PACKAGE = Path(__file__).resolve().parent
+# the modules compare() runs (besides methods/*.py): its null references refit each method's whole
+# pipeline (cell, features, evaluate), its verdict (verdict) and the LLM's numbers experiment (embed)
+COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "features.py", "cell.py", "explain.py",
+                   "personas.py", "prepare.py", "notebook.py", "config.py", "data.py", "store.py", "embed.py",
+                   "embed_fast.py")
+# parameters that change where or how a run works, never what the comparison computes
+NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor", "scheduler", "cache_dir",
+                "figure_sample", "publish_assignments")
 
 
-def compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
+@lru_cache(maxsize=None)
+def compare_code_hash() -> str:
+    """sha256 of the source compare() runs: a comparison computed by other code is not reused."""
+    h = hashlib.sha256()
+    files = {PACKAGE / f for f in COMPARE_MODULES} | set((PACKAGE / "methods").glob("*.py"))
+    for f in sorted(files):
+        h.update(f.relative_to(PACKAGE).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def comparison_key(layout: RunLayout, ctx: dict, statuses: dict) -> str:
+    """What the comparison depends on: each cell's status, key and files (their sha256 as its done.json
+    recorded them: no file is hashed again), the feature spaces' keys, the parameters, the data's
+    fingerprint, the outcome, and the code. A new k, a failed or recomputed cell, a changed parameter
+    or a code change gives another key."""
+    cells = []
+    for method in ctx["methods"]:
+        grid = get(method).grid
+        for v in ctx["grid"][method]:
+            name = cell_name(method, v, grid)
+            st = statuses.get(name, {})
+            status = st.get("status", "missing")
+            done = read_json_or_empty(layout.cell(method, v, grid) / DONE) if status == "done" else {}
+            files = {f: (r or {}).get("sha256") for f, r in sorted((done.get("files") or {}).items())}
+            cells.append([name, status, st.get("key"), st.get("error"), files])
+    params = {n: v for n, v in ctx["params"].items() if n not in NOT_COMPARED}
+    data = ctx["data"]
+    outcome = sha256_file(layout.outcome) if layout.outcome.exists() else None
+    return key("comparison", __version__, cells, {n: s.get("key") for n, s in sorted(ctx["spaces"].items())}, params,
+               data["fingerprint"], data.get("outcome"), outcome, ctx["schema"], ctx.get("inputs"), ctx["grid"],
+               ctx["methods"], compare_code_hash())
+
+
+def compare(layout: RunLayout, ctx: dict, statuses: dict) -> tuple[dict, bool]:
+    """The comparison (see `_compare`), reused where its key is unchanged and its files are intact.
+    Returns (the comparison, whether it was reused). A damaged or missing file is said so in one line
+    and the comparison computed again."""
+    ck = comparison_key(layout, ctx, statuses)
+    done_path = layout.comparison / DONE
+    done = read_json_or_empty(done_path)
+    if done.get("key") == ck and done.get("files"):
+        bad = verify(layout.comparison, done["files"])
+        if bad is None:
+            try:
+                return read_json(layout.comparison_json), True
+            except ValueError:  # the size and hash matched, yet it does not parse: computed again below
+                pass
+        else:
+            say_damaged(*bad, "recomputing the comparison")
+    done_path.unlink(missing_ok=True)  # from here until it is written again, nothing here is reused
+    result = _compare(layout, ctx, statuses)
+    atomic_write_json(done_path, {"key": ck, "files": {p.name: file_record(p) for p in (layout.comparison_json,
+                                                                                      layout.metrics_table)}})
+    return result, False
+
+
+def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     """Metrics table over all cells, agreement between methods, recommended grid value per method."""
     from .evaluate import agreement, elbow_k, recommend_k
 

@@ -80,8 +80,9 @@ def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: 
         run_statuses = {n: s for n, s in statuses.items() if n in current}
         require_some(run_statuses)
         t2 = time.perf_counter()
-        comparison = compare(layout, ctx, run_statuses)
+        comparison, reused = compare(layout, ctx, run_statuses)
         manifest["timings"]["compare"] = round(time.perf_counter() - t2, 3)
+        manifest["comparison"] = {"reused": reused}
         manifest["recommended"] = {m: r["k"] for m, r in comparison["recommended"].items()}
         manifest["recommended_value"] = {m: r["value"] for m, r in comparison["recommended"].items()}
         failed = failed_cells(run_statuses)

@@ -1,0 +1,149 @@
+"""A rerun that changes nothing recomputes nothing: the comparison is reused where its inputs did not
+change and its files are intact, and recomputed where an input changed or a file is damaged (said in
+one line).
+
+The grid runs in this process (each cell's `run_cell`, what its notebook calls, no papermill), so the
+runs here take seconds; the real grid's reuse is tested in test_end_to_end and test_reliability."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from segreport import runner
+from segreport.cell import run_cell
+from segreport.cli import main
+from segreport.demo import write_demo
+from segreport.grid import cells_to_run, record_cell
+
+from .conftest import LIGHT, make_workdir, snapshot
+
+ARGS = ["run", "-q", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "2-3", "--workers", "1"]
+COMPARISON = Path("results/demo/comparison")
+
+
+def inline_grid(layout, ctx, cells, workers, manifest, progress=True, project=None):
+    """runner.run_grid without papermill: the cells left to run, each by run_cell in this process."""
+    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
+    for method, k, ck in todo:
+        run_cell(layout.root, method, k)
+        record_cell(layout, manifest, method, k, ck, {"status": "done", "error": None, "wall_seconds": 1.0})
+    return statuses
+
+
+def run(monkeypatch, *args: str) -> dict:
+    """`segreport run ARGS` (later options win) in the working folder; its manifest."""
+    monkeypatch.setattr(runner, "run_grid", inline_grid)
+    assert main([*ARGS, *args]) == 0
+    return json.loads(Path("results/demo/manifest.json").read_text())
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _bytes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished run (kmeans, k 2-3, 300 demo rows) with its site."""
+    wd = make_workdir(tmp_path_factory.mktemp("reuse") / "project")
+    write_demo(wd / "data" / "demo.csv", rows=300, seed=6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(wd)
+        mp.setenv("SEGREPORT_SITE_URL", "")  # the built-in renderer sets it for pandoc
+        m = run(mp)
+    assert m["comparison"] == {"reused": False}
+    return wd
+
+
+@pytest.fixture
+def project(finished, tmp_path, monkeypatch) -> Path:
+    wd = tmp_path / "project"
+    shutil.copytree(finished, wd, symlinks=True)
+    monkeypatch.chdir(wd)
+    monkeypatch.setenv("SEGREPORT_SITE_URL", "")
+    return wd
+
+
+def test_a_rerun_that_changes_nothing_reuses_the_comparison(project, monkeypatch, capsys):
+    before = snapshot(project / COMPARISON)
+    m = run(monkeypatch)
+    assert all(c["reused"] for c in m["cells"].values())
+    assert m["comparison"] == {"reused": True}
+    assert snapshot(project / COMPARISON) == before  # not a file written
+    assert " is damaged " not in capsys.readouterr().err
+
+
+def test_a_changed_parameter_recomputes_the_comparison_and_a_setting_of_the_run_does_not(project, monkeypatch):
+    m = run(monkeypatch, "--workers", "2")  # how the grid runs: the same comparison
+    assert m["comparison"] == {"reused": True}
+    (project / "params.yml").write_text(LIGHT.replace("null_sample: 300", "null_sample: 200"))
+    m = run(monkeypatch)
+    assert all(c["reused"] for c in m["cells"].values())  # the cells do not read it; the comparison does
+    assert m["comparison"] == {"reused": False}
+    assert json.loads((COMPARISON / "comparison.json").read_text())["nulls"]["kmeans"]["rows"] == 200
+    m = run(monkeypatch)
+    assert m["comparison"] == {"reused": True}
+
+
+def test_a_changed_grid_recomputes_the_comparison_though_every_cell_is_reused(project, monkeypatch):
+    m = run(monkeypatch, "--k", "2")
+    assert m["comparison"] == {"reused": False}
+    assert pd.read_parquet(COMPARISON / "metrics.parquet").k.tolist() == [2]
+    m = run(monkeypatch)  # k 2-3 again: a k added, whose cell is still there
+    assert all(m["cells"][c]["reused"] for c in ("kmeans/k2", "kmeans/k3"))
+    assert m["comparison"] == {"reused": False}
+    assert pd.read_parquet(COMPARISON / "metrics.parquet").k.tolist() == [2, 3]
+
+
+def test_the_comparison_key_follows_the_cells_the_parameters_and_the_code(project, monkeypatch):
+    from segreport import compare
+    from segreport.store import RunLayout
+
+    layout = RunLayout("results/demo")
+    ctx = json.loads(Path("results/demo/context.json").read_text())
+    statuses = json.loads(Path("results/demo/manifest.json").read_text())["cells"]
+    base = compare.comparison_key(layout, ctx, statuses)
+    assert compare.comparison_key(layout, ctx, dict(statuses)) == base
+    assert compare.comparison_key(layout, ctx, {**statuses, "kmeans/k3": {"status": "failed", "error": "x"}}) != base
+    more = {**ctx, "grid": {"kmeans": [2, 3, 4]}}
+    assert compare.comparison_key(layout, more, {**statuses, "kmeans/k4": {"status": "done", "key": "k4"}}) != base
+    for name, value in (("null_references", 2), ("seed", 1), ("workers", 2), ("site", "elsewhere")):
+        changed = compare.comparison_key(layout, {**ctx, "params": {**ctx["params"], name: value}}, statuses)
+        assert (changed == base) == (name in compare.NOT_COMPARED), name
+    done = layout.cell("kmeans", 3) / "done.json"  # the cell computed again, to other files
+    record = json.loads(done.read_text())
+    record["files"]["labels.parquet"]["sha256"] = "0" * 64
+    done.write_text(json.dumps(record))
+    assert compare.comparison_key(layout, ctx, statuses) != base
+    monkeypatch.setattr(compare, "compare_code_hash", lambda: "other code")
+    record["files"]["labels.parquet"]["sha256"] = json.loads(
+        (Path("results/demo/manifest.json")).read_text())["cells"]["kmeans/k3"]["hashes"]["labels.parquet"]
+    done.write_text(json.dumps(record))
+    assert compare.comparison_key(layout, ctx, statuses) != base
+
+
+def test_a_damaged_comparison_is_said_and_computed_again_to_the_same_bytes(project, monkeypatch, capsys):
+    before = _bytes(COMPARISON)
+    _flip(COMPARISON / "comparison.json")
+    m = run(monkeypatch)
+    said = capsys.readouterr().err.splitlines()
+    assert ("segreport: results/demo/comparison/comparison.json is damaged (hash differs): recomputing the "
+            "comparison") in said
+    assert m["comparison"] == {"reused": False} and _bytes(COMPARISON) == before
+    (COMPARISON / "metrics.parquet").unlink()
+    m = run(monkeypatch)
+    assert "segreport: results/demo/comparison/metrics.parquet is missing: recomputing the comparison" in \
+        capsys.readouterr().err.splitlines()
+    assert m["comparison"] == {"reused": False} and _bytes(COMPARISON) == before
+    m = run(monkeypatch)
+    assert m["comparison"] == {"reused": True} and " is damaged " not in capsys.readouterr().err
