@@ -14,6 +14,7 @@ import io
 import re
 import zipfile
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,14 @@ def run_ref(layout: RunLayout) -> str:
     return f"{layout.root.parent.name}/{layout.root.name}"
 
 
+@lru_cache(maxsize=None)
+def _code() -> str:
+    """What a profile file's bytes depend on besides its inputs: this module, pandas and openpyxl."""
+    from importlib import metadata
+
+    return "|".join([sha256_file(__file__)] + [metadata.version(p) for p in ("pandas", "openpyxl")])
+
+
 def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict, outcome: dict | None,
                     rates_of, publish_assignments: bool = False) -> dict:
     """Profiles (CSV + XLSX) into report/downloads/profiles/, assignments into results/<run>/assignments/
@@ -174,6 +183,7 @@ def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict,
     pub_dir = report_dir / "downloads" / "assignments"
     ids = pd.read_parquet(layout.ids) if layout.ids.exists() else None
     ids_key = sha256_file(layout.ids) if ids is not None else None
+    outcome_key = sha256_file(layout.outcome) if outcome and layout.outcome.exists() else None
     found, keep_prof, keep_pub = {}, set(), set()
     for (method, v), cell in cells.items():
         if cell.get("status") != "done" or not cell.get("personas"):
@@ -182,11 +192,19 @@ def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict,
         cdir = layout.cell(method, v, grid)
         name = f"{method}-{cell_id(v, grid)}"
         cards = cell["personas"]
-        frame = profile_frame(read_json(cdir / PROFILE), cards, ctx, rates_of(method, v), outcome)
-        text = csv_text(frame)
-        atomic_write_text(prof_dir / f"{name}.csv", text)
-        atomic_write_bytes(prof_dir / f"{name}.xlsx", xlsx_bytes({"Segments": frame}))
-        keep_prof |= {f"{name}.csv", f"{name}.xlsx"}
+        # profiles: rewritten only when what they are made of changed (the profile, the personas, the
+        # outcome and its rates by these labels, the columns' names, this module); else kept as they are
+        csv_path, xlsx_path, pstamp = prof_dir / f"{name}.csv", prof_dir / f"{name}.xlsx", prof_dir / f".{name}.key"
+        pk = key(sha256_file(cdir / PROFILE), sha256_file(cdir / PERSONAS), outcome,
+                 outcome_key and (outcome_key, sha256_file(cdir / LABELS)),
+                 {n: ctx.get(n) for n in ("labels", "units", "used")}, _code())
+        if not (csv_path.exists() and xlsx_path.exists() and pstamp.exists() and pstamp.read_text() == pk):
+            pstamp.unlink(missing_ok=True)
+            frame = profile_frame(read_json(cdir / PROFILE), cards, ctx, rates_of(method, v), outcome)
+            atomic_write_text(csv_path, csv_text(frame))
+            atomic_write_bytes(xlsx_path, xlsx_bytes({"Segments": frame}))
+            atomic_write_text(pstamp, pk)
+        keep_prof |= {csv_path.name, xlsx_path.name, pstamp.name}
         # assignments: one row per customer; rewritten only when the labels, names or identifiers changed
         target = layout.assignments / f"{name}.csv"
         stamp = layout.assignments / f".{name}.key"

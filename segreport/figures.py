@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import json
 
-import altair as alt
 import numpy as np
 import pandas as pd
+
+
+class _Altair:
+    """altair, imported on first use: a render whose figures are all reused (render.FigureWriter)
+    never loads it."""
+
+    def __getattr__(self, name: str):
+        import altair
+
+        globals()["alt"] = altair  # from now on the module itself
+        return getattr(altair, name)
+
+
+alt = _Altair()
 
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#bab0ac", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#17becf"]

@@ -11,6 +11,7 @@ pandoc (HTML, and typst for one PDF).
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import os
 import re
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import jinja2
@@ -73,10 +75,22 @@ def num(v, digits: int | None = None) -> str:
     return f"{v:.3f}"
 
 
-def make_env() -> jinja2.Environment:
+def make_env(cache_dir: Path | None = None) -> jinja2.Environment:
+    """The pages' Jinja environment. `cache_dir`: where compiled templates are kept between renders, in a
+    folder named by this module's code (the environment's options): Jinja recompiles a template whose
+    source changed, and a change of this module starts a new folder (the others are removed)."""
+    cache = None
+    if cache_dir is not None:
+        folder = Path(cache_dir) / f"jinja-{sha256_file(__file__)[:16]}"
+        for old in Path(cache_dir).glob("jinja-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        cache = jinja2.FileSystemBytecodeCache(str(folder))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             bytecode_cache=cache)
     env.filters["pct"] = lambda v, d=0: Markup("–" if v is None else f"{100 * float(v):.{d}f}%")
     env.filters["num"] = lambda v, d=None: Markup(num(v, d))
     env.filters["f3"] = lambda v: Markup("–" if v is None else f"{float(v):.3f}")
@@ -103,8 +117,62 @@ def pdf_width_cm(png: Path, text_width: float = 17.0, max_height: float = 21.0) 
     return max(4.0, min(text_width, natural, max_height * w / h))
 
 
+def fingerprint(obj, h=None):
+    """sha256 of a figure's inputs, exactly: frames and arrays by their bytes (numbers) or reprs (text),
+    containers in order, functions by name. TypeError for anything else (the figure is then drawn)."""
+    h = h or hashlib.sha256()
+    if isinstance(obj, pd.DataFrame):
+        h.update(b"D%d" % len(obj))
+        fingerprint(obj.index, h)
+        for name in obj.columns:
+            fingerprint(name, h)
+            fingerprint(obj[name], h)
+    elif isinstance(obj, (pd.Series, pd.Index)):
+        h.update(f"S{obj.dtype}".encode())
+        fingerprint(obj.to_numpy(), h)
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.dtype}{obj.shape}".encode())
+        if obj.dtype.kind in "biuf":
+            h.update(np.ascontiguousarray(obj).tobytes())
+        else:
+            for v in obj.ravel().tolist():
+                fingerprint(v, h)
+    elif isinstance(obj, dict):
+        h.update(b"{%d" % len(obj))
+        for k, v in obj.items():
+            fingerprint(k, h)
+            fingerprint(v, h)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        h.update(f"{type(obj).__name__}{len(obj)}".encode())
+        for v in items:
+            fingerprint(v, h)
+    elif obj is None or isinstance(obj, (str, bool, int, float, np.generic)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    elif callable(obj) and hasattr(obj, "__qualname__"):
+        h.update(f"F{obj.__module__}.{obj.__qualname__};".encode())
+    else:
+        raise TypeError(f"no fingerprint for {type(obj).__name__}")
+    return h
+
+
+@functools.lru_cache(maxsize=None)
+def _figure_code() -> str:
+    """What a figure's spec and PNG depend on besides its inputs: figures.py and the drawing packages."""
+    from importlib import metadata
+
+    from . import personas  # format_value: the numbers a heatmap writes
+
+    return "|".join([sha256_file(F.__file__), sha256_file(personas.__file__)]
+                    + [metadata.version(p) for p in ("altair", "vl-convert-python")])
+
+
 class FigureWriter:
-    """Writes a figure's Vega-Lite JSON and PNG under report/figures and returns its markdown."""
+    """Writes a figure's Vega-Lite JSON and PNG under report/figures and returns its markdown.
+
+    `chart` is an altair chart, or a `functools.partial` of a figures.py function and its inputs:
+    then the chart is drawn only where those inputs (or figures.py, altair, vl-convert) changed since
+    the last render, else the spec and PNG of report/figures are reused (<name>.inputs.sha256)."""
 
     def __init__(self, report_dir: Path):
         self.dir = report_dir / "figures"
@@ -112,13 +180,32 @@ class FigureWriter:
         self.written: list[str] = []
 
     def __call__(self, name: str, chart, caption: str) -> Markup:
-        spec = F.to_spec(chart)
-        spec_json = F.spec_json_for_html(spec)
         png_path = self.dir / f"{name}.png"
         stamp = self.dir / f"{name}.vl.json"
-        if not (stamp.exists() and png_path.exists() and stamp.read_text() == spec_json):
-            atomic_write_bytes(png_path, F.to_png(spec))
-            atomic_write_text(stamp, spec_json)
+        inputs = self.dir / f"{name}.inputs.sha256"
+        spec_json = None
+        digest = None
+        if isinstance(chart, functools.partial):
+            try:
+                h = fingerprint([chart.func, chart.args, chart.keywords])
+                h.update(_figure_code().encode())
+                digest = h.hexdigest()
+            except TypeError:
+                pass
+            if (digest is not None and inputs.exists() and png_path.exists() and stamp.exists()
+                    and inputs.read_text() == digest):
+                spec_json = stamp.read_text()
+            else:
+                chart = chart()
+        if spec_json is None:
+            inputs.unlink(missing_ok=True)
+            spec = F.to_spec(chart)
+            spec_json = F.spec_json_for_html(spec)
+            if not (stamp.exists() and png_path.exists() and stamp.read_text() == spec_json):
+                atomic_write_bytes(png_path, F.to_png(spec))
+                atomic_write_text(stamp, spec_json)
+            if digest is not None:
+                atomic_write_text(inputs, digest)
         self.written.append(name)
         cap = md_escape(caption)
         width = pdf_width_cm(png_path)
@@ -163,7 +250,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     params = ctx["params"]
     cells = _load_cells(layout, ctx, manifest)
     fig = FigureWriter(report_dir)
-    env = make_env()
+    env = make_env(report_dir / ".cache")
     labels_of = ctx["labels"]
     seed = params["seed"]
     projections = {name: pd.read_parquet(layout.projection(name)) for name in
@@ -192,13 +279,13 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
              "choice": (comparison.get("choices") or {}).get(method)}
         x = "value" if meth.grid != "k" else "k"
         if len(done):
-            m["fig_elbow"] = fig(f"{method}-elbow", F.metric_lines(
+            m["fig_elbow"] = fig(f"{method}-elbow", partial(F.metric_lines,
                 done.assign(k=done[x]), "cost", f"{meth.cost_name.capitalize()} against {meth.grid_label}",
                 meth.cost_name, chosen=v_star, x_title=meth.grid_label),
                 f"{title}: {meth.cost_name} for each {meth.grid_label} (dashed: recommended).")
             long = pd.concat([done.assign(space="own space", silhouette=done["own_silhouette"]),
                               done.assign(space="common space", silhouette=done["common_silhouette"])])
-            m["fig_silhouette"] = fig(f"{method}-silhouette", F.metric_lines(
+            m["fig_silhouette"] = fig(f"{method}-silhouette", partial(F.metric_lines,
                 long.rename(columns={"space": "measured in"}).assign(k=long[x]), "silhouette",
                 f"Silhouette against {meth.grid_label}", "silhouette", chosen=v_star, color_by="measured in",
                 x_title=meth.grid_label),
@@ -216,25 +303,25 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             m["projection_info"] = proj_info.get(space, {})
             m["mca_info"] = proj_info.get("mca", {})
             m["fig_projections"] = fig(f"{method}-projections",
-                                       F.projections(coords, lab, k_star, n_fig, seed, names),
+                                       partial(F.projections, coords, lab, k_star, n_fig, seed, names),
                                        f"{title}, k={k_star}: a seeded sample of {n_fig:,} customers "
                                        "drawn on PCA, t-SNE and MCA coordinates, coloured by segment.")
-            m["fig_shap"] = fig(f"{method}-shap", F.shap_heatmap(chosen["shap"]["mean_abs_shap"], labels_of, k_star,
-                                                                 names),
+            m["fig_shap"] = fig(f"{method}-shap", partial(F.shap_heatmap, chosen["shap"]["mean_abs_shap"], labels_of,
+                                                          k_star, names),
                                 f"{title}, k={k_star}: mean |SHAP| of each column for the members "
                                 f"of each segment ({chosen['shap']['rows']:,} sampled rows; the ten strongest "
                                 "columns).")
-            m["fig_sizes"] = fig(f"{method}-sizes", F.sizes_bar(chosen["personas"], k_star),
+            m["fig_sizes"] = fig(f"{method}-sizes", partial(F.sizes_bar, chosen["personas"], k_star),
                                  f"{title}, k={k_star}: segment sizes.")
             prof = read_json(layout.cell(method, v_star, meth.grid) / PROFILE)
             units = ctx.get("units") or {}
-            m["fig_profile"] = fig(f"{method}-profile", F.profile_heatmap(prof, names, labels_of, units, k_star,
-                                                                        binary=set(ctx["used"]["binary"])),
+            m["fig_profile"] = fig(f"{method}-profile", partial(F.profile_heatmap, prof, names, labels_of, units,
+                                                                k_star, binary=set(ctx["used"]["binary"])),
                                    f"{title}, k={k_star}: each segment against the rest of the customers. Red: "
                                    "more than the rest, blue: less; the numbers are the segment's median or share.")
             if ctx["used"]["numeric"]:
                 m["fig_distributions"] = fig(f"{method}-distributions",
-                                             F.distributions(prof, names, labels_of, units, k_star),
+                                             partial(F.distributions, prof, names, labels_of, units, k_star),
                                              f"{title}, k={k_star}: the middle half of each segment on each "
                                              "numeric column, beside all customers.")
         methods.append(m)
@@ -242,19 +329,19 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     common_fig = None
     done_all = table[table.status == "done"]
     if len(done_all):
-        common_fig = fig("compare-common-silhouette", F.metric_lines(
+        common_fig = fig("compare-common-silhouette", partial(F.metric_lines,
             done_all.assign(method=done_all.method.map(METHOD_TITLES)), "common_silhouette",
             "Silhouette in the common space", "silhouette", color_by="method",
             methods=[METHOD_TITLES[m] for m in ctx["methods"]]),
             "Every method's segments scored in the same (common) space, on the same rows, for each k.")
     agree_fig = None
     if comparison["agreement_chosen"]:
-        agree_fig = fig("compare-agreement", F.agreement_heatmap(
+        agree_fig = fig("compare-agreement", partial(F.agreement_heatmap,
             [{**a, "a": METHOD_TITLES[a["a"]], "b": METHOD_TITLES[a["b"]]} for a in comparison["agreement_chosen"]]),
             "Adjusted Rand index between the methods' segmentations at their recommended k.")
     notebooks = export_notebooks(layout, report_dir, cells)
     outcome = outcome_info(layout, ctx, comparison)
-    rates_of = _rates_reader(layout, outcome)
+    rates_of = _rates_reader(layout, outcome, comparison)
     for m in ran:  # the outcome per segment of each method's chosen k, on its cards
         rates = {r["segment"]: r for r in (rates_of(m["key"], m["value"]) or [])}
         for card in (m["chosen"].get("personas") or []):
@@ -267,8 +354,8 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
         cards = m["chosen"].get("personas") or []
         if outcome and any(c.get("outcome") for c in cards):
             label = f"{outcome['column']} = {outcome['positive']}"
-            m["fig_outcome"] = fig(f"{m['key']}-outcome", F.outcome_bars(cards, m["k"], label,
-                                                                          outcome["population_rate"]),
+            m["fig_outcome"] = fig(f"{m['key']}-outcome", partial(F.outcome_bars, cards, m["k"], label,
+                                                                  outcome["population_rate"]),
                                    f"{m['title']}, k={m['k']}: share of customers with {label} in each segment, "
                                    "with its 95% interval; dashed: all customers.")
     view = {"ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
@@ -325,13 +412,21 @@ def outcome_info(layout: RunLayout, ctx: dict, comparison: dict) -> dict | None:
             "positive": oc["positive"], "population_rate": oc["population_rate"]}
 
 
-def _rates_reader(layout: RunLayout, outcome: dict | None):
-    """(method, value) -> the outcome's rate, interval and lift per segment (compare.segment_rates)."""
-    from .compare import segment_rates
-
+def _rates_reader(layout: RunLayout, outcome: dict | None, comparison: dict | None = None):
+    """(method, value) -> the outcome's rate, interval and lift per segment (compare.segment_rates). The
+    recommended cells' rates are comparison.json's (compare computed them from the same labels and outcome,
+    with the same function); others are computed on first use (scipy: only where a download is rewritten)."""
     if outcome is None:
         return lambda method, value: None
-    positive = (pd.read_parquet(layout.outcome)["outcome"].astype(str).to_numpy() == outcome["positive"]).astype(float)
+    known = {}
+    for method, o in ((comparison or {}).get("outcome") or {}).get("methods", {}).items():
+        rec = (comparison.get("recommended") or {}).get(method) or {}
+        if o.get("rates") is not None and rec.get("value") is not None and rec.get("k") == o.get("k"):
+            known[(method, rec["value"])] = o["rates"]
+
+    @functools.lru_cache(maxsize=None)
+    def positive() -> np.ndarray:
+        return (pd.read_parquet(layout.outcome)["outcome"].astype(str).to_numpy() == outcome["positive"]).astype(float)
 
     @functools.lru_cache(maxsize=None)  # the chosen cells' rates serve both their cards and their downloads
     def rates(method: str, value: int | None) -> list[dict] | None:
@@ -340,7 +435,11 @@ def _rates_reader(layout: RunLayout, outcome: dict | None):
         path = layout.cell(method, value, get(method).grid) / LABELS
         if not path.exists():
             return None
-        return segment_rates(positive, pd.read_parquet(path, columns=["segment"])["segment"].to_numpy())
+        if (method, value) in known:
+            return known[(method, value)]
+        from .compare import segment_rates
+
+        return segment_rates(positive(), pd.read_parquet(path, columns=["segment"])["segment"].to_numpy())
     return rates
 
 
@@ -361,9 +460,6 @@ def export_csv(layout: RunLayout, report_dir: Path, table: pd.DataFrame) -> None
 
 def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
     """Executed notebooks copied beside the report, with an HTML rendering (nbconvert), reused if unchanged."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
     out_dir = report_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     exporter = None
@@ -377,6 +473,9 @@ def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
         stamp = out_dir / f"{name}.sha256"
         if not (stamp.exists() and stamp.read_text() == digest and (out_dir / f"{name}.html").exists()):
             if exporter is None:
+                import nbformat
+                from nbconvert import HTMLExporter
+
                 exporter = HTMLExporter(template_name="lab")
             record = publishable_notebook(src, layout, report_dir, name)
             body, _ = exporter.from_notebook_node(nbformat.reads(record, as_version=4))
@@ -455,14 +554,57 @@ end
 """
 
 
-def _pandoc(text: str, to: str, extra: list[str] | None = None) -> str:
+def _pandoc(text: str, to: str, extra: list[str] | None = None, cache: "OutputCache | None" = None) -> str:
     import pypandoc
 
-    with tempfile.TemporaryDirectory() as tmp:
-        lua = Path(tmp) / "when-format.lua"
-        lua.write_text(LUA_FILTER)
-        return pypandoc.convert_text(text, to, format="markdown",
-                                     extra_args=["--lua-filter", str(lua), "--wrap=none"] + (extra or []))
+    def convert() -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            lua = Path(tmp) / "when-format.lua"
+            lua.write_text(LUA_FILTER)
+            return pypandoc.convert_text(text, to, format="markdown",
+                                         extra_args=["--lua-filter", str(lua), "--wrap=none"] + (extra or [])
+                                         ).encode("utf-8")
+    if cache is None:
+        return convert().decode("utf-8")
+    parts = ["pandoc", pypandoc.get_pandoc_path(), pypandoc.get_pandoc_version(), LUA_FILTER, to, extra or [],
+             os.environ.get("SEGREPORT_SITE_URL", ""), text]
+    return cache.get(parts, convert).decode("utf-8")
+
+
+class OutputCache:
+    """What the built-in renderer's tools made (pandoc's pages, typst's PDF), in report/.cache/ by the
+    sha256 of their inputs: a render whose pages did not change converts nothing again. Each file's name
+    also holds the sha256 of its contents, checked when it is read (a damaged one is made again);
+    `prune` then removes what this render did not use."""
+
+    def __init__(self, folder: Path):
+        self.dir = Path(folder)
+        self.used: set[str] = set()
+
+    def get(self, parts, make) -> bytes:
+        h = hashlib.sha256()
+        for part in parts:
+            data = part if isinstance(part, bytes) else repr(part).encode("utf-8")
+            h.update(b"%d:" % len(data))
+            h.update(data)
+        digest = h.hexdigest()[:32]
+        for f in self.dir.glob(f"{digest}-*"):
+            data = f.read_bytes()
+            if hashlib.sha256(data).hexdigest()[:16] == f.name.split("-", 1)[1]:
+                self.used.add(f.name)
+                return data
+            f.unlink(missing_ok=True)
+        data = make()
+        name = f"{digest}-{hashlib.sha256(data).hexdigest()[:16]}"
+        atomic_write_bytes(self.dir / name, data)
+        self.used.add(name)
+        return data
+
+    def prune(self) -> None:
+        if self.dir.exists():
+            for f in self.dir.iterdir():
+                if f.is_file() and f.name not in self.used and not f.name.startswith("."):
+                    f.unlink(missing_ok=True)
 
 
 # the PDF as a document: A4, ragged right without hyphenation (narrow table cells stay whole words),
@@ -497,6 +639,22 @@ def vega_bundle(path: Path) -> None:
     atomic_write_text(path, vlc.javascript_bundle())
 
 
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(package)
+
+
+def _typst_files(typ: str, root: Path) -> list:
+    """The files a typst document reads besides itself (its figures: report/figures, and any other path it
+    names), each by name and sha256: what its PDF depends on."""
+    root = Path(root)
+    files = set((root / "figures").glob("*.png")) if (root / "figures").is_dir() else set()
+    files |= {root / m for m in re.findall(r'image\("([^"]+)"', typ)}
+    return [(f.relative_to(root).as_posix() if f.is_relative_to(root) else str(f),
+             sha256_file(f) if f.is_file() else None) for f in sorted(files)]
+
+
 def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
     """Render _quarto.yml's chapters with pandoc into an HTML site and, via typst, one PDF."""
     import typst
@@ -515,8 +673,10 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
                           "body": body})
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
         layout = env.get_template("site/layout.html.j2")
+        report_dir = pages[0]["src"].parent
+        cache = OutputCache(report_dir / ".cache")
         for i, pg in enumerate(pages):
-            html_body = _pandoc(pg["body"], "html5")
+            html_body = _pandoc(pg["body"], "html5", cache=cache)
             nav = [{"title": p["title"], "href": os.path.relpath(p["rel"], pg["rel"].parent), "current": p is pg}
                    for p in pages]
             out = tmp_site / pg["rel"]
@@ -528,7 +688,6 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
                                          assets=os.path.relpath("report/assets", pg["rel"].parent)),
                            encoding="utf-8")
         # resources next to the pages: figures, notebooks, downloads, the Vega bundle
-        report_dir = pages[0]["src"].parent
         for sub in ("figures", "notebooks", "downloads", "assets"):
             if (report_dir / sub).exists():
                 shutil.copytree(report_dir / sub, tmp_site / pages[0]["rel"].parent / sub,
@@ -542,15 +701,18 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
         combined = "\n\n".join(f"# {md_escape(p['title'])}\n\n{p['body']}" for p in pages)
         os.environ["SEGREPORT_SITE_URL"] = cfg.get("site_url") or ""
         typ = with_document_style(_pandoc(combined, "typst", ["--standalone", "--toc", f"--metadata=title:{cfg['title']}",
-                                                             "--shift-heading-level-by=0"]))
-        build = report_dir / ".build.typ"
-        build.write_text(typ, encoding="utf-8")
-        try:
-            pdf = typst.compile(str(build), root=str(report_dir))
-        except Exception as exc:
-            raise RuntimeError(f"typst failed on {build}: {exc}") from exc
-        finally:
-            build.unlink(missing_ok=True)
+                                                             "--shift-heading-level-by=0"], cache=cache))
+
+        def compile_pdf() -> bytes:
+            build = report_dir / ".build.typ"
+            build.write_text(typ, encoding="utf-8")
+            try:
+                return typst.compile(str(build), root=str(report_dir))
+            except Exception as exc:
+                raise RuntimeError(f"typst failed on {build}: {exc}") from exc
+            finally:
+                build.unlink(missing_ok=True)
+        pdf = cache.get(["typst", _version("typst"), typ, _typst_files(typ, report_dir)], compile_pdf)
         (tmp_site / f"{cfg['output_file']}.pdf").write_bytes(pdf)
         (tmp_site / ".nojekyll").write_text("")
         publish_modes(tmp_site)  # mkdtemp made the folder 0700: served, it would answer 403
@@ -563,6 +725,7 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
         os.replace(tmp_site, site)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        cache.prune()
     except BaseException:
         shutil.rmtree(tmp_site, ignore_errors=True)
         raise
