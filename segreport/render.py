@@ -36,7 +36,7 @@ from .methods import REGISTRY, get
 from .prepare import projection_space, run_dir
 from .resources import QUARTO_PROJECT, TEMPLATES
 from .store import (LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_write_bytes,
-                    atomic_write_text, cell_id, read_json, sha256_file)
+                    atomic_write_json, atomic_write_text, cell_id, file_record, key, read_json, sha256_file)
 
 METHOD_TITLES = {name: m.display for name, m in REGISTRY.items()}
 PAGES = ["index", *REGISTRY, "personas", "comparison", "appendix"]
@@ -733,8 +733,13 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
 
 
 def render(params, layout: RunLayout | None = None, quarto: str = "auto", project: Path = Path("."),
-           build_site: bool = True) -> dict:
-    """Pages from results, then the site: Quarto where installed, else the built-in renderer."""
+           build_site: bool = True, reuse: bool = False) -> dict:
+    """Pages from results, then the site: Quarto where installed, else the built-in renderer.
+
+    `reuse` (a `segreport run`): where the site was built from the same inputs (`site_key`) and its
+    files are as they were written (results/<run>/site.json), nothing is rebuilt; the result then has
+    reused=True. `segreport render` always builds (its pages, figures and conversions are reused
+    piece by piece where unchanged)."""
     if layout is None:
         data_path = Path(params.data) if params.data != "demo" else project / "data" / "demo.csv"
         layout = RunLayout(run_dir(params, data_path))
@@ -743,6 +748,19 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
     if not (project / "_quarto.yml").exists():  # a folder outside the repository: the packaged Quarto project
         for f in QUARTO_PROJECT.parent.glob("_quarto*.yml"):
             atomic_copy(f, project / f.name)
+    use_quarto = bool(quarto == "quarto" or (quarto == "auto" and shutil.which("quarto")))
+    if use_quarto:
+        site = project / read_quarto(project)["output_dir"]
+    else:
+        site = Path(params.site) if Path(params.site).is_absolute() else project / params.site
+    sk = None
+    if build_site:
+        sk = site_key(params, layout, project, site, "quarto" if use_quarto else "builtin")
+        if reuse:
+            out = reusable_site(layout, site, sk)
+            if out is not None:
+                return out
+        (layout.root / SITE_RECORD).unlink(missing_ok=True)  # rebuilt below: until then it describes nothing
     report_dir = project / "report"
     vega_bundle(report_dir / "assets" / "vega-bundle.js")
     write_stubs(report_dir)  # the chapters _quarto.yml lists (committed in the repository: unchanged there)
@@ -751,19 +769,113 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
     if not build_site:
         return {"html": None, "pages": facts}
     profiles = ["tracking"] if "tracking" in facts["pages"] else []  # _quarto-tracking.yml adds the page
-    use_quarto = quarto == "quarto" or (quarto == "auto" and shutil.which("quarto"))
     if use_quarto:
         env = dict(os.environ, SEGREPORT_PAGES_READY="1")
         res = subprocess.run(["quarto", "render"] + [f"--profile={p}" for p in profiles], cwd=project, env=env)
         if res.returncode != 0:
             raise SegreportError(f"quarto render failed with exit status {res.returncode}")
         cfg = read_quarto(project)
-        site = project / cfg["output_dir"]
-        return {"html": str(site / "index.html"), "pdf": str(site / f"{cfg['output_file']}.pdf")}
-    out = builtin_render(project, Path(params.site) if Path(params.site).is_absolute() else project / params.site,
-                         profiles)
+        out = {"html": str(site / "index.html"), "pdf": str(site / f"{cfg['output_file']}.pdf")}
+    else:
+        out = builtin_render(project, site, profiles)
     out["seconds"] = round(time.perf_counter() - t0, 3)
+    record_site(layout, site, sk, out)
     return out
+
+
+# --------------------------------------------------------------------------- reusing a built site
+
+SITE_RECORD = "site.json"  # in the run folder: the key of the site last built from it, and its files
+# manifest entries that change on every run without changing a page that matters: the site keeps the
+# times of the run that built it (a rerun that changes nothing does not rebuild it to show new times)
+VOLATILE_MANIFEST = ("started", "finished", "updated", "timings", "comparison", "render")
+
+
+def _tree_hash(h, folder: Path, label: str) -> None:
+    folder = Path(folder)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(f"{label}/{f.relative_to(folder).as_posix()}\0".encode())
+        h.update(f.read_bytes())
+
+
+def site_key(params, layout: RunLayout, project: Path, site: Path, engine: str) -> str:
+    """What a built site depends on: the package's code and templates, the Quarto project files, the
+    parameters, the run's context and manifest (less the times of each run), its comparison and its
+    cells' files (the sha256 their done.json recorded), the outcome, identifiers and tracking files,
+    the engine and where the site goes."""
+    from . import __version__
+    from .config import params_to_dict
+    from .store import DONE, read_json_or_empty
+
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for f in sorted(package.rglob("*.py")):
+        if "__pycache__" not in f.parts:
+            h.update(f"code/{f.relative_to(package).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    _tree_hash(h, TEMPLATES, "templates")
+    own = Path(project) / "templates"
+    if own.is_dir() and own.resolve() != Path(TEMPLATES).resolve():  # what Quarto includes (vega-init.html)
+        _tree_hash(h, own, "project-templates")
+    for f in sorted(Path(project).glob("_quarto*.yml")):
+        h.update(f"quarto/{f.name}\0".encode())
+        h.update(f.read_bytes())
+    ctx = read_json(layout.context)
+    ctx.pop("prepare_seconds", None)
+    manifest = read_json(layout.manifest)
+    for name in VOLATILE_MANIFEST:
+        manifest.pop(name, None)
+    manifest["cells"] = {n: {k: v for k, v in c.items() if k != "reused"} for n, c in manifest.get("cells", {}).items()}
+    for name in ("render", "workers"):  # how a run was asked for, not what it found
+        (manifest.get("params") or {}).pop(name, None)
+        (ctx.get("params") or {}).pop(name, None)
+    comparison = read_json_or_empty(layout.comparison / DONE).get("files") or {
+        p.name: sha256_file(p) for p in (layout.comparison_json, layout.metrics_table) if p.exists()}
+    cells = {}
+    for method in ctx["methods"]:
+        grid = get(method).grid
+        for v in ctx["grid"][method]:
+            cells[f"{method}/{cell_id(v, grid)}"] = read_json_or_empty(layout.cell(method, v, grid) / DONE).get("files")
+    extra = [layout.outcome, layout.ids, layout.root / "tracking.json"]
+    if (layout.root / "tracking").is_dir():
+        extra += sorted((layout.root / "tracking").glob("*.parquet"))
+    files = {p.relative_to(layout.root).as_posix(): sha256_file(p) for p in extra if p.is_file()}
+    params = {n: v for n, v in params_to_dict(params).items() if n not in ("render", "workers")}
+    h.update(key(__version__, engine, str(site), str(layout.root), params, ctx, manifest, comparison, cells, files,
+                 (layout.root / "snapshots").is_dir()).encode())
+    return h.hexdigest()[:32]
+
+
+def _site_files(site: Path) -> dict:
+    return {p.relative_to(site).as_posix(): file_record(p) for p in sorted(Path(site).rglob("*")) if p.is_file()}
+
+
+def record_site(layout: RunLayout, site: Path, sk: str | None, out: dict) -> None:
+    """results/<run>/site.json: the key the site was built with, its files and the run's assignment files
+    (size and sha256), and what render returned."""
+    if sk is None:
+        return
+    assignments = {p.name: file_record(p) for p in sorted(layout.assignments.glob("*.csv"))} \
+        if layout.assignments.is_dir() else {}
+    atomic_write_json(layout.root / SITE_RECORD, {"key": sk, "site": str(site), "html": out.get("html"),
+                                                  "pdf": out.get("pdf"), "files": _site_files(site),
+                                                  "assignments": assignments})
+
+
+def reusable_site(layout: RunLayout, site: Path, sk: str) -> dict | None:
+    """What render returned when it built the site, where the site is still that one: the same key, and
+    every file it wrote (and the run's assignment files) as they were. A missing or changed file is said
+    in one line; None then (the site is built again)."""
+    from .store import read_json_or_empty, say_damaged, verify
+
+    rec = read_json_or_empty(layout.root / SITE_RECORD)
+    if rec.get("key") != sk or rec.get("site") != str(site) or not rec.get("files"):
+        return None
+    bad = verify(site, rec["files"]) or verify(layout.assignments, rec.get("assignments") or {})
+    if bad is not None:
+        say_damaged(*bad, "building the site again")
+        return None
+    return {"html": rec.get("html"), "pdf": rec.get("pdf"), "reused": True}
 
 
 # --------------------------------------------------------------------------- publishing: chapters, paths, modes

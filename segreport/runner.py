@@ -109,8 +109,9 @@ def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: 
         from .render import render
 
         t3 = time.perf_counter()
-        out = render(params, layout=layout, project=root, build_site=build_site)
+        out = render(params, layout=layout, project=root, build_site=build_site, reuse=True)
         manifest["timings"]["render"] = round(time.perf_counter() - t3, 3)
+        manifest["render"] = {"reused": bool(out.get("reused"))}
         write_manifest(layout, manifest)
         if out.get("html"):
             summary.append(f"report: {out['html']}" + (f" and {out['pdf']}" if out.get("pdf") else ""))

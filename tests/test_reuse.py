@@ -1,6 +1,6 @@
-"""A rerun that changes nothing recomputes nothing: the comparison is reused where its inputs did not
-change and its files are intact, and recomputed where an input changed or a file is damaged (said in
-one line).
+"""A rerun that changes nothing recomputes nothing: the comparison and the site are reused where their
+inputs did not change and their files are intact, and recomputed where an input changed or a file
+is damaged (said in one line). `segreport render` builds again, from the pieces that did not change.
 
 The grid runs in this process (each cell's `run_cell`, what its notebook calls, no papermill), so the
 runs here take seconds; the real grid's reuse is tested in test_end_to_end and test_reliability."""
@@ -61,7 +61,7 @@ def finished(tmp_path_factory):
         mp.chdir(wd)
         mp.setenv("SEGREPORT_SITE_URL", "")  # the built-in renderer sets it for pandoc
         m = run(mp)
-    assert m["comparison"] == {"reused": False}
+    assert m["comparison"] == {"reused": False} and m["render"] == {"reused": False}
     return wd
 
 
@@ -74,25 +74,25 @@ def project(finished, tmp_path, monkeypatch) -> Path:
     return wd
 
 
-def test_a_rerun_that_changes_nothing_reuses_the_comparison(project, monkeypatch, capsys):
-    before = snapshot(project / COMPARISON)
+def test_a_rerun_that_changes_nothing_reuses_the_comparison_and_the_site(project, monkeypatch, capsys):
+    before = {name: snapshot(project / name) for name in (COMPARISON, Path("_site"), Path("report"))}
     m = run(monkeypatch)
     assert all(c["reused"] for c in m["cells"].values())
-    assert m["comparison"] == {"reused": True}
-    assert snapshot(project / COMPARISON) == before  # not a file written
+    assert m["comparison"] == {"reused": True} and m["render"] == {"reused": True}
+    assert {name: snapshot(project / name) for name in before} == before  # not a file written
     assert " is damaged " not in capsys.readouterr().err
 
 
 def test_a_changed_parameter_recomputes_the_comparison_and_a_setting_of_the_run_does_not(project, monkeypatch):
-    m = run(monkeypatch, "--workers", "2")  # how the grid runs: the same comparison
-    assert m["comparison"] == {"reused": True}
+    m = run(monkeypatch, "--workers", "2")  # how the grid runs: the same comparison, the same site
+    assert m["comparison"] == {"reused": True} and m["render"] == {"reused": True}
     (project / "params.yml").write_text(LIGHT.replace("null_sample: 300", "null_sample: 200"))
     m = run(monkeypatch)
     assert all(c["reused"] for c in m["cells"].values())  # the cells do not read it; the comparison does
-    assert m["comparison"] == {"reused": False}
+    assert m["comparison"] == {"reused": False} and m["render"] == {"reused": False}
     assert json.loads((COMPARISON / "comparison.json").read_text())["nulls"]["kmeans"]["rows"] == 200
     m = run(monkeypatch)
-    assert m["comparison"] == {"reused": True}
+    assert m["comparison"] == {"reused": True} and m["render"] == {"reused": True}
 
 
 def test_a_changed_grid_recomputes_the_comparison_though_every_cell_is_reused(project, monkeypatch):
@@ -140,6 +140,7 @@ def test_a_damaged_comparison_is_said_and_computed_again_to_the_same_bytes(proje
     assert ("segreport: results/demo/comparison/comparison.json is damaged (hash differs): recomputing the "
             "comparison") in said
     assert m["comparison"] == {"reused": False} and _bytes(COMPARISON) == before
+    assert m["render"] == {"reused": True}  # the same comparison: the site built from it stands
     (COMPARISON / "metrics.parquet").unlink()
     m = run(monkeypatch)
     assert "segreport: results/demo/comparison/metrics.parquet is missing: recomputing the comparison" in \
@@ -147,3 +148,53 @@ def test_a_damaged_comparison_is_said_and_computed_again_to_the_same_bytes(proje
     assert m["comparison"] == {"reused": False} and _bytes(COMPARISON) == before
     m = run(monkeypatch)
     assert m["comparison"] == {"reused": True} and " is damaged " not in capsys.readouterr().err
+
+
+def test_a_damaged_site_is_said_and_built_again(project, monkeypatch, capsys):
+    page = project / "_site" / "report" / "kmeans.html"
+    before = page.read_bytes()
+    page.unlink()
+    m = run(monkeypatch)
+    assert "segreport: _site/report/kmeans.html is missing: building the site again" in \
+        capsys.readouterr().err.splitlines()
+    assert m["comparison"] == {"reused": True} and m["render"] == {"reused": False}
+    assert page.read_bytes() == before
+    _flip(project / "_site" / "report.pdf")
+    m = run(monkeypatch)
+    assert "segreport: _site/report.pdf is damaged (hash differs): building the site again" in \
+        capsys.readouterr().err.splitlines()
+    assert m["render"] == {"reused": False}
+    assert run(monkeypatch)["render"] == {"reused": True}
+
+
+def render(*args: str) -> None:
+    assert main(["render", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "2-3", *args]) == 0
+
+
+def test_render_builds_the_site_again_from_the_pieces_that_did_not_change(project, monkeypatch):
+    site = project / "_site"
+    before = _bytes(site)
+    pieces = {name: snapshot(project / "report" / name) for name in ("figures", "downloads/profiles", ".cache")}
+    built = (site / "index.html").stat().st_mtime_ns
+    render()
+    assert (site / "index.html").stat().st_mtime_ns != built  # built again, as asked
+    assert _bytes(site) == before  # to the same bytes, the PDF's included
+    # no figure drawn, no profile written, no page converted again
+    assert {name: snapshot(project / "report" / name) for name in pieces} == pieces
+    # what changed is made again, and only that: the projections drawn on a smaller sample, and a
+    # profile spreadsheet that went missing (a run with a new figure sample: the same cells and
+    # comparison, another site)
+    (project / "report" / "downloads" / "profiles" / "kmeans-k3.xlsx").unlink()
+    (project / "params.yml").write_text(LIGHT + "figure_sample: 100\n")
+    m = run(monkeypatch)
+    assert m["comparison"] == {"reused": True} and m["render"] == {"reused": False}
+    figures = snapshot(project / "report" / "figures")
+    redrawn = {f for f in figures if figures[f] != pieces["figures"].get(f)}
+    assert redrawn == {"kmeans-projections.png", "kmeans-projections.vl.json", "kmeans-projections.inputs.sha256"}
+    profiles = snapshot(project / "report" / "downloads" / "profiles")
+    rewritten = {f for f in profiles if profiles[f] != pieces["downloads/profiles"].get(f)}
+    assert rewritten == {"kmeans-k3.csv", "kmeans-k3.xlsx", ".kmeans-k3.key"}
+    assert _bytes(site)["report/downloads/profiles/kmeans-k3.xlsx"] == before["report/downloads/profiles/kmeans-k3.xlsx"]
+    # a run after an explicit render reuses its site
+    render()
+    assert run(monkeypatch)["render"] == {"reused": True}
