@@ -528,6 +528,8 @@ def choose_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, c
            "thresholds": {"min_cosine": GATE_MIN_COSINE, "min_ari": GATE_MIN_ARI, "min_gain": MIN_GAIN},
            "cpu_flags": flags, "candidates": results, "model_dir": folders.get(chosen),
            "seconds": round(time.perf_counter() - t_start, 2), "cached": False}
+    encs.clear()
+    get_encoder.cache_clear()  # every candidate's compiled model: the embedding builds the chosen one again
     gate_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = gate_file.with_name(f".{gate_file.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(out, indent=1))
