@@ -73,9 +73,7 @@ def stability(method, value: int, space: dict, params, seed: int, labels: np.nda
     """Clusterboot (Hennig 2007) on a seeded subsample: the whole method refitted in every bootstrap
     resample, its outlier step included (ECOD refitted on the resample), with the same number of
     starts as the fit; see evaluate.bootstrap_stability."""
-    from sklearn.metrics import silhouette_score
-
-    from .evaluate import bootstrap_stability, ecod_refit, whole_method_refit
+    from .evaluate import FixedRowsSilhouette, bootstrap_stability, ecod_refit, whole_method_refit
     from .features import sample_rows
 
     B = int(params.stability_resamples)
@@ -85,20 +83,29 @@ def stability(method, value: int, space: dict, params, seed: int, labels: np.nda
     mode, contamination = method.outlier_params(params)
     detect = ecod_refit(method.outlier_matrix(space, common), contamination) if mode == "ecod" else None
 
+    weighted = method.weighted_refit
+
     def fit(rows):
-        return method.estimator(value, params, seed, scale or {}).fit(np.asarray(X[rows]), **method.fit_kwargs(space))
+        est = method.estimator(value, params, seed, scale or {})
+        if weighted:
+            # a bootstrap resample repeats rows: each distinct row once, weighted by its count, is the
+            # same objective (k-means++ seeding and Lloyd's means weight rows as copies would) on ~63%
+            # of the rows
+            rows, counts = np.unique(rows, return_counts=True)
+            return est.fit(np.asarray(X[rows]), sample_weight=counts.astype(np.float64), **method.fit_kwargs(space))
+        return est.fit(np.asarray(X[rows]), **method.fit_kwargs(space))
 
     def predict(model, base):
         return segments(method, model, X[base])[0]
 
-    score_rows = None
+    scorer = {}
 
     def score(base, pred):
-        nonlocal score_rows
-        if score_rows is None:
-            score_rows = sample_rows(len(base), 2000, seed)
-        lab = pred[score_rows]
-        return float(silhouette_score(common[base[score_rows]], lab)) if len(np.unique(lab)) > 1 else None
+        # the same rows are scored in every resample: their distances are computed once
+        if not scorer:
+            scorer["rows"] = sample_rows(len(base), 2000, seed)
+            scorer["silhouette"] = FixedRowsSilhouette(common[base[scorer["rows"]]])
+        return scorer["silhouette"](pred[scorer["rows"]])
 
     refit = whole_method_refit(fit, predict, detect, min_rows=getattr(method.estimator(value, params, seed, {}),
                                                                        "n_clusters", 2))
@@ -107,7 +114,7 @@ def stability(method, value: int, space: dict, params, seed: int, labels: np.nda
 
 def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
     """Fit, score, profile and explain one (method, grid value); returns the metrics dict."""
-    t0 = time.perf_counter()
+    lap = Laps()
     layout = RunLayout(run_dir)
     ctx = read_json(layout.context)
     params = params_of(ctx)
@@ -118,12 +125,12 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
     space = load_space(layout, method_name)
     common = load_space(layout, COMMON, mmap=True)["X"]
     scale = ctx.get("scale") or {}
+    lap("read")
     model, labels, dist, outliers = fit_method(method, value, space, params, seed, scale)
     k = int(labels.max()) + 1
-    t_fit = time.perf_counter() - t0
-    t_stab = time.perf_counter()
+    lap("fit")
     stab = stability(method, value, space, params, seed, labels, common, scale)
-    t_stab = time.perf_counter() - t_stab
+    lap("stability")
     labels_df = pd.DataFrame({"row": np.arange(len(labels), dtype=np.int64), "segment": labels.astype(np.int64),
                               "outlier": outliers.astype(bool) if outliers is not None else np.zeros(len(labels), bool),
                               "distance": dist.astype(np.float64)})
@@ -147,7 +154,7 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         # the seed article scored K-means on the rows kept after ECOD: reported beside the full-data numbers
         keep = ~outliers
         own_fitted = validity(np.asarray(X_own)[keep], labels[keep], sil_n, seed)
-    t_metrics = time.perf_counter() - t0 - t_fit - t_stab
+    lap("metrics")
     scheduler = os.environ.get("SEGREPORT_DASK_SCHEDULER")
     if scale.get("lightgbm") == "dask" and scheduler:
         ex = surrogate_dask(frame, labels, ctx["used"]["categorical"], scheduler, seed=seed,
@@ -156,12 +163,13 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
     else:
         ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params.lgbm_folds),
                        max_rows=int(params.explain_rows), shap_sample=int(params.shap_sample), threads=_threads())
+    lap("surrogate")
     from .explain import rule_tree, shap_direction
 
     tree = rule_tree(frame, labels, ctx["used"]["categorical"], max_depth=3, seed=seed)
     tree.pop("model", None)
     direction = shap_direction(ex["shap_sample"], frame, ctx["used"]["numeric"], ctx["used"]["categorical"])
-    t_explain = time.perf_counter() - t0 - t_fit - t_stab - t_metrics
+    lap("rules")
     prof = profile(frame, labels, ctx["used"]["numeric"], ctx["used"]["categorical"], int(params.min_segment_size),
                    outliers=outliers)
     cards = personas(prof, {str(s): v for s, v in ex["mean_abs_shap"].items()}, ctx["labels"], ctx["units"],
@@ -191,6 +199,7 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
             info = (direction.get(card["segment"]) or {}).get(d["column"]) or {}
             d["direction"] = info.get("direction")
             d["towards"] = (info.get("towards") or [])[:2]
+    lap("personas")
     write = lambda name, obj: layout.write_cell(method_name, value, name, obj, grid)  # noqa: E731
     write(LABELS, labels_df)
     write(SHAP_SAMPLE, ex["shap_sample"])
@@ -203,8 +212,28 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         write(STABILITY, stab)
     write(MODEL, {"method": method_name, "value": int(value), "k": k, "segmenter": model,
                   "explainer_model": ex["model"]})
-    # timings are kept out of metrics.json so that identical reruns give identical bytes
-    write(TIMINGS, {"fit": round(t_fit, 3), "metrics": round(t_metrics, 3), "explain": round(t_explain, 3),
-                    "stability": round(t_stab, 3), "total": round(time.perf_counter() - t0, 3)})
     write(METRICS, metrics)
+    lap("write")
+    # timings are kept out of metrics.json so that identical reruns give identical bytes
+    write(TIMINGS, lap.timings())
     return metrics
+
+
+class Laps:
+    """Seconds per stage of a cell (timings.json; bench/bench_cells.py tabulates them over a run).
+    `explain` = surrogate + rules, as earlier timings files named it."""
+
+    def __init__(self):
+        self.t0 = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round(now - self.last, 3)
+        self.last = now
+
+    def timings(self) -> dict:
+        out = dict(self.stages)
+        out["explain"] = round(out.get("surrogate", 0.0) + out.get("rules", 0.0), 3)
+        out["total"] = round(time.perf_counter() - self.t0, 3)
+        return out

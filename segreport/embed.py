@@ -147,6 +147,24 @@ def load_model(name: str):
         ) from None
 
 
+def release_models() -> None:
+    """Drop this process's sentence models and compiled encoders (PyTorch, ONNX Runtime, OpenVINO) and
+    hand the freed heap back to the OS. Called when a stage that embeds is done: the grid's workers and
+    their kernels need the memory, and a later stage that embeds loads what it needs again (seconds)."""
+    import ctypes
+    import gc
+
+    from .embed_fast import get_encoder
+
+    get_encoder.cache_clear()
+    load_model.cache_clear()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed arenas otherwise
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def cpu_has_bf16() -> bool:
     """True where the CPU does bf16 matrix arithmetic natively (AMX or AVX-512 BF16)."""
     try:
@@ -388,7 +406,8 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
             except DamagedPart as why:
                 say_damaged(p["path"], str(why), "embedding that part again")
                 p["path"].unlink(missing_ok=True)
-                embed_part(plan.texts_of(p), model_name, plan.bf16, batch_size, p["path"], seed=seed)
+                embed_part(plan.texts_of(p), model_name, plan.precision, batch_size, p["path"], seed=seed,
+                           model_dir=plan.model_dir)  # by the path its file name says
                 block = read_part(p["path"], plan.texts_of(p))
                 missing.append(p)
             if emb_u is None:

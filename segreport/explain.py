@@ -21,6 +21,7 @@ writes its leaves as rules in words; "simple rules" is claimed only where it rea
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -88,31 +89,69 @@ def surrogate(frame: pd.DataFrame, labels: np.ndarray, categorical: list[str], s
     return out
 
 
+def class_booster(booster, c: int):
+    """The trees of class `c` of a multiclass LightGBM booster, as a booster of their own.
+
+    A multiclass booster grows one tree per class each round (tree i belongs to class i mod K) and
+    the classes' raw scores are sums over their own trees, so class c's SHAP values (TreeSHAP, which
+    LightGBM computes for `pred_contrib` and shap's TreeExplainer calls) are those of its trees alone:
+    explaining each row for its own segment costs 1/K of explaining it for all K. Built by keeping
+    class c's trees in LightGBM's text model (numbered anew, one class); the values are the same
+    numbers (tests/test_explain.py compares them with the full model's).
+    """
+    import lightgbm as lgb
+
+    text = booster.model_to_string()
+    k = int(re.search(r"(?m)^num_tree_per_iteration=(\d+)$", text).group(1))
+    head, rest = text.split("\nTree=0\n", 1)
+    trees, tail = ("Tree=0\n" + rest).split("end of trees", 1)
+    blocks = [b for b in re.split(r"(?m)^(?=Tree=\d+\n)", trees) if b.strip()]
+    mine = [re.sub(r"\ATree=\d+", f"Tree={j}", b) for j, b in enumerate(blocks[c::k])]
+    for pattern, repl in ((r"(?m)^num_class=\d+$", "num_class=1"),
+                          (r"(?m)^num_tree_per_iteration=\d+$", "num_tree_per_iteration=1"),
+                          (r"(?m)^objective=.*$", "objective=regression"),  # raw scores: what SHAP explains
+                          (r"(?m)^tree_sizes=.*\n", "")):  # sizes of the full model's trees
+        head = re.sub(pattern, repl, head)
+    return lgb.Booster(model_str=head + "\n" + "".join(mine) + "end of trees" + tail)
+
+
 def _explain(final, X: pd.DataFrame, y: np.ndarray, features: list[str], shap_sample: int, seed: int) -> dict:
-    """Mean |SHAP| per (segment, feature) and per-row SHAP values on a seeded, stratified sample."""
+    """Mean |SHAP| per (segment, feature) and per-row SHAP values on a seeded, stratified sample.
+
+    Each row is explained for its own segment (the log-odds of that segment), which is all the report
+    uses: with more than two segments, each segment's rows by that segment's trees (`class_booster`)."""
     import shap
 
     n = len(X)
     srows = sample_rows(n, shap_sample, seed + 1, strata=y)
-    expl = shap.TreeExplainer(final)
-    sv = np.asarray(expl.shap_values(X.iloc[srows]))
-    # normalise to (rows, features, classes)
     classes = list(final.classes_)
-    if sv.ndim == 2:  # binary: one output, the log-odds of class 1
-        sv = np.stack([-sv, sv], axis=2)
-    elif sv.shape[0] == len(classes) and sv.shape[1] == len(srows):
-        sv = np.transpose(sv, (1, 2, 0))
     ys_shap = y[srows]
+    Xs = X.iloc[srows]
+    own = np.zeros((len(srows), len(features)))
     per_segment = {}
-    for ci, c in enumerate(classes):
-        members = ys_shap == c
-        vals = np.abs(sv[members, :, ci]) if members.any() else np.abs(sv[:, :, ci])
-        per_segment[int(c)] = {f: float(vals[:, j].mean()) for j, f in enumerate(features)}
-    own = np.searchsorted(classes, ys_shap)
-    overall = {f: float(np.abs(sv[np.arange(len(srows)), j, own]).mean()) for j, f in enumerate(features)}
+    if len(classes) <= 2:  # one output, the log-odds of class 1; class 0's are its negative
+        sv = np.asarray(shap.TreeExplainer(final).shap_values(Xs))
+        if sv.ndim == 3:  # (rows, features, 2) in some shap versions
+            sv = sv[:, :, -1]
+        for ci, c in enumerate(classes):
+            sign = 1.0 if ci == len(classes) - 1 else -1.0
+            members = ys_shap == c
+            own[members] = sign * sv[members]
+            vals = np.abs(sv[members] if members.any() else sv)
+            per_segment[int(c)] = {f: float(vals[:, j].mean()) for j, f in enumerate(features)}
+    else:
+        booster = final.booster_
+        for ci, c in enumerate(classes):
+            members = ys_shap == c
+            expl = shap.TreeExplainer(class_booster(booster, ci))
+            vals = np.asarray(expl.shap_values(Xs[members] if members.any() else Xs))
+            if members.any():
+                own[members] = vals
+            per_segment[int(c)] = {f: float(np.abs(vals[:, j]).mean()) for j, f in enumerate(features)}
+    overall = {f: float(np.abs(own[:, j]).mean()) for j, f in enumerate(features)}
     rows_frame = pd.DataFrame({"row": srows, "segment": ys_shap})
     for j, f in enumerate(features):
-        rows_frame[f"shap_{f}"] = sv[np.arange(len(srows)), j, own]
+        rows_frame[f"shap_{f}"] = own[:, j]
     return {"shap_rows": int(len(srows)), "mean_abs_shap": per_segment, "mean_abs_shap_overall": overall,
             "shap_sample": rows_frame, "model": final}
 

@@ -8,11 +8,14 @@ others. Only this (parent) process writes the manifest.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -21,7 +24,7 @@ from pathlib import Path
 from . import SegreportError, __version__
 from .methods import get
 from .resources import ANALYSIS
-from .store import (CELL_HASHED, CELL_VERIFIED, DONE, METRICS, NOTEBOOK, NoSpaceError, RunLayout, atomic_output,
+from .store import (CELL_HASHED, CELL_VERIFIED, DONE, KERNEL_LOG, METRICS, NOTEBOOK, NoSpaceError, RunLayout, atomic_output,
                     atomic_write_json, cell_name, file_record, key, no_space, read_json_or_empty, say_damaged,
                     sha256_file, sweep_partial, verify)
 
@@ -86,10 +89,72 @@ def notebook_hash(ctx: dict, method: str) -> str:
     return sha256_file(path)[:16]
 
 
+# One Jupyter kernel per worker (per thread of a Dask worker), reused by the cells it runs: starting a
+# kernel and importing segreport's libraries into it took ~6 s of each ~30 s cell. Before each notebook
+# the kernel is reset to a new session (IPython's `reset(new_session=True)`: empty namespace, execution
+# count back to 1), so a notebook sees nothing of the one before; imported modules stay, which is the
+# point. A kernel that died is replaced; so is one started for another project folder or environment.
+_KERNELS = threading.local()
+RESET = "get_ipython().reset(new_session=True)"
+
+
+def _shutdown(kernel) -> None:
+    try:
+        kernel["km"].shutdown_kernel(now=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
+def _reset(km) -> bool:
+    """Reset a live kernel to a new session; False if it does not answer (then it is replaced)."""
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive(RESET, store_history=False, timeout=60)
+        return reply["content"].get("status") == "ok"
+    except Exception:  # noqa: BLE001 - a kernel that cannot be reset is started anew
+        return False
+    finally:
+        kc.stop_channels()
+
+
+def warm_kernel(project: str, log_path: Path):
+    """This worker's kernel for `project` and the current environment, reset to a new session; started (its
+    OS-level stderr to `log_path`) where there is none, it died, or it was started for other settings."""
+    from jupyter_client.manager import KernelManager
+
+    key = (project, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("SEGREPORT_", "OMP_",
+                                                                                        "OPENBLAS_", "MKL_",
+                                                                                        "NUMBA_", "PYTHONHASH")))))
+    kernel = getattr(_KERNELS, "kernel", None)
+    if kernel is not None:
+        if kernel["key"] == key and kernel["km"].is_alive() and _reset(kernel["km"]):
+            return kernel["km"]
+        _shutdown(kernel)
+        _KERNELS.kernel = None
+    km = KernelManager(kernel_name=KERNEL)
+    with open(log_path, "ab") as log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
+        km.start_kernel(cwd=project, stderr=log)
+    _KERNELS.kernel = {"key": key, "km": km}
+    _STARTED.append(km)
+    return km
+
+
+_STARTED: list = []  # every kernel this process started: shut down when it exits
+
+
+@atexit.register
+def _close_kernels() -> None:
+    while _STARTED:
+        _shutdown({"km": _STARTED.pop()})
+
+
 def _execute(project: str, run_dir: str, method: str, k: int, threads: int, analysis: str,
              env: dict | None = None) -> dict:
-    """Worker: execute analysis/<method>.ipynb for one grid value `k` with papermill. `env`: extra variables for
-    its kernel (the Dask executor passes its scheduler's address for LightGBM's Dask interface)."""
+    """Worker: execute analysis/<method>.ipynb for one grid value `k` with papermill, in this worker's warm
+    kernel (`warm_kernel`). `env`: extra variables for its kernel (the Dask executor passes its scheduler's
+    address for LightGBM's Dask interface)."""
     import papermill as pm
 
     os.environ.pop("SEGREPORT_DASK_SCHEDULER", None)  # a worker process runs many cells: no leftovers
@@ -103,21 +168,20 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp"):  # left by a run killed mid-cell (a killed process cannot clean up)
         stale.unlink(missing_ok=True)
-    # the kernel inherits this worker's stderr: send its chatter to the cell's log, not the terminal
-    # (restored afterwards; a worker runs one cell at a time)
-    saved_stderr = os.dup(2)
-    with open(out_dir / "kernel.log", "ab") as log:
-        os.dup2(log.fileno(), 2)
     t0 = time.perf_counter()
     status = {"status": "done", "error": None}
     try:
+        km = warm_kernel(project, out_dir / KERNEL_LOG)
         # the executed notebook is kept even when the cell fails: it shows where and why
         with atomic_output(out_dir / NOTEBOOK) as tmp:
             try:
+                # the temporary name ends in .tmp (see store.sweep_partial): papermill's warning about it is noise
+                warnings.filterwarnings("ignore", message="The specified file .* does not end in one of",
+                                        category=UserWarning)
                 pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
                                     parameters={"run_dir": str(Path(run_dir).resolve()), "method": method,
                                                 "value": int(k)},
-                                    kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False)
+                                    kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False, km=km)
             except pm.PapermillExecutionError as exc:
                 status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
             except Exception as exc:  # kernel died, could not start, ...
@@ -131,9 +195,6 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
         pass
     except NoSpaceError as exc:  # the notebook itself could not be written
         status = {"status": "failed", "error": str(exc), "no_space": True}
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
     status["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return status
 

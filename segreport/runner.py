@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,10 +46,16 @@ def run(params: Params, progress: bool = True, root: Path = Path("."), build_sit
             return _run(params, progress, root, build_site, workers, session, lock)
 
 
+def _release() -> None:
+    if "segreport.embed" in sys.modules:  # only where something was embedded (no torch import otherwise)
+        sys.modules["segreport.embed"].release_models()
+
+
 def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: int, session, lock=None) -> str:
     t0 = time.perf_counter()
     started = _now()
     layout, ctx = prepare(params, root=root, progress=progress, session=session, lock=lock)
+    _release()  # the embedding's models: not needed by the grid, whose workers need the memory
     old = {}
     if layout.manifest.exists():
         try:
@@ -81,6 +88,7 @@ def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: 
         require_some(run_statuses)
         t2 = time.perf_counter()
         comparison, reused = compare(layout, ctx, run_statuses)
+        _release()  # the null reference's and the experiments' embedding models
         manifest["timings"]["compare"] = round(time.perf_counter() - t2, 3)
         manifest["comparison"] = {"reused": reused}
         manifest["recommended"] = {m: r["k"] for m, r in comparison["recommended"].items()}

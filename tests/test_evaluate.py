@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import make_blobs
 
-from segreport.evaluate import bootstrap_stability, elbow_k, recommend_k, validity
+from sklearn.metrics import silhouette_score
+
+from segreport.evaluate import FixedRowsSilhouette, bootstrap_stability, elbow_k, recommend_k, validity
 from segreport.methods.kmeans import KMeansSegmenter
 from segreport.personas import personas, profile
 
@@ -28,6 +30,41 @@ def test_planted_clusters_are_stable_and_noise_is_not():
     noise = np.random.default_rng(2).uniform(size=(1200, 6))
     unif = _stability(noise, 4)
     assert unif["ari_mean"] < 0.8 and unif["ari_mean"] < planted["ari_mean"] - 0.2
+
+
+def test_fixed_rows_silhouette_is_scikit_learns_silhouette():
+    """The bootstrap's scorer (distances computed once) gives scikit-learn's number for any labeling,
+    singleton segments and unused label values included, and None where the silhouette is undefined."""
+    rng = np.random.default_rng(3)
+    X, _ = make_blobs(n_samples=400, centers=4, n_features=7, random_state=3)
+    score = FixedRowsSilhouette(X)
+    for k in (2, 3, 6):
+        lab = rng.integers(0, k, len(X)) * 5  # label values need not be 0..k-1
+        lab[17] = 999  # a segment of one row scores 0 there
+        assert abs(score(lab) - silhouette_score(X, lab)) < 1e-12
+    planted = KMeansSegmenter(4, n_init=3, random_state=0).fit(X).labels_
+    assert abs(score(planted) - silhouette_score(X, planted)) < 1e-12 and score(planted) > 0.5
+    assert score(np.zeros(len(X), int)) is None and score(np.arange(len(X))) is None
+
+
+def test_weighted_kmeans_is_kmeans_on_the_repeated_rows():
+    """A bootstrap resample's distinct rows fitted once, weighted by their count: the same optimum
+    (centres and inertia) as fitting every repeated row."""
+    X, _ = make_blobs(n_samples=500, centers=3, n_features=4, cluster_std=1.5, random_state=4)
+    draw = np.sort(np.random.default_rng(4).choice(len(X), len(X)))
+    rows, counts = np.unique(draw, return_counts=True)
+    assert len(rows) < 0.7 * len(draw)
+    full = KMeansSegmenter(3, n_init=5, random_state=0).fit(X[draw])
+    weighted = KMeansSegmenter(3, n_init=5, random_state=0).fit(X[rows], sample_weight=counts)
+    order = lambda c: c[np.lexsort(c.T[::-1])]  # noqa: E731 - centres in a fixed order
+    assert np.allclose(order(full.cluster_centers_), order(weighted.cluster_centers_))
+    assert abs(full.inertia_ - weighted.inertia_) < 1e-6 * full.inertia_
+    # excluded rows (outliers) drop their weights with them
+    out = np.zeros(len(rows), bool)
+    out[:5] = True
+    ex = KMeansSegmenter(3, n_init=5, random_state=0).fit(X[rows], exclude=out, sample_weight=counts)
+    ref = KMeansSegmenter(3, n_init=5, random_state=0).fit(X[rows][~out], sample_weight=counts[~out])
+    assert np.allclose(order(ex.cluster_centers_), order(ref.cluster_centers_))
 
 
 def test_recommend_prefers_smaller_k_within_tolerance():

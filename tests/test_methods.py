@@ -59,8 +59,13 @@ def test_every_method_brings_its_notebook_template_and_parameters(name):
 def test_estimators_pass_scikit_learns_checks(est):
     """All of scikit-learn's estimator checks (none skipped): clone, fit_predict, labels_, pickling,
     input validation, n_features_in_, dtype handling. K-Prototypes runs them with column 0 categorical.
-    scikit-learn itself skips one: check_array_api_input (needs SCIPY_ARRAY_API; these are numpy-only)."""
-    results = check_estimator(est, on_fail=None)
+    scikit-learn itself skips one: check_array_api_input (needs SCIPY_ARRAY_API; these are numpy-only).
+    K-means with sample weights is expected to fail the check that weights give the same fit as repeated
+    rows for one seed, as scikit-learn expects of its own KMeans: the same objective, but k-means++ draws
+    its starts differently (tests/test_evaluate.py checks the optimum itself)."""
+    expected = {"check_sample_weight_equivalence_on_dense_data": "k-means++ starts differ with weights (as KMeans)"} \
+        if isinstance(est, KMeansSegmenter) else None
+    results = check_estimator(est, on_fail=None, expected_failed_checks=expected)
     failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
     assert len(results) >= 40 and failed == []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 
 class KMeansSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -42,22 +42,26 @@ class KMeansSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         self.algorithm = algorithm
         self.batch_size = batch_size
 
-    def fit(self, X, y=None, exclude=None):
+    def fit(self, X, y=None, exclude=None, sample_weight=None):
+        """`sample_weight`: a weight per row, as if the row were repeated that many times."""
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         if X.shape[0] < self.n_clusters:
             raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}: "
                              f"{X.shape[0]} rows cannot form {self.n_clusters} segments")
-        fit_rows = X if exclude is None else X[~np.asarray(exclude, dtype=bool)]
-        if len(fit_rows) < self.n_clusters:
-            fit_rows = X
+        keep = np.ones(len(X), bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
+        if keep.sum() < self.n_clusters:
+            keep[:] = True
+        fit_rows = X if keep.all() else X[keep]
+        weight = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=X.dtype)[keep]
         if self.algorithm == "minibatch":
             self.model_ = MiniBatchKMeans(n_clusters=self.n_clusters, init="k-means++", n_init=self.n_init,
                                           max_iter=self.max_iter, batch_size=self.batch_size,
-                                          random_state=self.random_state).fit(fit_rows)
+                                          random_state=self.random_state).fit(fit_rows, sample_weight=weight)
             self.inertia_ = float(self.model_.inertia_)  # compute_labels: over every fitted row, not a batch
         elif self.algorithm == "lloyd":
             self.model_ = KMeans(n_clusters=self.n_clusters, init="k-means++", n_init=self.n_init,
-                                 max_iter=self.max_iter, random_state=self.random_state).fit(fit_rows)
+                                 max_iter=self.max_iter, random_state=self.random_state).fit(fit_rows,
+                                                                                             sample_weight=weight)
             self.inertia_ = float(self.model_.inertia_)
         else:
             raise ValueError(f"algorithm must be 'lloyd' or 'minibatch', got {self.algorithm!r}")

@@ -71,8 +71,11 @@ class Method:
     algorithm: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for the comparison table
     euclidean: ClassVar[bool] = True  # its own space has a Euclidean geometry (own-space metrics, k choice)
-    builds_in_client: ClassVar[bool] = False
-    null_reference: ClassVar[bool] = True  # its pipeline is rerun on tables without segments (compare.null_check)  # its space is built by the client, which sends its parts to Dask
+    builds_in_client: ClassVar[bool] = False  # its space is built by the client, which sends its parts to Dask
+    null_reference: ClassVar[bool] = True  # its pipeline is rerun on tables without segments (compare.null_check)
+    # its estimator's fit takes sample_weight with the meaning of repeated rows: a bootstrap resample's
+    # distinct rows are fitted once each, weighted by their count (cell.stability)
+    weighted_refit: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- what it needs
 

@@ -82,6 +82,7 @@ class FAMDMethod(Method):
     Params = FAMDParams
     algorithm = "K-means on FAMD components"
     summary = "K-means on the leading components of a factor analysis of mixed data (FAMD)"
+    weighted_refit = True
 
     def requires(self, table) -> str | None:
         if not table.numeric or not table.categorical:

@@ -52,6 +52,7 @@ class KMeansMethod(Method):
     Params = KMeansParams
     algorithm = "K-means on encoded columns"
     summary = "K-means on one-hot / ordinal codes and power-transformed numbers; ECOD outliers left out of the fit"
+    weighted_refit = True
 
     def build_space(self, table, params, env) -> Space:
         from ..features import fit_encoded

@@ -70,6 +70,7 @@ class LLMMethod(Method):
     algorithm = "K-means on sentence embeddings"
     summary = "each customer written as a sentence, embedded by a sentence model, then K-means"
     builds_in_client = True  # the embedding's parts are the tasks (see dask_grid.DaskSession.run_parts)
+    weighted_refit = True
 
     def prepare_inputs(self, params, table, root) -> dict:
         from ..embed import quantile_edges, resolve_model
