@@ -10,6 +10,7 @@ intact (comparison/done.json records their size and sha256, as a cell's done.jso
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 from . import __version__
 from .methods import REGISTRY, get
 from .store import (DONE, STABILITY, RunLayout, atomic_write_json, atomic_write_parquet, cell_name, file_record, key,
-                    read_json, read_json_or_empty, say_damaged, sha256_file, verify)
+                    read_json, read_json_or_empty, say_damaged, sha256_file, to_json, verify)
 
 PACKAGE = Path(__file__).resolve().parent
 # the modules compare() runs (besides methods/*.py): its null references refit each method's whole
@@ -141,7 +142,8 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
         for method in methods:
             k = recommended[method]["k"]
             if k is not None and get(method).null_reference:
-                nulls[method], structure[method] = null_check(layout, ctx, method, k)
+                nulls[method], structure[method] = _memo(layout, ctx, f"null-{method}", [method, k],
+                                                         lambda: list(null_check(layout, ctx, method, k)))
     verdict = fair(layout, recommended, table, ctx)
     rec = None
     if verdict is not None and choices:
@@ -158,7 +160,9 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     for method in methods:
         v = recommended[method]["value"]
         if v is not None and (method, v) in labels:
-            extra = get(method).extra_comparison(layout, ctx, recommended[method]["k"])
+            kk = recommended[method]["k"]
+            extra = _memo(layout, ctx, f"extra-{method}", [method, kk],
+                          lambda: get(method).extra_comparison(layout, ctx, kk))
             if extra is not None:
                 extras[method] = extra
     result = {"recommendation": rec, "recommended": recommended, "choices": choices, "agreement": agree, "agreement_chosen": chosen,
@@ -166,6 +170,32 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     atomic_write_parquet(layout.metrics_table, table)
     atomic_write_json(layout.comparison_json, result)
     return result
+
+
+def _memo(layout: RunLayout, ctx: dict, name: str, parts: list, compute):
+    """A part of the comparison that depends on one method's recommended k, not on the cells (the null
+    reference refits on tables without segments, the LLM's numbers experiment), kept in
+    comparison/<name>.json under a key of its inputs: adding a k to the grid recomputes the comparison,
+    and these parts only where that method's recommended k moved. A missing or unreadable file is
+    computed again."""
+    method = parts[0]
+    params = {n: v for n, v in ctx["params"].items() if n not in NOT_COMPARED + ("k",)}
+    mk = key("comparison-part", __version__, name, parts, params, ctx["data"]["fingerprint"], ctx["schema"],
+             (ctx.get("inputs") or {}).get(method), (ctx["spaces"].get(method) or {}).get("key"),
+             ctx["spaces"]["common"]["key"], compare_code_hash())
+    path = layout.comparison / f"{name}.json"
+    held = read_json_or_empty(path)
+    if held.get("key") == mk and "value" in held:
+        if held.get("sha256") == _digest(held["value"]):
+            return held["value"]
+        say_damaged(path, "its content differs from the hash it recorded", "computing it again")
+    value = json.loads(to_json(compute()))  # as a reuse reads it: the same bytes either way
+    atomic_write_json(path, {"key": mk, "sha256": _digest(value), "value": value})
+    return value
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _labels_at_k(table: pd.DataFrame, labels: dict, method: str, k: int):

@@ -105,6 +105,33 @@ def test_a_changed_grid_recomputes_the_comparison_though_every_cell_is_reused(pr
     assert pd.read_parquet(COMPARISON / "metrics.parquet").k.tolist() == [2, 3]
 
 
+def test_a_new_k_reuses_the_null_reference_of_an_unchanged_recommendation(project, monkeypatch, capsys):
+    """The null reference depends on a method's recommended k, not on the grid: a k added to the grid
+    recomputes the comparison, not the refits on tables without segments while the k stays; another
+    k, or a damaged record, computes them again (the damage said in one line)."""
+    from segreport import compare
+
+    null = COMPARISON / "null-kmeans.json"
+    held = json.loads(null.read_text())
+    k = json.loads((COMPARISON / "comparison.json").read_text())["recommended"]["kmeans"]["k"]
+    assert held["value"][0]["k"] == k
+    calls = []
+    real = compare.null_check
+    monkeypatch.setattr(compare, "null_check", lambda *a: calls.append(a[3]) or real(*a))
+    m = run(monkeypatch, "--k", "2-4")  # k 4 added: a cell computed, the comparison computed again
+    assert m["comparison"] == {"reused": False} and not m["cells"]["kmeans/k4"]["reused"]
+    k_now = json.loads((COMPARISON / "comparison.json").read_text())["recommended"]["kmeans"]["k"]
+    assert calls == ([] if k_now == k else [k_now])
+    assert json.loads(null.read_text())["value"] == held["value"] or k_now != k
+    record = json.loads(null.read_text())
+    record["value"][0]["rows"] += 1  # the key still matches; the content does not
+    null.write_text(json.dumps(record))
+    capsys.readouterr()
+    run(monkeypatch, "--k", "2-3")
+    assert calls[-1] == k and "null-kmeans.json is damaged" in capsys.readouterr().err
+    assert json.loads((COMPARISON / "comparison.json").read_text())["nulls"]["kmeans"] == held["value"][0]
+
+
 def test_the_comparison_key_follows_the_cells_the_parameters_and_the_code(project, monkeypatch):
     from segreport import compare
     from segreport.store import RunLayout
