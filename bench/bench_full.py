@@ -203,6 +203,9 @@ def stage_runs(data, cache=None):
     print(f"rerun, same parameters:             {again:7.1f} s   (target 5 s)", flush=True)
     more, peak_more = run_cli(wd, *base, "--k", "2-9")
     print(f"adding one k (k=9):                 {more:7.1f} s   (target 20 s)   peak {peak_more:.2f} GiB", flush=True)
+    manifest = json.loads((run / "manifest.json").read_text())
+    print("  its stage timings (s):", json.dumps(manifest["timings"]), "comparison", manifest.get("comparison"),
+          flush=True)
     render, _ = run_cli(wd, "render", "--data", str(data), "--methods", "kmeans,kprototypes,llm", "--k", "2-9")
     print(f"render only:                        {render:7.1f} s   (target 5 s)", flush=True)
     shutil.rmtree(wd, ignore_errors=True)

@@ -171,10 +171,10 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
     t0 = time.perf_counter()
     status = {"status": "done", "error": None}
     try:
-        km = warm_kernel(project, out_dir / KERNEL_LOG)
         # the executed notebook is kept even when the cell fails: it shows where and why
         with atomic_output(out_dir / NOTEBOOK) as tmp:
             try:
+                km = warm_kernel(project, out_dir / KERNEL_LOG)
                 # the temporary name ends in .tmp (see store.sweep_partial): papermill's warning about it is noise
                 warnings.filterwarnings("ignore", message="The specified file .* does not end in one of",
                                         category=UserWarning)
