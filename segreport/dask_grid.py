@@ -2,8 +2,9 @@
 
 The same contract as `grid.run_grid` (`segreport run --executor dask`): a cell whose
 inputs did not change since it last succeeded is reused; every other cell is one
-task running `grid._execute`, which executes its notebook in a fresh kernel (a
-subprocess of the Dask worker) and returns a status dict — a notebook error is a
+task running `grid._execute`, which executes its notebook in the worker thread's warm
+kernel (a subprocess of the Dask worker, reset to a new session before each notebook: see
+`grid.warm_kernel`) and returns a status dict — a notebook error is a
 "failed" status, not a task error. Only this (parent) process writes done.json and
 the manifest, as each task finishes.
 
