@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--scale-threshold", type=int, help="passed to segreport run (default: its own, 200000)")
     ap.add_argument("--cache", help="embedding cache folder (default: a fresh one in the scratch folder: a cold "
                                     "run); a rerun with the same folder reports the parts' measured times again")
+    ap.add_argument("--template", help="the LLM method's row-text template (llm: {template: FILE}); e.g. one "
+                                       "without the numbers' exact values, so fewer texts are distinct")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (results and report)")
     ns = ap.parse_args()
     from segreport.demo import write_demo
@@ -64,13 +66,19 @@ def main():
           f"({(wd / 'big.csv').stat().st_size / 1e6:.0f} MB) in {wd}", flush=True)
     cmd = [str(ROOT / ".venv" / "bin" / "segreport"), "run", "--data", "big.csv", "--methods", ns.methods,
            "--k", ns.k, "--executor", "dask", "--workers", str(ns.workers)]
+    extra = ""
     if ns.cache:
-        (wd / "p.yml").write_text(f"cache_dir: {Path(ns.cache).resolve()}\n")
+        extra += f"cache_dir: {Path(ns.cache).resolve()}\n"
+    if ns.template:
+        extra += f"llm: {{template: {Path(ns.template).resolve()}}}\n"
+    if extra:
+        (wd / "p.yml").write_text(extra)
         cmd += ["--params", "p.yml"]
     if ns.scale_threshold:
         cmd += ["--scale-threshold", str(ns.scale_threshold)]
     print("$", " ".join(cmd[1:]), flush=True)
-    proc, out, err, wall, peak = run_sampled(cmd, wd, every=0.5)
+    at_peak: dict = {}
+    proc, out, err, wall, peak = run_sampled(cmd, wd, every=0.5, at_peak=at_peak)
     if proc.returncode != 0:
         print(err[-3000:])
         raise SystemExit(f"run failed ({proc.returncode}); scratch folder kept: {wd}")
@@ -81,7 +89,11 @@ def main():
     print(out.strip())
     print(f"\nrows {n:,}  methods {ns.methods}  k {ns.k}  executor {manifest['executor']}")
     print(f"scale path: {json.dumps(manifest['scale'])}")
-    print(f"wall {wall:.0f} s; peak resident memory of the process tree {peak / 1024 ** 3:.2f} GiB\n")
+    print(f"wall {wall:.0f} s; all processes together (proportional set sizes) peaked at {peak / 1024 ** 3:.2f} GiB, "
+          f"{at_peak.get('seconds')} s into the run:")
+    for name, b in sorted(at_peak.get("processes", {}).items(), key=lambda kv: -kv[1]):
+        print(f"    {name:<40}{b / 1024 ** 3:6.2f} GiB")
+    print()
 
     print(f"{'stage':<34}{'seconds':>10}   throughput")
     print(f"{'prepare (all of it)':<34}{tm['prepare']:>10.1f}   {rate(n, tm['prepare'])}")

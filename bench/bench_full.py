@@ -1,7 +1,8 @@
 """Benchmark on the full bank data: the reference path against segreport's, stage by stage.
 
     .venv/bin/python bench/bench_full.py [--data ../shared/data/bank-marketing/train.csv]
-                                         [--ref-rows N] [--skip-runs | --runs-only] [--cache DIR]
+                                         [--ref-rows N] [--skip-runs [--cold-seconds S] | --runs-only]
+                                         [--kmodes-k 2-8] [--cache DIR]
 
 Prints, for each stage, the reference implementation's time (kmodes, fp32 embedding,
 scikit-learn t-SNE on every row, SHAP and silhouette on every row) and segreport's,
@@ -11,7 +12,12 @@ bench_cells.py. The cold run starts from an empty cache (model exports, embeddin
 unless --cache names one. Every reference stage is measured on all rows: the fp32 embedding of every
 row (--ref-rows N measures N rows and extrapolates linearly, said in the output), scikit-learn's
 t-SNE on every row (stopped at 10 minutes and then reported as a lower bound, "at least"). The
-summed ratio is of measured numbers only. Not a test: numbers depend on the machine.
+summed ratio is of measured numbers only. Last, the whole-run ratio: the seed-equivalent path for the
+report the cold run makes (fp32 embedding of every row; kmodes with its 10 inits at every k;
+scikit-learn t-SNE on every row of each of the 3 projected spaces; LightGBM CV, SHAP and the silhouette
+on every row for each of the 21 cells), each line a measured stage time multiplied by how often that
+path runs it (printed beside it), against segreport's measured cold run (of this invocation, or
+--cold-seconds from an earlier --runs-only). Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def stage_embedding(table, ref_rows):
             f"{', extrapolated' if len(sub) < len(texts) else ''}; cosine to fp32 min {cos.min():.5f}]")
     report("embedding (45,211 rows)", t_ref_full, t_fast, note)
     report("embedding, rerun (cache)", t_ref_full, t_cached, "[cache hit: nothing embedded]")
-    return emb, b, len(sub)
+    return emb, b, len(sub), t_ref_full
 
 
 def stage_llm_labels(emb, ref_emb_norm, n_ref):
@@ -93,11 +99,13 @@ def stage_kprototypes(table, ks):
     KPrototypesSegmenter(3, n_init=1, random_state=0).fit(xn[:500], xc[:500])  # numba compile, cached
     t_ref = t_fast = 0.0
     costs = []
+    per_k = {}
     for k in ks:
         init = initial_prototypes(xn, xc, k, "Huang", random_state=k)
         ref, dt = timed(KPrototypesSegmenter(k, init=(init[0].copy(), init[1].copy()), n_init=1,
                                              engine="kmodes").fit, xn, xc)
         t_ref += dt
+        per_k[k] = dt
         fast, dt = timed(KPrototypesSegmenter(k, init=(init[0].copy(), init[1].copy()), n_init=1,
                                               engine="fast").fit, xn, xc)
         t_fast += dt
@@ -106,6 +114,7 @@ def stage_kprototypes(table, ks):
     report(f"K-Prototypes, one init per k={ks[0]}..{ks[-1]}", t_ref, t_fast,
            f"[cost fast <= kmodes at every k: {not worse}; "
            + ", ".join(f"k={k}: {r:.0f}/{f:.0f}" for k, r, f in costs) + "]")
+    return per_k
 
 
 def _tsne_child(path, out):  # the reference t-SNE in a process of its own, so that it can be stopped
@@ -141,6 +150,7 @@ def stage_tsne(X, sample, limit_s=600):
     report("t-SNE (encoded space)", t_ref, t_fast,
            f"[reference: scikit-learn on all {len(X)} rows, {'measured' if done else f'stopped at {limit_s} s: at least'}"
            f"; segreport: openTSNE on a {len(rows)}-row sample]")
+    return t_ref, done
 
 
 def stage_silhouette_shap(table, X):
@@ -156,9 +166,11 @@ def stage_silhouette_shap(table, X):
     exact = silhouette_score(X, labels)
     report("silhouette (8 dims, all rows)", t_ref, t_fast,
            f"[exact {exact:.4f}, sampled {v['silhouette']:.4f} on {v['silhouette_rows']} rows]")
+    t_sil = t_ref
     _, t_ref = timed(surrogate, table.frame, labels, table.categorical, 42, 3, len(labels), len(labels), os.cpu_count())
     _, t_fast = timed(surrogate, table.frame, labels, table.categorical, 42, 3, 10000, 2000, os.cpu_count())
     report("LightGBM CV + SHAP (k=5)", t_ref, t_fast, "[reference: CV and SHAP on every row; segreport: 10,000 / 2,000]")
+    return t_sil, t_ref
 
 
 def run_cli(wd, *args):
@@ -209,6 +221,7 @@ def stage_runs(data, cache=None):
     render, _ = run_cli(wd, "render", "--data", str(data), "--methods", "kmeans,kprototypes,llm", "--k", "2-9")
     print(f"render only:                        {render:7.1f} s   (target 5 s)", flush=True)
     shutil.rmtree(wd, ignore_errors=True)
+    return cold
 
 
 def main():
@@ -220,6 +233,8 @@ def main():
     ap.add_argument("--kmodes-k", default="5", help="k values for the kmodes per-init comparison, e.g. 2-8")
     ap.add_argument("--skip-runs", action="store_true", help="only the stage comparisons, not the CLI runs")
     ap.add_argument("--runs-only", action="store_true", help="only the CLI runs (cold, rerun, one more k, render)")
+    ap.add_argument("--cold-seconds", type=float, help="segreport's measured cold run (from an earlier --runs-only) "
+                                                       "for the whole-run ratio, when this invocation skips the runs")
     ap.add_argument("--cache", help="start the runs from this cache folder (exports, gate, embeddings) "
                                     "instead of an empty one")
     ns = ap.parse_args()
@@ -230,21 +245,53 @@ def main():
     data = Path(ns.data)
     table = load_table(data)
     print(f"data: {data} ({len(table.frame)} rows); {os.cpu_count()} cores", flush=True)
+    cold = ns.cold_seconds
     if not ns.skip_runs:
-        stage_runs(data, ns.cache)
+        cold = stage_runs(data, ns.cache)
     if ns.runs_only:
         return
     X, _, _ = fit_encoded(table)
-    stage_kprototypes(table, parse_k(ns.kmodes_k))
-    stage_silhouette_shap(table, X)
-    stage_tsne(X, 5000)
-    emb, ref, n = stage_embedding(table, ns.ref_rows)
+    ks = parse_k(ns.kmodes_k)
+    kproto = stage_kprototypes(table, ks)
+    t_sil, t_shap = stage_silhouette_shap(table, X)
+    t_tsne, tsne_done = stage_tsne(X, 5000)
+    emb, ref, n, t_embed = stage_embedding(table, ns.ref_rows)
     stage_llm_labels(emb, ref, n)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory of the benchmark process: {peak:.2f} GiB")
     total_ref = sum(r[1] for r in ROWS if "rerun" not in r[0])
     total_fast = sum(r[2] for r in ROWS if "rerun" not in r[0])
     print(f"stages above, summed: reference {total_ref:.0f} s, segreport {total_fast:.1f} s, ratio {total_ref / total_fast:.1f}x")
+    whole_run(kproto, t_sil, t_shap, t_tsne, tsne_done, t_embed, cold)
+
+
+def whole_run(kproto: dict, t_sil: float, t_shap: float, t_tsne: float, tsne_done: bool, t_embed: float,
+              cold: float | None, grid=range(2, 9), methods: int = 3, n_init: int = 10, spaces: int = 3):
+    """The seed-equivalent path for the report segreport's cold run makes (3 methods, k = 2..8), from the
+    stage times measured above, each multiplied by how often that path runs it: the only extrapolation,
+    and it is printed beside each line."""
+    cells = methods * len(grid)
+    lines = [("fp32 embedding of every row", t_embed, 1, "measured once")]
+    missing = [k for k in grid if k not in kproto]
+    if missing:
+        per_init = sum(kproto.values()) / len(kproto)
+        lines.append((f"kmodes K-Prototypes, {n_init} inits x k={grid[0]}..{grid[-1]}", per_init, n_init * len(grid),
+                      f"mean of one init measured at k={','.join(map(str, kproto))}, x {n_init} inits x {len(grid)} k"))
+    else:
+        lines.append((f"kmodes K-Prototypes, {n_init} inits x k={grid[0]}..{grid[-1]}", sum(kproto[k] for k in grid),
+                      n_init, f"one init measured at every k, x {n_init} inits (kmodes' default n_init)"))
+    lines.append(("scikit-learn t-SNE on every row", t_tsne, spaces,
+                  f"{'measured' if tsne_done else 'at least (stopped)'} on the encoded space, x {spaces} spaces"))
+    lines.append(("LightGBM CV + SHAP on every row", t_shap, cells, f"measured at k=5, x {cells} cells"))
+    lines.append(("silhouette on every row", t_sil, cells, f"measured at k=5, x {cells} cells"))
+    total = 0.0
+    print("\nwhole run, the seed-equivalent path (measured stage times x how often the path runs them):")
+    for name, unit, times, how in lines:
+        total += unit * times
+        print(f"  {name:<40}{unit * times:9.0f} s   [{how}]")
+    print(f"  {'total (a lower bound: the seed fits K-means and ECOD too)':<40}{total:9.0f} s")
+    if cold:
+        print(f"segreport's cold run (measured, validity work included): {cold:.0f} s;   whole-run ratio {total / cold:.1f}x")
 
 
 if __name__ == "__main__":

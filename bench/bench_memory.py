@@ -26,27 +26,44 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def tree_rss(proc: psutil.Process) -> int:
+def tree_rss(proc: psutil.Process, by: dict | None = None) -> int:
     """Memory of the whole process tree. Each process's proportional set size (PSS: a page shared by n
     processes counts 1/n in each) where the kernel reports it, else its resident set: summed RSS counts
     shared pages once per process, so a short-lived forked child (a fork of a 1.5 GiB parent, before it
     execs) reads as 1.5 GiB more (seen: one 4.07 GiB sample in a run whose processes otherwise summed to
-    at most 2.87 GiB)."""
+    at most 2.87 GiB). With `by`, each process's share is put there under a short name."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
             try:
-                total += p.memory_full_info().pss
+                m = p.memory_full_info().pss
             except (AttributeError, psutil.AccessDenied):
-                total += p.memory_info().rss
+                m = p.memory_info().rss
+            total += m
+            if by is not None:
+                by[f"{p.pid} {role(p)}"] = m
         except psutil.Error:
             pass
     return total
 
 
-def run_sampled(cmd: list[str], cwd: Path, every: float = 0.2):
+def role(p: psutil.Process) -> str:
+    """What a process of a run is, from its command line: the CLI, a Dask scheduler/worker, a kernel ..."""
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return "?"
+    for key, name in (("ipykernel", "kernel"), ("spawn_main", "worker"), ("forkserver", "forkserver"),
+                      ("segreport", "cli"), ("resource_tracker", "resource tracker")):
+        if key in cmd:
+            return name
+    return cmd[:40]
+
+
+def run_sampled(cmd: list[str], cwd: Path, every: float = 0.2, at_peak: dict | None = None):
     """Run `cmd`, sampling the resident memory of its whole process tree every `every` seconds.
-    Returns (the finished Popen, stdout, stderr, wall seconds, peak bytes)."""
+    Returns (the finished Popen, stdout, stderr, wall seconds, peak bytes). With `at_peak`, it is filled
+    with the peak sample's time ("seconds") and each process's share then ("processes")."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -54,7 +71,12 @@ def run_sampled(cmd: list[str], cwd: Path, every: float = 0.2):
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(ps))
+            by: dict = {}
+            m = tree_rss(ps, by)
+            if m > peak[0]:
+                peak[0] = m
+                if at_peak is not None:
+                    at_peak.update(seconds=round(time.perf_counter() - t, 1), processes=by)
             time.sleep(every)
 
     th = threading.Thread(target=sample, daemon=True)

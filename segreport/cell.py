@@ -40,7 +40,10 @@ def fit_rows(method, model, space: dict, rows: np.ndarray):
     keep = rows if outliers is None else rows[~outliers[rows]]
     if len(np.unique(keep)) < getattr(model, "n_clusters", 1):
         keep = rows
-    return model.fit(np.asarray(space["X"][keep]), **method.fit_kwargs(space))
+    X = space["X"]
+    if len(keep) == len(X) and np.array_equal(keep, np.arange(len(X))):
+        return model.fit(np.asarray(X), **method.fit_kwargs(space))  # every row: the (memory-mapped) space itself
+    return model.fit(np.asarray(X[keep]), **method.fit_kwargs(space))
 
 
 def segments(method, model, X) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +125,7 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
     seed = int(params.seed)
     grid = method.grid
     frame = pd.read_parquet(layout.table)
-    space = load_space(layout, method_name)
+    space = load_space(layout, method_name, mmap=True)  # read-only, its pages shared by the cells of a worker host
     common = load_space(layout, COMMON, mmap=True)["X"]
     scale = ctx.get("scale") or {}
     lap("read")

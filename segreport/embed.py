@@ -398,7 +398,11 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
             n_new = sum(p["hi"] - p["lo"] for p in missing)
             info["embed_seconds"] = round(time.perf_counter() - t1, 3)
             info["rows_per_second"] = round(n_new / max(info["embed_seconds"], 1e-9), 1)
-        emb_u = None
+        # each part's block goes straight to its rows: the client holds the per-row matrix and one part,
+        # never the distinct-texts matrix beside it (a million rows of 384 floats: 1.5 GB each)
+        order = np.argsort(plan.inverse, kind="stable")
+        by_text = plan.inverse[order]
+        out = None
         metas = []
         for p in plan.parts:
             try:
@@ -410,12 +414,15 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
                            model_dir=plan.model_dir)  # by the path its file name says
                 block = read_part(p["path"], plan.texts_of(p))
                 missing.append(p)
-            if emb_u is None:
-                emb_u = np.empty((len(plan.texts), block.shape[1]), dtype=np.float32)
-            emb_u[p["lo"]:p["hi"]] = block
+            if normalize:
+                block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            if out is None:
+                out = np.empty((len(texts), block.shape[1]), dtype=np.float32)
+            a, b = np.searchsorted(by_text, [p["lo"], p["hi"]])
+            out[order[a:b]] = block[by_text[a:b] - p["lo"]]
             metas.append(part_meta(p["path"]))
-        if emb_u is None:
-            emb_u = np.empty((0, 0), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(texts), 0), dtype=np.float32)
         info["parts_embedded"] = len(missing)  # damaged parts included
         by_process: dict[str, int] = {}  # rows embedded in this run, per process (this one or Dask workers)
         for p, m in zip(plan.parts, metas):
@@ -429,13 +436,9 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
                                   "mean_cosine_to_fp32": sum(c["sum_cosine"] for c in checks) / n}
             if plan.precision == "bf16":
                 info["bf16_check"] = info["fp32_check"]
-        if normalize:
-            for lo in range(0, len(emb_u), PART_ROWS):  # in place, block by block
-                block = emb_u[lo:lo + PART_ROWS]
-                emb_u[lo:lo + PART_ROWS] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-        info["dimensions"] = int(emb_u.shape[1])
+        info["dimensions"] = int(out.shape[1])
         info.update(cache_hit=not missing, seconds=round(time.perf_counter() - t0, 3))
-        return emb_u[plan.inverse], info
+        return out, info
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()

@@ -16,7 +16,7 @@ RECOMMEND_RULE = (
 def validity(X: np.ndarray, labels: np.ndarray, silhouette_sample: int, seed: int,
              metric: str = "euclidean") -> dict:
     """Silhouette (exact up to `silhouette_sample` rows, else on a seeded sample), DB and CH."""
-    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+    from sklearn.metrics import silhouette_score
 
     labels = np.asarray(labels)
     n = len(labels)
@@ -26,13 +26,52 @@ def validity(X: np.ndarray, labels: np.ndarray, silhouette_sample: int, seed: in
     rows = sample_rows(n, silhouette_sample, seed, strata=labels)
     sil_labels = labels[rows]
     sil = float(silhouette_score(X[rows], sil_labels, metric=metric)) if len(np.unique(sil_labels)) > 1 else None
+    db, ch = dispersion_scores(X, labels)
     return {
         "silhouette": sil,
         "silhouette_rows": int(len(rows)),
-        "davies_bouldin": float(davies_bouldin_score(X, labels)),
-        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
+        "davies_bouldin": db,
+        "calinski_harabasz": ch,
         "rows": int(n),
     }
+
+
+def dispersion_scores(X: np.ndarray, labels: np.ndarray, block: int = 65_536) -> tuple[float, float]:
+    """(Davies-Bouldin, Calinski-Harabasz) as scikit-learn defines them, on every row, in bounded memory.
+
+    Written here, not called from scikit-learn, for memory: `calinski_harabasz_score` copies X to
+    float64 and then each segment's rows, and squares their differences (a cell of 1,000,000 rows of
+    384 floats peaked at 8 GiB in it); `davies_bouldin_score` copies each segment too. Here two passes
+    over blocks of rows (a memory-mapped X is read, never copied whole) accumulate in float64: the
+    segments' sums, then each row's distance to its segment's centre: DB's mean distance per segment
+    and CH's within-segment dispersion. Same formulas (Davies & Bouldin 1979, Calinski & Harabasz 1974),
+    the same values up to float rounding (tested against scikit-learn)."""
+    uniq, lab = np.unique(np.asarray(labels), return_inverse=True)
+    n, k = len(lab), len(uniq)
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    sums = np.zeros((k, X.shape[1]))
+    for lo in range(0, n, block):
+        xb, lb = np.asarray(X[lo:lo + block], dtype=np.float64), lab[lo:lo + block]
+        for j in np.unique(lb):
+            sums[j] += xb[lb == j].sum(axis=0)
+    centres = sums / counts[:, None]
+    sq_sum, dist_sum = np.zeros(k), np.zeros(k)
+    for lo in range(0, n, block):
+        xb, lb = np.asarray(X[lo:lo + block], dtype=np.float64), lab[lo:lo + block]
+        sq = ((xb - centres[lb]) ** 2).sum(axis=1)
+        sq_sum += np.bincount(lb, weights=sq, minlength=k)
+        dist_sum += np.bincount(lb, weights=np.sqrt(sq), minlength=k)
+    mean = sums.sum(axis=0) / n
+    extra = float((counts * ((centres - mean) ** 2).sum(axis=1)).sum())
+    intra = float(sq_sum.sum())
+    ch = 1.0 if intra == 0.0 else extra * (n - k) / (intra * (k - 1.0))
+    spread = dist_sum / counts
+    between = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2))
+    if np.allclose(spread, 0) or np.allclose(between, 0):
+        return 0.0, float(ch)
+    between[between == 0] = np.inf
+    db = float(np.max((spread[:, None] + spread[None, :]) / between, axis=1).mean())
+    return db, float(ch)
 
 
 class FixedRowsSilhouette:

@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -89,12 +90,17 @@ def notebook_hash(ctx: dict, method: str) -> str:
     return sha256_file(path)[:16]
 
 
-# One Jupyter kernel per worker (per thread of a Dask worker), reused by the cells it runs: starting a
-# kernel and importing segreport's libraries into it took ~6 s of each ~30 s cell. Before each notebook
-# the kernel is reset to a new session (IPython's `reset(new_session=True)`: empty namespace, execution
-# count back to 1), so a notebook sees nothing of the one before; imported modules stay, which is the
-# point. A kernel that died is replaced; so is one started for another project folder or environment.
-_KERNELS = threading.local()
+# Warm Jupyter kernels, reused by the cells a worker process runs: starting a kernel and importing
+# segreport's libraries into it took ~6 s of each ~30 s cell. A process keeps as many as it runs cells at
+# once (one in a pool worker or a Dask worker with one cell slot, whichever of its threads runs the cell;
+# one per concurrent cell on a cluster without slots): an idle kernel is taken by the next cell, so no
+# second kernel sits idle beside the busy one holding the memory of its last cell (seen at 1,000,000 rows:
+# 1.2-1.4 GiB each). Before each notebook the kernel is reset to a new session (IPython's
+# `reset(new_session=True)`: empty namespace, execution count back to 1), so a notebook sees nothing of
+# the one before; imported modules stay, which is the point. A kernel that died is replaced; so is one
+# started for another project folder or environment.
+_IDLE: list[dict] = []
+_IDLE_LOCK = threading.Lock()
 RESET = "get_ipython().reset(new_session=True)"
 
 
@@ -119,26 +125,36 @@ def _reset(km) -> bool:
         kc.stop_channels()
 
 
+@contextmanager
 def warm_kernel(project: str, log_path: Path):
-    """This worker's kernel for `project` and the current environment, reset to a new session; started (its
-    OS-level stderr to `log_path`) where there is none, it died, or it was started for other settings."""
+    """A kernel of this process for `project` and the current environment, reset to a new session, for the
+    length of one cell; an idle one where there is one, else started (its OS-level stderr to `log_path`).
+    Afterwards it is idle again, for the next cell of any thread."""
     from jupyter_client.manager import KernelManager
 
     key = (project, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("SEGREPORT_", "OMP_",
                                                                                         "OPENBLAS_", "MKL_",
                                                                                         "NUMBA_", "PYTHONHASH")))))
-    kernel = getattr(_KERNELS, "kernel", None)
-    if kernel is not None:
-        if kernel["key"] == key and kernel["km"].is_alive() and _reset(kernel["km"]):
-            return kernel["km"]
-        _shutdown(kernel)
-        _KERNELS.kernel = None
-    km = KernelManager(kernel_name=KERNEL)
-    with open(log_path, "ab") as log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
-        km.start_kernel(cwd=project, stderr=log)
-    _KERNELS.kernel = {"key": key, "km": km}
-    _STARTED.append(km)
-    return km
+    kernel = None
+    while kernel is None:
+        with _IDLE_LOCK:
+            if not _IDLE:
+                break
+            kernel = _IDLE.pop()
+        if not (kernel["key"] == key and kernel["km"].is_alive() and _reset(kernel["km"])):
+            _shutdown(kernel)  # dead, unanswering, or for other settings
+            kernel = None
+    if kernel is None:
+        km = KernelManager(kernel_name=KERNEL)
+        with open(log_path, "ab") as log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
+            km.start_kernel(cwd=project, stderr=log)
+        kernel = {"key": key, "km": km}
+        _STARTED.append(km)
+    try:
+        yield kernel["km"]
+    finally:
+        with _IDLE_LOCK:
+            _IDLE.append(kernel)
 
 
 _STARTED: list = []  # every kernel this process started: shut down when it exits
@@ -174,14 +190,14 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
         # the executed notebook is kept even when the cell fails: it shows where and why
         with atomic_output(out_dir / NOTEBOOK) as tmp:
             try:
-                km = warm_kernel(project, out_dir / KERNEL_LOG)
-                # the temporary name ends in .tmp (see store.sweep_partial): papermill's warning about it is noise
-                warnings.filterwarnings("ignore", message="The specified file .* does not end in one of",
-                                        category=UserWarning)
-                pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
-                                    parameters={"run_dir": str(Path(run_dir).resolve()), "method": method,
-                                                "value": int(k)},
-                                    kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False, km=km)
+                with warm_kernel(project, out_dir / KERNEL_LOG) as km:
+                    # the temporary name ends in .tmp (see store.sweep_partial): papermill's warning about it is noise
+                    warnings.filterwarnings("ignore", message="The specified file .* does not end in one of",
+                                            category=UserWarning)
+                    pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
+                                        parameters={"run_dir": str(Path(run_dir).resolve()), "method": method,
+                                                    "value": int(k)},
+                                        kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False, km=km)
             except pm.PapermillExecutionError as exc:
                 status = {"status": "failed", "error": f"{exc.ename}: {exc.evalue}".strip()[:500]}
             except Exception as exc:  # kernel died, could not start, ...
@@ -247,7 +263,20 @@ def start_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manif
     todo, statuses = cells_to_run(layout, ctx, cells, manifest)
     if todo:
         ensure_kernel()
-    return (project or Path.cwd()).resolve(), analysis_dir(ctx), todo, statuses
+    return (project or Path.cwd()).resolve(), analysis_dir(ctx), longest_first(todo, statuses), statuses
+
+
+def longest_first(todo: list[tuple[str, int, str]], statuses: dict) -> list[tuple[str, int, str]]:
+    """The cells in the order the workers should take them: the longest first (LPT scheduling), so that
+    the run does not end waiting on one long cell that started last. A cell's length is guessed from its
+    method's cells of earlier runs (their mean wall time, in the manifest), then from its grid value (a
+    larger k costs more); with no history, by grid value alone. Only the order changes, never a result."""
+    past: dict[str, list[float]] = {}
+    for name, st in statuses.items():
+        if st.get("wall_seconds"):
+            past.setdefault(name.split("/")[0], []).append(float(st["wall_seconds"]))
+    mean = {m: sum(w) / len(w) for m, w in past.items()}
+    return sorted(todo, key=lambda c: (mean.get(c[0], 0.0), c[1]), reverse=True)
 
 
 def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,

