@@ -289,7 +289,7 @@ def whole_run(kproto: dict, t_sil: float, t_shap: float, t_tsne: float, tsne_don
     for name, unit, times, how in lines:
         total += unit * times
         print(f"  {name:<40}{unit * times:9.0f} s   [{how}]")
-    print(f"  {'total (a lower bound: the seed fits K-means and ECOD too)':<40}{total:9.0f} s")
+    print(f"  {'total':<40}{total:9.0f} s   [a lower bound: K-means, ECOD and the figures are not counted]")
     if cold:
         print(f"segreport's cold run (measured, validity work included): {cold:.0f} s;   whole-run ratio {total / cold:.1f}x")
 

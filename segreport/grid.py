@@ -130,8 +130,6 @@ def warm_kernel(project: str, log_path: Path):
     """A kernel of this process for `project` and the current environment, reset to a new session, for the
     length of one cell; an idle one where there is one, else started (its OS-level stderr to `log_path`).
     Afterwards it is idle again, for the next cell of any thread."""
-    from jupyter_client.manager import KernelManager
-
     key = (project, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("SEGREPORT_", "OMP_",
                                                                                         "OPENBLAS_", "MKL_",
                                                                                         "NUMBA_", "PYTHONHASH")))))
@@ -145,16 +143,38 @@ def warm_kernel(project: str, log_path: Path):
             _shutdown(kernel)  # dead, unanswering, or for other settings
             kernel = None
     if kernel is None:
-        km = KernelManager(kernel_name=KERNEL)
-        with open(log_path, "ab") as log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
-            km.start_kernel(cwd=project, stderr=log)
-        kernel = {"key": key, "km": km}
-        _STARTED.append(km)
+        kernel = {"key": key, "km": _start_kernel(project, log_path)}
     try:
         yield kernel["km"]
     finally:
         with _IDLE_LOCK:
             _IDLE.append(kernel)
+
+
+def _start_kernel(project: str, log_path: Path, tries: int = 3):
+    """A new kernel that answered. The parent picks the kernel's five ports and the kernel binds them a
+    moment later; in between, another process can take one (seen on a Dask worker at 1,000,000 rows:
+    'ZMQError: Address already in use', and the cell failed after papermill's 60 s wait). A kernel that
+    dies before answering is started again on new ports, up to `tries` times."""
+    from jupyter_client.manager import KernelManager
+
+    for attempt in range(tries):
+        km = KernelManager(kernel_name=KERNEL)
+        with open(log_path, "ab") as log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
+            km.start_kernel(cwd=project, stderr=log)
+        _STARTED.append(km)
+        kc = km.client()
+        try:
+            kc.start_channels()
+            kc.wait_for_ready(timeout=120)
+            return km
+        except RuntimeError:
+            if km.is_alive() or attempt == tries - 1:
+                return km  # alive but slow, or the last try: papermill waits for it and says why it failed
+            _shutdown({"km": km})
+        finally:
+            kc.stop_channels()
+    raise AssertionError("unreachable")
 
 
 _STARTED: list = []  # every kernel this process started: shut down when it exits

