@@ -158,7 +158,7 @@ def _start_kernel(project: str, log_path: Path, tries: int = 3):
     dies before answering is started again on new ports, up to `tries` times."""
     from jupyter_client.manager import KernelManager
 
-    for attempt in range(tries):
+    for attempt in range(tries):  # the last try returns whatever it started
         km = KernelManager(kernel_name=KERNEL)
         with open(log_path, "ab") as log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
             km.start_kernel(cwd=project, stderr=log)
@@ -174,7 +174,7 @@ def _start_kernel(project: str, log_path: Path, tries: int = 3):
             _shutdown({"km": km})
         finally:
             kc.stop_channels()
-    raise AssertionError("unreachable")
+    return km
 
 
 _STARTED: list = []  # every kernel this process started: shut down when it exits
