@@ -73,12 +73,12 @@ def stage_embedding(table, ref_rows):
     cos = (a * b).sum(1)
     note = (f"[{info['precision']}, {info['unique_texts']} distinct texts; ref measured on {len(sub)} rows"
             f"{', extrapolated' if len(sub) < len(texts) else ''}; cosine to fp32 min {cos.min():.5f}]")
-    report("embedding (45,211 rows)", t_ref_full, t_fast, note)
+    report(f"embedding ({len(texts):,} rows)", t_ref_full, t_fast, note)
     report("embedding, rerun (cache)", t_ref_full, t_cached, "[cache hit: nothing embedded]")
-    return emb, b, len(sub), t_ref_full
+    return emb, b, len(sub), t_ref_full, info["precision"]
 
 
-def stage_llm_labels(emb, ref_emb_norm, n_ref):
+def stage_llm_labels(emb, ref_emb_norm, n_ref, precision):
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
@@ -87,7 +87,7 @@ def stage_llm_labels(emb, ref_emb_norm, n_ref):
         a = KMeans(k, n_init=10, random_state=42).fit_predict(emb[:n_ref])
         b = KMeans(k, n_init=10, random_state=42).fit_predict(ref_emb_norm)
         aris.append(adjusted_rand_score(a, b))
-    print(f"llm labels, bf16 vs fp32 embeddings (K-means on {n_ref} rows, k=2..8): ARI min {min(aris):.3f}, "
+    print(f"llm labels, {precision} vs fp32 embeddings (K-means on {n_ref} rows, k=2..8): ARI min {min(aris):.3f}, "
           f"per k {', '.join(f'{x:.3f}' for x in aris)}", flush=True)
 
 
@@ -96,18 +96,18 @@ def stage_kprototypes(table, ks):
     from segreport.methods.kprototypes import KPrototypesSegmenter, initial_prototypes
 
     xn, xc, _ = fit_mixed(table)
-    KPrototypesSegmenter(3, n_init=1, random_state=0).fit(xn[:500], xc[:500])  # numba compile, cached
+    KPrototypesSegmenter(3, n_init=1, random_state=0).fit_arrays(xn[:500], xc[:500])  # numba compile, cached
     t_ref = t_fast = 0.0
     costs = []
     per_k = {}
     for k in ks:
         init = initial_prototypes(xn, xc, k, "Huang", random_state=k)
         ref, dt = timed(KPrototypesSegmenter(k, init=(init[0].copy(), init[1].copy()), n_init=1,
-                                             engine="kmodes").fit, xn, xc)
+                                             engine="kmodes").fit_arrays, xn, xc)
         t_ref += dt
         per_k[k] = dt
         fast, dt = timed(KPrototypesSegmenter(k, init=(init[0].copy(), init[1].copy()), n_init=1,
-                                              engine="fast").fit, xn, xc)
+                                              engine="fast").fit_arrays, xn, xc)
         t_fast += dt
         costs.append((k, ref.cost_, fast.cost_))
     worse = [c for c in costs if c[2] > c[1] * (1 + 1e-9)]
@@ -255,8 +255,8 @@ def main():
     kproto = stage_kprototypes(table, ks)
     t_sil, t_shap = stage_silhouette_shap(table, X)
     t_tsne, tsne_done = stage_tsne(X, 5000)
-    emb, ref, n, t_embed = stage_embedding(table, ns.ref_rows)
-    stage_llm_labels(emb, ref, n)
+    emb, ref, n, t_embed, precision = stage_embedding(table, ns.ref_rows)
+    stage_llm_labels(emb, ref, n, precision)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory of the benchmark process: {peak:.2f} GiB")
     total_ref = sum(r[1] for r in ROWS if "rerun" not in r[0])

@@ -122,6 +122,22 @@ class DaskSession:
         self.gather(futures, progress, f"embedding ({self.n_workers} Dask workers)", unit="row",
                     weight=lambda i: missing[i]["hi"] - missing[i]["lo"])
 
+    def facts(self) -> dict:
+        """What another process of this run needs to use the same cluster as this session (`joined`)."""
+        return {"address": self.address, "n_workers": self.n_workers, "resources": self.resources,
+                "spare_thread": self.spare_thread, "threads": self.threads}
+
+    @classmethod
+    def joined(cls, facts: dict) -> "DaskSession":
+        """A session of another process on the cluster `facts` describes: its own client, the same task
+        resources and threads (not measured again: a client of a LocalCluster's scheduler would count
+        threads as for a remote cluster, and the embedding's bytes must not depend on which process asks)."""
+        self = cls.__new__(cls)
+        self.client, self.cluster = _connect(facts["address"], 1)
+        for name, value in facts.items():
+            setattr(self, name, value)
+        return self
+
     def describe(self) -> dict:
         """For the manifest and the report: where the run ran."""
         return {"scheduler": self.address, "local_cluster": self.cluster is not None, "workers": self.n_workers,

@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .config import Params, params_to_dict
 from .grid import failed_cells, require_some, run_grid, write_manifest
 from .methods import get
 from .prepare import prepare
-from .store import RunLock, cell_name, read_json, sweep_partial
+from .store import RunLayout, RunLock, cell_name, read_json, sweep_partial
 
 
 def _now() -> str:
@@ -29,21 +30,112 @@ def run(params: Params, progress: bool = True, root: Path = Path("."), build_sit
     stop at once with a SegreportError naming it."""
     workers = params.workers or (os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
-        def lock(layout):
-            # taken once the input is validated, before the first write into the run folder
-            stack.enter_context(RunLock(layout.root).acquire(wait=wait))
-            # a killed run's temporary files: no other run writes here now (`track`'s snapshots/ aside)
-            for stale in layout.root.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-            for sub in ("spaces", "projections", "cells", "comparison"):
-                sweep_partial(layout.root / sub)
+        def lock(layout):  # taken once the input is validated, before the first write into the run folder
+            stack.enter_context(_claim(layout.root, wait))
 
         if params.executor != "dask":
             return _run(params, progress, root, build_site, workers, None, lock)
         from .dask_grid import DaskSession
 
         with DaskSession(params.scheduler, workers) as session:  # one cluster for spaces, embedding and cells
-            return _run(params, progress, root, build_site, workers, session, lock)
+            return _run(params, progress, root, build_site, workers, session, stack.enter_context, wait)
+
+
+def _claim(folder: Path, wait: bool) -> RunLock:
+    """The run folder's lock, then a killed run's temporary files swept: no other run writes here now
+    (`track`'s snapshots/ aside)."""
+    held = RunLock(folder).acquire(wait=wait)
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    for sub in ("spaces", "projections", "cells", "comparison"):
+        sweep_partial(folder / sub)
+    return held
+
+
+def prepare_apart(params: Params, root: Path, progress: bool, session, keep, wait: bool) -> tuple[RunLayout, dict]:
+    """`prepare` in a spawned process of its own, on the same Dask cluster (`--executor dask`).
+
+    Preparing leaves this process holding what it imported and freed (PyTorch, the sentence model,
+    one row text per row, the table's strings): at 1,000,000 rows the CLI kept 1.1 GiB through the
+    whole grid, and a heap Python has fragmented cannot be given back. The child's goes with it.
+    The child takes the run folder's lock once the input is validated and hands the locked file
+    descriptor over (`flock` belongs to the open file, so the lock stays held when the child ends);
+    `keep` enters it into this run's exit stack. A SegreportError in the child is raised here, the
+    same one line; this process interrupted or ending stops the child.
+    """
+    import multiprocessing as mp
+    import warnings
+    from multiprocessing.reduction import recv_handle
+
+    spawn = mp.get_context("spawn")  # this process runs the Dask scheduler's threads: never fork it
+    here, there = spawn.Pipe()
+    child = spawn.Process(target=_prepare_child, name="segreport-prepare",  # not daemonic: it may start processes
+                          args=(there, params, str(root), progress, session.facts(), wait, list(warnings.filters)))
+    child.start()
+    there.close()
+    answered = False
+    try:
+        while True:
+            try:
+                what, *rest = here.recv()
+            except EOFError:
+                child.join(5)
+                raise RuntimeError(f"the prepare process ended without a result (exit code {child.exitcode})") from None
+            if what == "lock":
+                keep(RunLock.adopt(Path(rest[0]), recv_handle(here)))
+                here.send("held")
+                continue
+            answered = True
+            if what == "error":
+                raise rest[0]
+            return RunLayout(rest[0]), rest[1]
+    finally:
+        here.close()
+        if answered:  # it ends by itself now
+            child.join(30)
+        if child.is_alive():  # interrupted here, or stuck
+            child.terminate()
+            child.join()
+
+
+def _prepare_child(conn, params: Params, root: str, progress: bool, facts: dict, wait: bool, filters: list) -> None:
+    import threading
+    import warnings
+
+    from multiprocessing.reduction import send_handle
+
+    from .dask_grid import DaskSession
+
+    warnings.filters[:] = filters  # the CLI's (FutureWarnings not shown)
+    parent = os.getppid()
+
+    def orphaned():  # the CLI killed: stop now, and with it this process's copy of the lock
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+    def lock(layout):
+        held = _claim(layout.root, wait)
+        conn.send(("lock", str(layout.root)))
+        send_handle(conn, held.fd, parent)
+        conn.recv()  # held by the CLI now; this copy of the descriptor closes when this process ends
+
+    try:
+        with DaskSession.joined(facts) as session:
+            layout, ctx = prepare(params, root=Path(root), progress=progress, session=session, lock=lock)
+        conn.send(("done", str(layout.root), ctx))
+    except BaseException as exc:  # noqa: BLE001  (raised again in the CLI)
+        from . import SegreportError
+
+        if not isinstance(exc, (SegreportError, KeyboardInterrupt)):
+            traceback.print_exc()
+        try:
+            conn.send(("error", exc))
+        except Exception:  # not picklable: its words
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 def _release(session=None) -> None:
@@ -57,10 +149,16 @@ def _release(session=None) -> None:
         session.client.run(release_models)
 
 
-def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: int, session, lock=None) -> str:
+def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: int, session, lock=None,
+         wait: bool = True) -> str:
+    """`lock`: with a session, the run's exit stack's `enter_context` (see prepare_apart); else called with
+    the layout once the input is validated."""
     t0 = time.perf_counter()
     started = _now()
-    layout, ctx = prepare(params, root=root, progress=progress, session=session, lock=lock)
+    if session is None:
+        layout, ctx = prepare(params, root=root, progress=progress, session=None, lock=lock)
+    else:
+        layout, ctx = prepare_apart(params, root, progress, session, lock, wait)
     _release(session)  # the embedding's models: not needed by the grid, whose workers need the memory
     old = {}
     if layout.manifest.exists():

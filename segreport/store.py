@@ -383,8 +383,6 @@ class RunLock:
 
     def acquire(self, wait: bool = True) -> "RunLock":
         import fcntl
-        import platform
-        from datetime import datetime, timezone
 
         from . import SegreportError
 
@@ -404,16 +402,32 @@ class RunLock:
             if previous.get("pid"):
                 print(f"segreport: {shown(self.folder)}: the run that was writing it ({self._describe(previous)}) "
                       "was stopped without finishing; taking over its lock", file=sys.stderr, flush=True)
-            mine = {"pid": os.getpid(), "host": platform.node(),
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            data = json.dumps(mine).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
+            self._sign(fd)
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
         return self
+
+    @classmethod
+    def adopt(cls, folder: str | Path, fd: int) -> "RunLock":
+        """The lock another process of this run took (`acquire`) and handed over as `fd`: held here from
+        now on, its record naming this process."""
+        held = cls(folder)
+        held.fd = fd
+        cls._sign(fd)
+        return held
+
+    @staticmethod
+    def _sign(fd: int) -> None:
+        """The holder's record: this process, for the message another run prints."""
+        import platform
+        from datetime import datetime, timezone
+
+        mine = {"pid": os.getpid(), "host": platform.node(),
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(mine).encode(), 0)
 
     def release(self) -> None:
         if self.fd is None:

@@ -192,3 +192,47 @@ def test_local_cluster_settings():
         assert sched == (1, float("inf"))  # a cell killed twice fails; no root-task queuing behind the cells
         assert set(env.values()) == {"PASSIVE"}
         assert s.resources == {"cell": 1} and s.spare_thread
+
+
+def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_over(workdir, monkeypatch):
+    """`--executor dask` prepares in a spawned process (the CLI keeps no PyTorch, row texts or table
+    strings through the grid: 1.1 GiB at 1,000,000 rows). That process takes the run folder's lock and
+    hands it over: through the grid the CLI's process holds it, and it is released at the end."""
+    from segreport import SegreportError, dask_grid, runner
+    from segreport.config import Params
+    from segreport.store import RunLock
+
+    write_demo(workdir / "data" / "demo.csv", rows=300, seed=14)
+    params = Params(data="data/demo.csv", methods=["kmeans", "llm"], k="2", stability_resamples=5,
+                    projection_sample=200, null_references=1, null_sample=200,
+                    llm={"part_rows": 64, "compare_numbers": False}, render=False, workers=1, executor="dask")
+    seen = {}
+    real = dask_grid.run_grid_dask
+
+    def grid(layout, ctx, *args, **kwargs):
+        with pytest.raises(SegreportError, match=rf"another segreport run \(pid {os.getpid()}, started"):
+            RunLock(layout.root).acquire(wait=False)
+        seen["built_by"] = {m: ctx["spaces"][m]["built_by"] for m in ("kmeans", "llm")}
+        return real(layout, ctx, *args, **kwargs)
+
+    monkeypatch.setattr(dask_grid, "run_grid_dask", grid)
+    out = runner.run(params, progress=False, root=workdir)
+    assert "(2/2 cells done" in out
+    host = f"{os.uname().nodename}:"
+    built = {m: int(b.removeprefix(host)) for m, b in seen["built_by"].items()}
+    assert os.getpid() not in built.values()  # the embedding's space: the prepare process; the other: a worker
+    assert not psutil.pid_exists(built["llm"])  # ended with its stage
+    with RunLock(workdir / "results" / "demo").acquire(wait=False):
+        pass
+
+
+def test_bad_input_on_dask_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    wd = small_project(tmp_path, seed=15)
+    (wd / "p.yml").write_text("schema:\n  - {name: age, kind: numeric}\n  - {name: jobb, kind: categorical}\n")
+    res = segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans",
+                    "--k", "2", "--executor", "dask", "--workers", "1", check=False)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segreport: error: "), res.stderr
+    assert "demo.csv: column 'jobb' named in the schema is not in the file; did you mean 'job'?" in lines[0]
+    assert not (wd / "results").exists() or not any((wd / "results").iterdir())
