@@ -36,6 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def _prepare_pids(ctx: dict) -> set[str]:
+    """The pid that built the embedding's space: the prepare process (the other spaces are worker tasks)."""
+    return {str(i["built_by"]).rsplit(":", 1)[-1] for name, i in ctx["spaces"].items()
+            if i.get("embedding") and i.get("built_by")}
+
+
 def rate(rows: float, seconds: float | None) -> str:
     return f"{rows / seconds:>10,.0f} rows/s" if seconds else f"{'–':>10} rows/s"
 
@@ -91,8 +97,33 @@ def main():
     print(f"scale path: {json.dumps(manifest['scale'])}")
     print(f"wall {wall:.0f} s; all processes together (proportional set sizes) peaked at {peak / 1024 ** 3:.2f} GiB, "
           f"{at_peak.get('seconds')} s into the run:")
+    ctx = json.loads((run / "context.json").read_text())
+    prep = _prepare_pids(ctx)  # spawned by the CLI as the workers are: told apart by the space it built
+
+    def named(key: str) -> str:
+        pid, what = key.split(" ", 1)
+        return f"{pid} prepare (CLI's child)" if pid in prep and what == "worker" else key
+
+    def shares(by: dict) -> str:
+        return ", ".join(f"{named(k).split(' ', 1)[1]} {b / 1024 ** 3:.2f}" for k, b in
+                         sorted(by.items(), key=lambda kv: -kv[1]) if b > 0.05 * 1024 ** 3)
+
     for name, b in sorted(at_peak.get("processes", {}).items(), key=lambda kv: -kv[1]):
-        print(f"    {name:<40}{b / 1024 ** 3:6.2f} GiB")
+        print(f"    {named(name):<40}{b / 1024 ** 3:6.2f} GiB")
+    # each stage's own peak; its bounds from the manifest's stage times, counted back from the run's end
+    # (the CLI's start-up, before its clock starts, falls into prepare)
+    ends, at = [], wall - tm.get("render", 0.0) - tm["analysis"]
+    for stage in ("prepare", "grid", "compare"):
+        at += tm[stage]
+        ends.append((stage, at))
+    ends.append(("render", wall))
+    start = 0.0
+    for stage, end in ends:
+        inside = [s for s in at_peak.get("series", []) if start <= s[0] < end]
+        if inside:
+            t_, b, by = max(inside, key=lambda s: s[1])
+            print(f"  peak in {stage:<8} {b / 1024 ** 3:5.2f} GiB at {t_:6.0f} s   ({shares(by)})")
+        start = end
     print()
 
     print(f"{'stage':<34}{'seconds':>10}   throughput")

@@ -63,7 +63,8 @@ def role(p: psutil.Process) -> str:
 def run_sampled(cmd: list[str], cwd: Path, every: float = 0.2, at_peak: dict | None = None):
     """Run `cmd`, sampling the resident memory of its whole process tree every `every` seconds.
     Returns (the finished Popen, stdout, stderr, wall seconds, peak bytes). With `at_peak`, it is filled
-    with the peak sample's time ("seconds") and each process's share then ("processes")."""
+    with the peak sample's time ("seconds") and each process's share then ("processes"), and every
+    sample as (seconds, bytes, the processes' shares) under "series"."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -73,6 +74,8 @@ def run_sampled(cmd: list[str], cwd: Path, every: float = 0.2, at_peak: dict | N
         while proc.poll() is None:
             by: dict = {}
             m = tree_rss(ps, by)
+            if at_peak is not None:
+                at_peak.setdefault("series", []).append((time.perf_counter() - t, m, by))
             if m > peak[0]:
                 peak[0] = m
                 if at_peak is not None:

@@ -168,9 +168,9 @@ def ecod_outliers(X: np.ndarray, contamination: float, sample: int | None = None
     set the threshold, and every row is scored block by block: ECOD holds several float64
     copies of what it scores (four float64 arrays of its size: 12 GB for a million 384-dimensional embeddings).
     """
-    from pyod.models.ecod import ECOD
+    from .ecod import ColumnwiseECOD
 
-    det = ECOD(contamination=contamination)
+    det = ColumnwiseECOD(contamination=contamination)
     if not sample or sample >= len(X):
         det.fit(X)
         flags, scores = det.labels_.astype(bool), det.decision_scores_.astype(np.float64)
