@@ -92,10 +92,16 @@ def test_cache_is_partitioned_parquet_and_an_interrupted_run_resumes_and_a_damag
     assert not list((tmp_path / "embeddings").glob(".*.tmp"))
 
 
-def test_each_row_gets_its_texts_vector_from_the_parts_normalised(tmp_path):
-    """The per-row matrix is filled part by part (no distinct-texts matrix beside it): every row holds
-    the unit-length vector its text's part recorded, repeated texts included, in the table's order."""
+@pytest.mark.parametrize("scatter_rows", [65_536, 7])
+def test_each_row_gets_its_texts_vector_from_the_parts_normalised(tmp_path, monkeypatch, scatter_rows):
+    """The per-row matrix is filled part by part (no distinct-texts matrix beside it), each part's rows a
+    slice at a time: every row holds the unit-length vector its text's part recorded, repeated texts
+    included, in the table's order."""
     import pyarrow.parquet as pq
+
+    import segreport.embed
+
+    monkeypatch.setattr(segreport.embed, "SCATTER_ROWS", scatter_rows)
 
     base = render_texts(generate(40, seed=5), open("templates/row_text.j2").read())
     rng = np.random.default_rng(0)
