@@ -240,8 +240,10 @@ def _connect(scheduler: str | None, workers: int):
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.scheduler.worker-saturation": float("inf"),
                           "distributed.scheduler.allowed-failures": 1}):  # a second death fails the cell
+        # no dashboard, and the scheduler's HTTP server on a free port: its default, 8787, taken by another
+        # cluster (a second run at once) printed a warning on stderr, and bad input is one line
         cluster = LocalCluster(n_workers=workers, threads_per_worker=2, processes=True, dashboard_address=None,
-                               resources={"cell": 1})
+                               scheduler_kwargs={"dashboard_address": ":0"}, resources={"cell": 1})
     try:
         return Client(cluster, set_as_default=False), cluster
     except BaseException:

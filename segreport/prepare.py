@@ -283,7 +283,9 @@ def build_projection(name: str, params: Params, table: Table, layout: RunLayout,
         coords.insert(0, "row", rows)
         info = {"explained_inertia": var, "rows": int(len(rows))}
     else:
-        X = np.load(layout.space(name) / "X.npy", mmap_mode="r")
+        # copy-on-write, not read-only: scikit-learn's PCA copies an array it cannot write (1.5 GB for a million
+        # embeddings, the prepare stage's peak at 1M rows) though its covariance solver never writes to it
+        X = np.load(layout.space(name) / "X.npy", mmap_mode="c")
         coords, info = project_space(X, rows, params.seed, threads=threads)
     info.update(key=k, seconds=round(time.perf_counter() - t0, 3))
     atomic_write_parquet(layout.projection(name), coords)
