@@ -35,15 +35,27 @@ KILL_CELLS = CELLS[:4]  # kmeans and kprototypes
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """One LocalCluster for the module, started as `--executor dask` starts it (segreport's DaskSession: two
     worker processes with a cell slot and two threads each, a nanny each). Its workers and their warm kernels
     serve every test that sends work to a running cluster (`--scheduler`); a run that starts a cluster of its
-    own, the user's default, is tested twice (test_dask_matches_local_executor, bad input)."""
+    own, the user's default, is tested twice (test_dask_matches_local_executor, bad input). Its processes start
+    in an empty folder of their own, as the workers of a remote scheduler would: a task that writes a path
+    relative to its working directory instead of the run's folder shows there."""
     from segreport.dask_grid import DaskSession
 
-    with DaskSession(None, 2) as session:
+    start = tmp_path_factory.mktemp("workers-cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(start)
+        session = DaskSession(None, 2)
+    session.start = start
+    with session:
         yield session
+
+
+def nothing_written_where_the_workers_started(cluster) -> None:
+    assert set(cluster.client.run(os.getcwd).values()) == {str(cluster.start)}
+    assert not any(cluster.start.iterdir()), sorted(str(p) for p in cluster.start.rglob("*"))
 
 
 def small_project(path: Path, seed: int) -> Path:
@@ -156,6 +168,7 @@ def test_a_killed_worker_does_not_lose_its_cell(workdir, cluster):
                 break
             time.sleep(0.5)
         assert not alive, f"orphaned kernels of the killed worker still run: {alive}"
+        nothing_written_where_the_workers_started(cluster)
     finally:
         client.wait_for_workers(2, timeout=60)  # the module's cluster whole again for the tests after this one
 
@@ -172,6 +185,7 @@ def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path, clust
     segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,llm", "--k", "3",
               "--workers", "2", "--executor", "dask", "--scheduler", cluster.address, "--scale-threshold", "200")
     run = wd / "results" / "demo"
+    nothing_written_where_the_workers_started(cluster)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["scale"]["scalable"] and manifest["executor"]["lightgbm_on_cluster"]
     for m in ("kmeans", "llm"):
@@ -233,6 +247,7 @@ def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_ove
     assert not psutil.pid_exists(built["llm"])  # ended with its stage
     with RunLock(workdir / "results" / "demo").acquire(wait=False):
         pass
+    nothing_written_where_the_workers_started(cluster)
 
 
 def test_bad_input_on_dask_is_one_line_exit_2_and_writes_nothing(tmp_path):
