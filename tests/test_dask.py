@@ -196,7 +196,8 @@ def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path, clust
         page = (wd / "report" / "_pages" / f"{m}.qmd").read_text()
         assert "took the **scalable path**" in page and "MiniBatchKMeans (mini-batches of 8,192 rows" in page
         assert f"trained with its Dask interface on {metrics['lgbm_cv_rows']} rows" in page
-        assert f"Cells ran on Dask (the cluster at {cluster.address} of 2 workers)" in page
+        at = cluster.address.replace(":", "\\:").replace("/", "\\/").replace(".", "\\.")  # markdown-escaped
+        assert f"Cells ran on Dask (the cluster at {at} of 2 workers)" in page
     # below the threshold, the same table takes the exact path and the page says so (the local executor's
     # grid is not this test's subject: its cell runs in this process)
     run_inline(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "3",
