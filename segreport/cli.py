@@ -2,8 +2,9 @@
 
 Every `run` option also has a key in params.yml; the command line overrides the
 file. Errors caused by the input are printed as one line and exit with status 2 (so is
-`run --no-wait` on a run folder another run is writing); a full disk or quota with
-status 4; an interrupted run with status 130.
+`run --no-wait` on a run folder another run is writing); a full disk or quota, or another
+failure to write a file, as one line naming the file with status 4; an interrupted run with
+status 130.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from . import SegreportError, __version__
 from .embed_fast import PATHS
 from .methods import DEFAULT_METHODS, REGISTRY
 
-NO_SPACE = 4  # the exit status of a command stopped by a full disk or quota (bad input: 2, interrupted: 130)
+NO_SPACE = 4  # the exit status of a command stopped by a full disk or quota, or a file it could not write
+#              (bad input: 2, interrupted: 130)
 
 EPILOG_RUN = """examples:
   segreport run                                   # params.yml, demo data by default
@@ -294,15 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         print("segreport: interrupted; finished cells are kept and the next run resumes", file=sys.stderr)
         return 130
     except OSError as exc:
-        from .store import NoSpaceError, no_space
+        from .store import NoSpaceError, WriteError, no_space
 
-        if not no_space(exc):
-            raise
-        if not isinstance(exc, NoSpaceError):
+        if not isinstance(exc, WriteError):
+            if not no_space(exc):
+                raise  # not a write the store made: a bug, with its traceback
             exc = NoSpaceError(exc.filename or "?", exc.errno or errno.ENOSPC)
-        print(f"segreport: {exc}; finished cells are kept, free space and run again", file=sys.stderr)
+        if isinstance(exc, NoSpaceError):
+            print(f"segreport: {exc}; finished cells are kept, free space and run again", file=sys.stderr)
+        else:
+            print(f"segreport: {exc}; finished cells are kept, run again once it can be written", file=sys.stderr)
         return NO_SPACE
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,16 +36,14 @@ import datetime as _dt
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .store import (RunLayout, atomic_write_json, atomic_write_parquet, read_json, read_json_or_empty,
-                    sha256_file)
+from .store import (RunLayout, RunLock, atomic_folder, atomic_write_json, atomic_write_parquet, read_json,
+                    read_json_or_empty, sha256_file)
 
 SNAPSHOTS = "snapshots"
 BASELINE = "baseline"
@@ -235,27 +233,10 @@ class _Snapshot:
 
     def write(self, folder: Path) -> None:
         """All files into a temporary folder beside it, then one rename: never a half-written snapshot."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             atomic_write_parquet(tmp / "labels.parquet", self.labels)
             atomic_write_parquet(tmp / "drift.parquet", self.drift)
             atomic_write_json(tmp / "snapshot.json", self.meta)
-            _swap_in(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def history(layout: RunLayout) -> dict[str, _Snapshot]:
@@ -319,13 +300,21 @@ def score(run_dir: Path, method: str, k: int, df: pd.DataFrame, path: str, execu
 def track(run_dir, data_path, method: str | None = None, k: int | None = None, as_of: str | None = None,
           id_column: str | None = None, executor: str = "local", workers: int = 0, scheduler: str | None = None,
           replace: bool = False, part_rows: int = PART_ROWS, progress: bool = False) -> dict:
-    """Score a snapshot and add it to the run's history; rebuild tracking.json. Returns a summary."""
-    from .assign import _Run, normalise_new
-    from .data import read_raw
-
+    """Score a snapshot and add it to the run's history; rebuild tracking.json. Returns a summary.
+    Holds the run folder's lock (store.RunLock) like `segreport run`: it waits for a run writing the folder."""
     root = Path(run_dir)
     if not root.is_dir():
         raise SegreportError(f"{root}: no such run folder; run `segreport run` first")
+    with RunLock(root):  # like a run: the run's files are not rewritten under it, nor its history by another track
+        return _track(root, data_path, method, k, as_of, id_column, executor, workers, scheduler, replace, part_rows,
+                      progress)
+
+
+def _track(root: Path, data_path, method, k, as_of, id_column, executor, workers, scheduler, replace, part_rows,
+           progress) -> dict:
+    from .assign import _Run, normalise_new
+    from .data import read_raw
+
     layout = RunLayout(root)
     past = history(layout)
     if method is None and k is None and past:  # the history goes on with the segmentation it follows
@@ -425,15 +414,9 @@ def _signature(snaps: dict[str, _Snapshot]) -> list:
 
 
 def _write_tracking(layout: RunLayout, tracking: dict, tables: dict[str, pd.DataFrame]) -> None:
-    folder = layout.root / "tracking"
-    tmp = Path(tempfile.mkdtemp(prefix=".tracking.", dir=layout.root))
-    try:
+    with atomic_folder(layout.root / "tracking") as tmp:
         for name, table in tables.items():
             atomic_write_parquet(tmp / f"{name}.parquet", table)
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_json(layout.root / "tracking.json", tracking)
 
 
