@@ -37,7 +37,7 @@ from .prepare import projection_space, run_dir
 from .resources import QUARTO_PROJECT, TEMPLATES
 from .store import (LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_folder,
                     atomic_write_bytes, atomic_write_json, atomic_write_text, cell_id, copy_tree, file_record, key,
-                    read_json, sha256_file, writing)
+                    make_folder, read_json, sha256_file, writing)
 
 METHOD_TITLES = {name: m.display for name, m in REGISTRY.items()}
 PAGES = ["index", *REGISTRY, "personas", "comparison", "appendix"]
@@ -76,6 +76,15 @@ def num(v, digits: int | None = None) -> str:
     return f"{v:.3f}"
 
 
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """Jinja's compiled templates on disk; a full disk while one is written said naming its file (Jinja
+    removes its temporary file, and raises the OSError bare)."""
+
+    def dump_bytecode(self, bucket) -> None:
+        with writing(self._get_cache_filename(bucket)):
+            super().dump_bytecode(bucket)
+
+
 def make_env(cache_dir: Path | None = None) -> jinja2.Environment:
     """The pages' Jinja environment. `cache_dir`: where compiled templates are kept between renders, in a
     folder named by this module's code (the environment's options): Jinja recompiles a template whose
@@ -86,8 +95,7 @@ def make_env(cache_dir: Path | None = None) -> jinja2.Environment:
         for old in Path(cache_dir).glob("jinja-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        cache = jinja2.FileSystemBytecodeCache(str(folder))
+        cache = _BytecodeCache(str(make_folder(folder)))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
@@ -177,7 +185,7 @@ class FigureWriter:
 
     def __init__(self, report_dir: Path):
         self.dir = report_dir / "figures"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.dir)
         self.written: list[str] = []
 
     def __call__(self, name: str, chart, caption: str) -> Markup:
@@ -462,7 +470,7 @@ def export_csv(layout: RunLayout, report_dir: Path, table: pd.DataFrame) -> None
 def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
     """Executed notebooks copied beside the report, with an HTML rendering (nbconvert), reused if unchanged."""
     out_dir = report_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     exporter = None
     found = {}
     for (method, v), cell in cells.items():
