@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,24 +79,26 @@ def _fault(kind: str, size: int) -> OSError:
 
 
 @contextlib.contextmanager
-def disk_fills_on(target: str, kind: str):
-    """The disk fills (or fails: `eio`) while `target` is written: its writer has written half of it when
-    the error comes, from inside the store's writer (atomic_output) or a file copy (copy_tree)."""
+def disk_fills_on(target, kind: str):
+    """The disk fills (or fails: `eio`) while `target` is written (a path as `_where` says it, or a test of
+    one): its writer has written half of it when the error comes, from inside the store's writer
+    (atomic_output) or a file copy (copy_tree)."""
     real_output, real_copy, real_usage = store.atomic_output, shutil.copy2, shutil.disk_usage
     hit = []
+    aimed = target if callable(target) else lambda where: where == target
 
     @contextlib.contextmanager
     def atomic_output(path):
         with real_output(path) as tmp:
             yield tmp
-            if _where(path) == target:
+            if aimed(_where(path)):
                 hit.append(path)
                 size = tmp.stat().st_size
                 os.truncate(tmp, size // 2)
                 raise _fault(kind, size)
 
     def copy2(src, dst, **kwargs):
-        if _where(dst) == target:
+        if aimed(_where(dst)):
             hit.append(dst)
             Path(dst).write_bytes(Path(src).read_bytes()[: os.stat(src).st_size // 2])
             raise _fault(kind, os.stat(src).st_size)
@@ -106,7 +109,9 @@ def disk_fills_on(target: str, kind: str):
         return usage._replace(free=0) if hit and kind == "short" else usage
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store, "atomic_output", atomic_output)
+        for module in [m for name, m in sys.modules.items() if name.startswith("segreport")]:
+            if getattr(module, "atomic_output", None) is real_output:  # store's, and where it was imported by name
+                mp.setattr(module, "atomic_output", atomic_output)
         mp.setattr(shutil, "copy2", copy2)
         mp.setattr(shutil, "disk_usage", disk_usage)
         yield hit
@@ -282,3 +287,51 @@ def test_a_damaged_timings_record_is_said_and_its_cell_computed_again(undisturbe
     m = json.loads((wd / "results/demo/manifest.json").read_text())
     assert not m["cells"]["kmeans/k3"]["reused"] and m["cells"]["kmeans/k2"]["reused"]
     assert _outputs(wd) == _outputs(undisturbed)
+
+
+def _encode(texts, batch_size=128):
+    return np.stack([np.random.default_rng(len(t)).normal(size=8) for t in texts]).astype(np.float32)
+
+
+def _fake_encoder(*args):
+    """An encoder without a model: seeded vectors of each text (the writers are what is tested here)."""
+    return _encode
+
+
+_fake_encoder.cache_clear = lambda: None  # as get_encoder's lru_cache
+
+
+def test_the_embedding_cache_the_exported_models_and_the_gate_s_record_on_a_full_disk(tmp_path, monkeypatch):
+    from segreport import embed, embed_fast as ef
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ef, "get_encoder", _fake_encoder)
+    monkeypatch.setattr(ef, "model_fingerprint", lambda name: "model")
+    cache = Path(".segreport-cache")
+    # a part of the embedding cache (pyarrow's writer)
+    part = cache / "embeddings" / "part-0.parquet"
+    with disk_fills_on(part.as_posix(), "enospc"), pytest.raises(NoSpaceError) as info:
+        embed.embed_part(["a", "bb"], "model", "fp32", 8, part)
+    assert info.value.path == part and _leftovers(tmp_path) == []
+    # an exported model: the exporter's own write fails (its error, its errno); the folder is removed
+    monkeypatch.setattr(embed, "load_model", lambda name: None)
+
+    def exporter(st, kind, out, base, calib):
+        (out / "model.onnx").write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ef, "_build", exporter)
+    with pytest.raises(NoSpaceError) as info:
+        ef.exported_model("model", "onnx-base", cache)
+    assert info.value.path.parent == cache / "models" and list((cache / "models").iterdir()) == []
+    # the gate: a full disk while a candidate is exported stops it (a candidate is not failed for it: the
+    # record would keep another path than a run on a freed disk chooses), and its record is written whole
+    texts = [f"customer {i} " + "x" * (i % 7) for i in range(40)]
+    with pytest.raises(NoSpaceError):
+        ef.choose_path(texts, "model", [2], 0, 1, cache, candidates=["onnx-fp32"])
+    assert not (cache / "gate").exists()
+    with disk_fills_on(lambda where: Path(where).parent.name == "gate", "quota") as hit, \
+            pytest.raises(NoSpaceError) as info:  # the gate's record
+        ef.choose_path(texts, "model", [2], 0, 1, cache, candidates=["bf16"])
+    assert hit and info.value.path == Path(hit[0]) and list((cache / "gate").iterdir()) == []
+    assert _leftovers(tmp_path) == []
