@@ -35,12 +35,13 @@ from .test_reuse import inline_grid
 FAST = ("stability_resamples: 2\nnull_references: 1\nnull_sample: 200\nlgbm_folds: 2\nexplain_rows: 150\n"
         "shap_sample: 50\nprojection_sample: 100\nfigure_sample: 100\nsilhouette_sample: 200\nstability_sample: 100\n")
 RUN = ["run", "-q", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "2-3", "--workers", "1"]
+RENDER = ["render", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "2-3"]
 TRACK = ["track", "-q", "--run", "results/demo", "--data", "data/later.csv", "--as-of", "2026-01"]
 ASSIGN = ["assign", "--run", "results/demo", "--method", "kmeans", "--k", "3", "--data", "data/later.csv",
           "--out", "out/assigned.csv"]
 LIST = ["list", "--run", "results/demo", "--segment", "S1", "--out", "out/list.csv"]
 DEMO = ["demo-data", "--rows", "50", "--out", "out/demo.csv"]
-COMMANDS = [RUN, TRACK, ASSIGN, LIST, DEMO]
+COMMANDS = [RUN, TRACK, RENDER, ASSIGN, LIST, DEMO]
 
 # (command, the file the disk fills on, how): each a stage boundary of a run, then the other commands;
 # in this order each failed command gets further than the one before, so the walk costs about one run
@@ -58,6 +59,7 @@ WALK = [
     (RUN, "_site/report.pdf", "short"),                              # the PDF
     (TRACK, "results/demo/snapshots/2026-01/labels.parquet", "enospc"),
     (TRACK, "results/demo/tracking/migration.parquet", "short"),
+    (RENDER, "report/_pages/appendix.qmd", "enospc"),
     (ASSIGN, "out/assigned.csv", "quota"),
     (LIST, "out/list.csv", "short"),
     (DEMO, "out/demo.csv.demo.json", "enospc"),
