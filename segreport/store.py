@@ -1,9 +1,13 @@
 """The results catalog: every artifact's name, reader and writer, defined once; atomic writes; cache keys.
 
 Every file a run writes goes through `atomic_output` (a temporary file in the same
-folder, fsync, rename), so an interrupted run never leaves a half-written file, and a
-failed write leaves no temporary file behind. JSON is written with sorted keys, so
-identical results are identical bytes.
+folder, fsync, rename), and every folder written whole (the site, a snapshot, an exported
+model) through `atomic_folder` (a temporary folder beside it, one rename), so an interrupted
+run never leaves a half-written file, and a failed write leaves no temporary file behind.
+A failed write is raised naming the file: NoSpaceError for a full disk or quota (numpy's
+errno-less short write included, where the disk has no room left), WriteError otherwise; the
+CLI says either in one line, exit status 4. JSON is written with sorted keys, so identical
+results are identical bytes.
 
 The layout of a run (results/<run>/):
 
