@@ -337,3 +337,27 @@ def test_the_embedding_cache_the_exported_models_and_the_gate_s_record_on_a_full
         ef.choose_path(texts, "model", [2], 0, 1, cache, candidates=["bf16"])
     assert hit and info.value.path == Path(hit[0]) and list((cache / "gate").iterdir()) == []
     assert _leftovers(tmp_path) == []
+
+
+def test_a_dask_task_s_full_disk_comes_back_as_its_error_not_a_worker_s_traceback(tmp_path):
+    """(by hand, `run --executor dask` on a 40 KiB tmpfs: one line naming spaces/kmeans/X.npy, exit 4, and no
+    'Compute Failed' traceback of the worker on the terminal)"""
+    from segreport import dask_grid
+
+    def build(path):
+        store.atomic_write_bytes(path, b"x")
+
+    class Done:  # a finished future
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        out = dask_grid._said(build, tmp_path / "X.npy")  # what the worker runs: returns, does not raise
+    assert isinstance(out, dask_grid._WriteFailed)
+    with pytest.raises(NoSpaceError, match="while writing X.npy"):
+        dask_grid._result(Done(out))
+    assert dask_grid._result(Done(3)) == 3 and list(tmp_path.iterdir()) == []
