@@ -43,7 +43,7 @@ import pandas as pd
 
 from . import SegreportError
 from .store import (RunLayout, RunLock, atomic_folder, atomic_write_json, atomic_write_parquet, read_json,
-                    read_json_or_empty, sha256_file)
+                    read_json_or_empty, sha256_file, sweep_partial)
 
 SNAPSHOTS = "snapshots"
 BASELINE = "baseline"
@@ -306,6 +306,8 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
     if not root.is_dir():
         raise SegreportError(f"{root}: no such run folder; run `segreport run` first")
     with RunLock(root):  # like a run: the run's files are not rewritten under it, nor its history by another track
+        sweep_partial(root, deep=False)  # what a killed run or track was writing (their folders included)
+        sweep_partial(root / SNAPSHOTS)
         return _track(root, data_path, method, k, as_of, id_column, executor, workers, scheduler, replace, part_rows,
                       progress)
 

@@ -269,11 +269,16 @@ def test_track_waits_for_the_run_folder_s_lock(undisturbed, tmp_path, monkeypatc
     assert f"results/demo is being written by another segreport run (pid {holder.pid}, started " in err
     assert "waiting for it to finish" in err
     assert holder.wait(5) == 0 and (wd / "results/demo/snapshots/2026-02/snapshot.json").exists()
-    # and a track killed while it holds the lock blocks nobody: the kernel drops its flock
+    # and a track killed while it holds the lock blocks nobody (the kernel drops its flock); what it was
+    # writing is removed by the next one
     holder = _holder(wd / "results" / "demo", 60)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
+    killed = wd / "results/demo/snapshots/.2026-03.999999.abc.tmp"
+    killed.mkdir()
+    (killed / "labels.parquet").write_bytes(b"half")
     assert main(TRACK) == 0 and "taking over its lock" in capsys.readouterr().err
+    assert _leftovers(wd) == []
 
 
 def test_a_damaged_timings_record_is_said_and_its_cell_computed_again(undisturbed, tmp_path, monkeypatch, capsys):
