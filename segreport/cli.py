@@ -308,5 +308,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"segreport: {exc}; finished cells are kept, run again once it can be written", file=sys.stderr)
         return NO_SPACE
 
+
 if __name__ == "__main__":
     sys.exit(main())
