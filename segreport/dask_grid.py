@@ -116,8 +116,11 @@ class DaskSession:
         """Embed the missing parts of `plan` as Dask tasks; each writes its own parquet file."""
         from .embed import embed_part
 
-        futures = {self.submit(embed_part, plan.texts_of(p), plan.model, plan.precision, batch_size, str(p["path"]),
-                               seed, self.threads, plan.model_dir, key=f"embed-{Path(p['path']).stem}"): i
+        # the part's path as this process sees it: a worker's working directory need not be this process's
+        futures = {self.submit(embed_part, plan.texts_of(p), plan.model, plan.precision, batch_size,
+                               str(Path(p["path"]).resolve()),
+                               seed, self.threads, plan.model_dir and str(Path(plan.model_dir).resolve()),
+                               key=f"embed-{Path(p['path']).stem}"): i
                    for i, p in enumerate(missing)}
         self.gather(futures, progress, f"embedding ({self.n_workers} Dask workers)", unit="row",
                     weight=lambda i: missing[i]["hi"] - missing[i]["lo"])

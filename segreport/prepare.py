@@ -150,7 +150,8 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
             spaces[name] = build_space(name, params, table, layout, fp, inputs.get(name), progress, scale, env)
     else:
         shared = session.client.scatter(table, direct=False)
-        pending = session.submit_jobs({name: (build_space, (name, params, shared, layout, fp, inputs.get(name),
+        there = RunLayout(layout.root.resolve())  # a worker's working directory need not be this process's
+        pending = session.submit_jobs({name: (build_space, (name, params, shared, there, fp, inputs.get(name),
                                                             False, scale, env)) for name in local_names}, "space")
     for name in methods:
         if _embeds(name):

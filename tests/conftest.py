@@ -1,7 +1,11 @@
-"""Shared fixtures: a scratch project folder, the real bank data from ../shared, demo tables."""
+"""Shared fixtures: a scratch project folder, the real bank data from ../shared, demo tables; runs of the
+grid in this process for tests whose subject is downstream of it; the `deep` marker and the seed of the
+tests that draw a random point in time."""
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import subprocess
 import sys
@@ -12,6 +16,30 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BANK = ROOT.parent / "shared" / "data" / "bank-marketing" / "train.csv"
 LIGHT = "stability_resamples: 10\nnull_references: 1\nnull_sample: 300\n"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--deep", action="store_true",
+                     help="also run the tests marked deep: the long variants (three fixed SIGKILL seeds, the "
+                          "4,000-row bank slice, ...) that the README's test command and CI leave out")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--deep"):
+        return
+    skip = pytest.mark.skip(reason="a long variant: run it with `pytest --deep`")
+    for item in items:
+        if "deep" in item.keywords:
+            item.add_marker(skip)
+
+
+def test_seed() -> int:
+    """The seed of a test that draws (a moment to kill a run at, ...): $SEGREPORT_TEST_SEED to replay a
+    failure, else drawn now; the test prints it, and its failure message names it."""
+    return int(os.environ.get("SEGREPORT_TEST_SEED") or random.SystemRandom().randrange(1_000_000))
+
+
+test_seed.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture
@@ -58,3 +86,40 @@ def segreport(cwd: Path, *args: str, check: bool = True, timeout: int = 900) -> 
     if check and res.returncode != 0:
         raise AssertionError(f"segreport {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return res
+
+
+def inline_grid(layout, ctx, cells, workers, manifest, progress=True, project=None):
+    """runner.run_grid without papermill: the cells left to run, each by `run_cell` (what its notebook
+    calls) in this process, one after the other."""
+    import time
+
+    from segreport.cell import run_cell
+    from segreport.grid import cells_to_run, record_cell
+
+    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
+    for method, k, ck in todo:
+        t0 = time.perf_counter()
+        try:
+            run_cell(layout.root, method, k)
+            st = {"status": "done", "error": None}
+        except Exception as exc:  # as the grid records a cell whose notebook raised
+            st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        record_cell(layout, manifest, method, k, ck, {**st, "wall_seconds": round(time.perf_counter() - t0, 3)})
+    return statuses
+
+
+def run_inline(cwd: Path, *args: str, code: int = 0) -> None:
+    """`segreport ARGS` in `cwd` in this process, the grid's cells run by `run_cell` here (`inline_grid`):
+    no interpreter, worker pool or Jupyter kernel to start, the libraries imported once for the whole
+    session. For tests whose subject is downstream of the grid (assign, downloads, the report, tracking);
+    the grid itself (papermill notebooks on real kernels, worker processes, signals) is tested as users
+    run it in test_end_to_end, test_reliability and test_dask. Fails unless the command exits `code`."""
+    from segreport import runner
+    from segreport.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setattr(runner, "run_grid", inline_grid)
+        mp.setenv("SEGREPORT_SITE_URL", os.environ.get("SEGREPORT_SITE_URL", ""))  # render sets it for pandoc
+        got = main(list(args))
+    assert got == code, f"segreport {' '.join(args)} exited {got}, not {code}"

@@ -11,7 +11,7 @@ from bs4 import BeautifulSoup
 
 from segreport.cli import main
 
-from .conftest import segreport, make_workdir
+from .conftest import make_workdir, run_inline
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
@@ -44,7 +44,7 @@ def crm_run(tmp_path_factory):
     wd = make_workdir(tmp_path_factory.mktemp("crm") / "project")
     crm_table(700, 1).to_csv(wd / "crm.csv", index=False)
     (wd / "p.yml").write_text("stability_resamples: 8\nprojection_sample: 400\nnull_references: 1\nnull_sample: 300\n")
-    segreport(wd, "run", "-q", "--params", "p.yml", "--data", "crm.csv", "--k", "2-3")
+    run_inline(wd, "run", "-q", "--params", "p.yml", "--data", "crm.csv", "--k", "2-3")
     return wd
 
 
@@ -78,13 +78,14 @@ def test_full_run_and_report_on_an_unseen_table(crm_run):
     assert "Annual spend:" in llm  # the generated template is shown
 
 
-def test_assign_new_customers_of_that_table(crm_run, tmp_path):
+def test_assign_new_customers_of_that_table(crm_run, tmp_path, capsys):
     wd = crm_run
     new = crm_table(40, 9)
     new.loc[0, "tier"] = "platinum"
     new.to_csv(tmp_path / "new.csv", index=False)
-    res = segreport(wd, "assign", "--run", "results/crm", "--method", "kmeans", "--k", "3",
-                    "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "labelled.csv"))
+    capsys.readouterr()
+    run_inline(wd, "assign", "--run", "results/crm", "--method", "kmeans", "--k", "3",
+               "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "labelled.csv"))
     out = pd.read_csv(tmp_path / "labelled.csv")
     assert len(out) == 40 and set(out.segment) <= {0, 1, 2} and out.persona.notna().all()
-    assert "unseen" in res.stdout
+    assert "unseen" in capsys.readouterr().out

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -18,7 +15,7 @@ from segreport.config import ColumnSpec, Params
 from segreport.demo import write_demo
 from segreport.store import read_json
 
-from .conftest import make_workdir, snapshot
+from .conftest import make_workdir, run_inline, snapshot
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
@@ -35,11 +32,7 @@ def project(tmp_path_factory):
     if "stability_resamples" in Params.model_fields:  # bootstrap stability is no concern of assign's
         params += "stability_resamples: 0\nnull_references: 0\n"
     (wd / "params.yml").write_text(params)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "segreport", "run", "-q", "--no-render", "--data", "customers.csv",
-                          "--k", "2-3", "--workers", "2"], cwd=wd, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
+    run_inline(wd, "run", "-q", "--no-render", "--data", "customers.csv", "--k", "2-3")
     return wd
 
 

@@ -20,7 +20,7 @@ import pytest
 from segreport.demo import write_demo
 from segreport.embed import part_meta
 
-from .conftest import segreport, make_workdir
+from .conftest import make_workdir, run_inline, segreport
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
@@ -34,6 +34,30 @@ CELLS = [(m, k) for m in ("kmeans", "kprototypes", "llm") for k in (2, 3)]
 KILL_CELLS = CELLS[:4]  # kmeans and kprototypes
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One LocalCluster for the module, started as `--executor dask` starts it (segreport's DaskSession: two
+    worker processes with a cell slot and two threads each, a nanny each). Its workers and their warm kernels
+    serve every test that sends work to a running cluster (`--scheduler`); a run that starts a cluster of its
+    own, the user's default, is tested twice (test_dask_matches_local_executor, bad input). Its processes start
+    in an empty folder of their own, as the workers of a remote scheduler would: a task that writes a path
+    relative to its working directory instead of the run's folder shows there."""
+    from segreport.dask_grid import DaskSession
+
+    start = tmp_path_factory.mktemp("workers-cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(start)
+        session = DaskSession(None, 2)
+    session.start = start
+    with session:
+        yield session
+
+
+def nothing_written_where_the_workers_started(cluster) -> None:
+    assert set(cluster.client.run(os.getcwd).values()) == {str(cluster.start)}
+    assert not any(cluster.start.iterdir()), sorted(str(p) for p in cluster.start.rglob("*"))
+
+
 def small_project(path: Path, seed: int) -> Path:
     wd = make_workdir(path)
     write_demo(wd / "data" / "demo.csv", rows=300, seed=seed)
@@ -41,7 +65,7 @@ def small_project(path: Path, seed: int) -> Path:
     return wd
 
 
-def test_dask_matches_local_executor(tmp_path):
+def test_dask_matches_local_executor(tmp_path, cluster):
     on_dask = small_project(tmp_path / "dask", seed=11)
     local = make_workdir(tmp_path / "local")
     shutil.copytree(on_dask / "data", local / "data")
@@ -73,15 +97,14 @@ def test_dask_matches_local_executor(tmp_path):
         assert (runs[on_dask] / "cells" / m / f"k{k}" / "done.json").exists()
         assert (runs[on_dask] / "cells" / m / f"k{k}" / "notebook.ipynb").exists()
 
-    # the executor is no input of a cell: the Dask executor reuses what the local one computed
-    segreport(local, *RUN, "--executor", "dask")
+    # the executor is no input of a cell: the Dask executor (here on the module's running cluster) reuses what
+    # the local one computed
+    segreport(local, *RUN, "--executor", "dask", "--scheduler", cluster.address)
     manifest = json.loads((runs[local] / "manifest.json").read_text())
     assert all(manifest["cells"][f"{m}/k{k}"]["reused"] for m, k in CELLS)
 
 
-def test_a_killed_worker_does_not_lose_its_cell(workdir):
-    from distributed import Client, LocalCluster
-
+def test_a_killed_worker_does_not_lose_its_cell(workdir, cluster):
     from segreport.config import Params
     from segreport.dask_grid import run_grid_dask
     from segreport.prepare import prepare
@@ -91,8 +114,7 @@ def test_a_killed_worker_does_not_lose_its_cell(workdir):
                     projection_sample=200, render=False, workers=2, executor="dask")
     layout, ctx = prepare(params, root=workdir, progress=False)
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(cluster, set_as_default=False)
+    client = cluster.client
     killed: dict = {}
 
     def kill_a_busy_worker(pids: list[int], deadline: float) -> None:
@@ -119,7 +141,7 @@ def test_a_killed_worker_does_not_lose_its_cell(workdir):
         killer.start()
         manifest: dict = {"cells": {}}
         statuses = run_grid_dask(layout, ctx, KILL_CELLS, 2, manifest, progress=False, project=workdir,
-                                 scheduler=cluster.scheduler_address)
+                                 scheduler=cluster.address)
         killer.join(timeout=5)
         assert killed, "no worker was killed: the cells never started a kernel?"
 
@@ -146,9 +168,9 @@ def test_a_killed_worker_does_not_lose_its_cell(workdir):
                 break
             time.sleep(0.5)
         assert not alive, f"orphaned kernels of the killed worker still run: {alive}"
+        nothing_written_where_the_workers_started(cluster)
     finally:
-        client.close()
-        cluster.close()
+        client.wait_for_workers(2, timeout=60)  # the module's cluster whole again for the tests after this one
 
 
 def _running(pid: int) -> bool:
@@ -158,11 +180,12 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path):
+def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path, cluster):
     wd = small_project(tmp_path, seed=13)
     segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,llm", "--k", "3",
-              "--workers", "2", "--executor", "dask", "--scale-threshold", "200")
+              "--workers", "2", "--executor", "dask", "--scheduler", cluster.address, "--scale-threshold", "200")
     run = wd / "results" / "demo"
+    nothing_written_where_the_workers_started(cluster)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["scale"]["scalable"] and manifest["executor"]["lightgbm_on_cluster"]
     for m in ("kmeans", "llm"):
@@ -173,28 +196,27 @@ def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path):
         page = (wd / "report" / "_pages" / f"{m}.qmd").read_text()
         assert "took the **scalable path**" in page and "MiniBatchKMeans (mini-batches of 8,192 rows" in page
         assert f"trained with its Dask interface on {metrics['lgbm_cv_rows']} rows" in page
-        assert "Cells ran on Dask (a local cluster of 2 workers)" in page
-    # below the threshold, the same table takes the exact path and the page says so
-    segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "3",
-              "--workers", "2")
+        assert f"Cells ran on Dask (the cluster at {cluster.address} of 2 workers)" in page
+    # below the threshold, the same table takes the exact path and the page says so (the local executor's
+    # grid is not this test's subject: its cell runs in this process)
+    run_inline(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "3",
+               "--workers", "2")
     metrics = json.loads((run / "cells" / "kmeans" / "k3" / "metrics.json").read_text())
     assert metrics["algorithm"] == "KMeans (Lloyd)" and metrics["lgbm_engine"] == "lightgbm"
     assert "below the scale threshold of 200,000" in (wd / "report" / "_pages" / "kmeans.qmd").read_text()
 
 
-def test_local_cluster_settings():
-    from segreport.dask_grid import DaskSession
-
-    with DaskSession(None, 1) as s:
-        sched = s.client.run_on_scheduler(lambda dask_scheduler: (dask_scheduler.allowed_failures,
-                                                                  dask_scheduler.WORKER_SATURATION))
-        env = s.client.run(lambda: os.environ.get("OMP_WAIT_POLICY"))
-        assert sched == (1, float("inf"))  # a cell killed twice fails; no root-task queuing behind the cells
-        assert set(env.values()) == {"PASSIVE"}
-        assert s.resources == {"cell": 1} and s.spare_thread
+def test_local_cluster_settings(cluster):
+    s = cluster
+    sched = s.client.run_on_scheduler(lambda dask_scheduler: (dask_scheduler.allowed_failures,
+                                                              dask_scheduler.WORKER_SATURATION))
+    env = s.client.run(lambda: os.environ.get("OMP_WAIT_POLICY"))
+    assert sched == (1, float("inf"))  # a cell killed twice fails; no root-task queuing behind the cells
+    assert set(env.values()) == {"PASSIVE"} and s.n_workers == 2
+    assert s.resources == {"cell": 1} and s.spare_thread and s.describe()["local_cluster"]
 
 
-def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_over(workdir, monkeypatch):
+def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_over(workdir, monkeypatch, cluster):
     """`--executor dask` prepares in a spawned process (the CLI keeps no PyTorch, row texts or table
     strings through the grid: 1.1 GiB at 1,000,000 rows). That process takes the run folder's lock and
     hands it over: through the grid the CLI's process holds it, and it is released at the end."""
@@ -205,7 +227,8 @@ def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_ove
     write_demo(workdir / "data" / "demo.csv", rows=300, seed=14)
     params = Params(data="data/demo.csv", methods=["kmeans", "llm"], k="2", stability_resamples=5,
                     projection_sample=200, null_references=1, null_sample=200,
-                    llm={"part_rows": 64, "compare_numbers": False}, render=False, workers=1, executor="dask")
+                    llm={"part_rows": 64, "compare_numbers": False}, render=False, workers=1, executor="dask",
+                    scheduler=cluster.address)
     seen = {}
     real = dask_grid.run_grid_dask
 
@@ -224,6 +247,7 @@ def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_ove
     assert not psutil.pid_exists(built["llm"])  # ended with its stage
     with RunLock(workdir / "results" / "demo").acquire(wait=False):
         pass
+    nothing_written_where_the_workers_started(cluster)
 
 
 def test_bad_input_on_dask_is_one_line_exit_2_and_writes_nothing(tmp_path):

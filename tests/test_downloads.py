@@ -17,7 +17,7 @@ from segreport.data import detect_outcome, load_table
 from segreport.downloads import assignments_frame, csv_text, profile_frame, rounded, xlsx_bytes
 from segreport.personas import personas, profile
 
-from .conftest import make_workdir, segreport
+from .conftest import make_workdir, run_inline
 
 
 @pytest.mark.parametrize("name", ["y", "Churn", "churned", "Exited", "target", "is_converted", "response",
@@ -127,7 +127,7 @@ def test_assignments_name_each_customer_by_row_or_identifier():
 
 
 @pytest.mark.slow
-def test_a_run_writes_profiles_assignments_and_a_campaign_list(tmp_path):
+def test_a_run_writes_profiles_assignments_and_a_campaign_list(tmp_path, capsys):
     wd = make_workdir(tmp_path / "project")
     from segreport.demo import generate
 
@@ -135,7 +135,7 @@ def test_a_run_writes_profiles_assignments_and_a_campaign_list(tmp_path):
     df.insert(0, "customer_id", [f"C{i:04d}" for i in range(len(df))])
     df["subscribed"] = np.where((df.balance > df.balance.median()) & (df.age > 40), "yes", "no")
     df.to_csv(wd / "c.csv", index=False)
-    segreport(wd, "run", "-q", "--data", "c.csv", "--methods", "kmeans", "--k", "3")
+    run_inline(wd, "run", "-q", "--data", "c.csv", "--methods", "kmeans", "--k", "3")
     run = wd / "results" / "c"
     ctx = json.loads((run / "context.json").read_text())
     assert ctx["data"]["outcome"] == "subscribed" and ctx["data"]["outcome_source"] == "detected"
@@ -147,11 +147,14 @@ def test_a_run_writes_profiles_assignments_and_a_campaign_list(tmp_path):
     assert not (wd / "_site" / "report" / "downloads" / "assignments").exists()  # no customer rows published
     overview = (wd / "report" / "_pages" / "index.qmd").read_text()
     assert "subscribed" in overview and "because of its name" in overview and "segreport list" in overview
-    res = segreport(wd, "list", "--run", "results/c", "--segment", "S1", "--out", "s1.csv")
+    capsys.readouterr()
+    run_inline(wd, "list", "--run", "results/c", "--segment", "S1", "--out", "s1.csv")
+    said = capsys.readouterr()
     s1 = pd.read_csv(wd / "s1.csv")
     assert len(s1) == (assign.segment == "S1").sum() and set(s1.segment) == {"S1"}
-    assert "wrote" in res.stdout and list(s1.columns[:2]) == ["customer_id", "age"]
+    assert "wrote" in said.out and list(s1.columns[:2]) == ["customer_id", "age"]
     assert pd.api.types.is_numeric_dtype(s1["balance"])  # negative balances stay numbers, not "'-120"
     assert set(s1.customer_id) == set(assign.customer_id[assign.segment == "S1"])
-    bad = segreport(wd, "list", "--run", "results/c", "--segment", "S9", "--out", "x.csv", check=False)
-    assert bad.returncode == 2 and "S9" in bad.stderr and not (wd / "x.csv").exists()
+    run_inline(wd, "list", "--run", "results/c", "--segment", "S9", "--out", "x.csv", code=2)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "S9" in err and not (wd / "x.csv").exists()

@@ -153,46 +153,39 @@ def test_the_package_installs_and_runs_outside_the_repository(tmp_path):
 
 
 @pytest.mark.slow
-def test_famd_and_hdbscan_run_through_the_grid_and_assign(tmp_path):
-    """The two methods added through the interface alone: their cells run as notebooks, the report
-    pages them, and `assign` gives the run's own customers back their segments."""
-    from segreport.cli import main
+def test_famd_and_hdbscan_run_through_the_grid_and_assign(tmp_path, capsys):
+    """The two methods added through the interface alone: their cells run (in this process: every method's
+    notebook is the same papermill path, run on a real kernel in test_end_to_end), the report pages them, and
+    `assign` gives the run's own customers back their segments."""
+    import json
+
     from segreport.demo import write_demo
 
-    from .conftest import make_workdir
+    from .conftest import make_workdir, run_inline
 
     wd = make_workdir(tmp_path / "project")
     write_demo(wd / "data" / "demo.csv", rows=500, seed=5)
     (wd / "small.yml").write_text("stability_resamples: 5\nnull_references: 1\nnull_sample: 200\n"
                                   "hdbscan: {min_cluster_size: [25, 50], umap_sample: 500}\n")
-    import os
-
-    old = os.getcwd()
-    os.chdir(wd)
-    try:
-        assert main(["run", "-q", "--params", "small.yml", "--data", "data/demo.csv", "--k", "3",
-                     "--methods", "famd,hdbscan"]) == 0
-        import json
-
-        manifest = json.loads((wd / "results" / "demo" / "manifest.json").read_text())
-        assert set(manifest["cells"]) == {"famd/k3", "hdbscan/m25", "hdbscan/m50"}
-        for name, st in manifest["cells"].items():
-            assert st["status"] in ("done", "failed"), name
-        assert manifest["cells"]["famd/k3"]["status"] == "done"
-        page = (wd / "_site" / "report" / "hdbscan.html").read_text()
-        assert "minimum segment size" in page
-        for method, value in (("famd", 3), ("hdbscan", 25)):
-            if manifest["cells"][f"{method}/{'k' if method == 'famd' else 'm'}{value}"]["status"] != "done":
-                continue
-            out = wd / f"{method}.csv"
-            assert main(["assign", "--run", "results/demo", "--method", method, "--k", str(value),
-                         "--data", "data/demo.csv", "--out", str(out)]) == 0
-            got = pd.read_csv(out)["segment"].to_numpy()
-            grid = "k" if method == "famd" else "m"
-            want = pd.read_parquet(wd / "results" / "demo" / "cells" / method / f"{grid}{value}" / "labels.parquet")
-            assert (got == want["segment"].to_numpy()).mean() >= 0.98
-    finally:
-        os.chdir(old)
+    run_inline(wd, "run", "-q", "--params", "small.yml", "--data", "data/demo.csv", "--k", "3",
+               "--methods", "famd,hdbscan")
+    manifest = json.loads((wd / "results" / "demo" / "manifest.json").read_text())
+    assert set(manifest["cells"]) == {"famd/k3", "hdbscan/m25", "hdbscan/m50"}
+    for name, st in manifest["cells"].items():
+        assert st["status"] in ("done", "failed"), name
+    assert manifest["cells"]["famd/k3"]["status"] == "done"
+    page = (wd / "_site" / "report" / "hdbscan.html").read_text()
+    assert "minimum segment size" in page
+    for method, value in (("famd", 3), ("hdbscan", 25)):
+        if manifest["cells"][f"{method}/{'k' if method == 'famd' else 'm'}{value}"]["status"] != "done":
+            continue
+        out = wd / f"{method}.csv"
+        run_inline(wd, "assign", "--run", "results/demo", "--method", method, "--k", str(value),
+                   "--data", "data/demo.csv", "--out", str(out))
+        got = pd.read_csv(out)["segment"].to_numpy()
+        grid = "k" if method == "famd" else "m"
+        want = pd.read_parquet(wd / "results" / "demo" / "cells" / method / f"{grid}{value}" / "labels.parquet")
+        assert (got == want["segment"].to_numpy()).mean() >= 0.98
 
 
 def test_numbers_experiment_says_why_a_template_that_computes_with_numbers_is_not_checked(tmp_path):

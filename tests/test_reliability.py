@@ -20,7 +20,7 @@ from bs4 import BeautifulSoup
 
 from segreport.demo import generate, write_demo
 
-from .conftest import LIGHT, ROOT, make_workdir, segreport
+from .conftest import LIGHT, ROOT, make_workdir, run_inline, segreport, test_seed
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
@@ -62,39 +62,6 @@ def _start(wd: Path, *args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_interrupted_run_resumes_to_the_same_results(tmp_path):
-    args = ["run", "-q", "--no-render", "--data", "data/demo.csv", "--methods", "kmeans,kprototypes", "--k", "2-5",
-            "--workers", "1"]
-    ref = make_workdir(tmp_path / "reference")
-    write_demo(ref / "data" / "demo.csv", rows=300, seed=6)
-    segreport(ref, *args)
-    wd = make_workdir(tmp_path / "interrupted")
-    write_demo(wd / "data" / "demo.csv", rows=300, seed=6)
-    proc = _start(wd, *args)
-    manifest = wd / "results" / "demo" / "manifest.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            done = [c for c in json.loads(manifest.read_text())["cells"].values() if c["status"] == "done"]
-        except (OSError, ValueError, KeyError):
-            done = []
-        if len(done) >= 2:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    m = json.loads(manifest.read_text())  # still valid JSON
-    assert m["status"] == "interrupted"
-    finished = [n for n, c in m["cells"].items() if c["status"] == "done"]
-    assert 2 <= len(finished) < 8
-    assert not list((wd / "results").rglob("*.tmp"))
-    segreport(wd, *args)
-    m = json.loads(manifest.read_text())
-    assert m["status"] == "done" and all(m["cells"][n]["reused"] for n in finished)
-    assert _cell_bytes(wd / "results" / "demo") == _cell_bytes(ref / "results" / "demo")
-
-
 def test_report_escapes_data_and_leaks_no_customer(tmp_path):
     wd = make_workdir(tmp_path / "project")
     df = generate(400, seed=9)
@@ -108,8 +75,8 @@ def test_report_escapes_data_and_leaks_no_customer(tmp_path):
         "  - {name: 'marital <b>status</b>', kind: categorical}\n  - {name: balance, kind: numeric}\n"
         "  - {name: housing, kind: binary}\n"
         "min_segment_size: 20\n" + LIGHT)
-    segreport(wd, "run", "-q", "--params", "p.yml", "--data", "evil.csv", "--methods", "kmeans,kprototypes,llm",
-              "--k", "3")
+    run_inline(wd, "run", "-q", "--params", "p.yml", "--data", "evil.csv", "--methods", "kmeans,kprototypes,llm",
+               "--k", "3")
     for page in (wd / "_site" / "report").glob("*.html"):
         text = page.read_text()
         soup = BeautifulSoup(text, "html.parser")
@@ -160,6 +127,37 @@ def reference(tmp_path_factory):
     return wd, time.time() - t0
 
 
+def test_interrupted_run_resumes_to_the_same_results(reference, tmp_path):
+    """SIGTERM once the first cell is done: status 130, an `interrupted` manifest that is still JSON, the
+    finished cell kept and no temporary file; the next run reuses it and ends with the reference's bytes."""
+    ref, _ = reference
+    wd = make_workdir(tmp_path / "interrupted")
+    write_demo(wd / "data" / "demo.csv", rows=300, seed=6)
+    proc = _start(wd, *ARGS)
+    manifest = wd / "results" / "demo" / "manifest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            done = [c for c in json.loads(manifest.read_text())["cells"].values() if c["status"] == "done"]
+        except (OSError, ValueError, KeyError):
+            done = []
+        if done:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    m = json.loads(manifest.read_text())  # still valid JSON
+    assert m["status"] == "interrupted"
+    finished = [n for n, c in m["cells"].items() if c["status"] == "done"]
+    assert len(finished) == 1, m["cells"]  # one of the two cells: the other one was running
+    assert not list((wd / "results").rglob("*.tmp"))
+    segreport(wd, *ARGS)
+    m = json.loads(manifest.read_text())
+    assert m["status"] == "done" and all(m["cells"][n]["reused"] for n in finished)
+    assert _cell_bytes(wd / "results" / "demo") == _cell_bytes(ref / "results" / "demo")
+
+
 def _cut(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
 
@@ -203,8 +201,7 @@ def test_damaged_files_of_each_kind_are_said_and_rebuilt_to_the_same_bytes(refer
     assert all(c["reused"] for c in json.loads((run / "manifest.json").read_text())["cells"].values())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sigkill_at_a_random_point_then_resume_gives_the_same_bytes(reference, tmp_path, seed):
+def _sigkill_then_resume(reference, tmp_path, seed: int) -> None:
     import random
 
     ref, seconds = reference
@@ -212,7 +209,9 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_same_bytes(reference, t
     write_demo(wd / "data" / "demo.csv", rows=300, seed=6)
     proc = subprocess.Popen([sys.executable, "-m", "segreport", *ARGS], cwd=wd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(random.Random(seed).uniform(0.5, 0.9 * seconds))
+    at = random.Random(seed).uniform(0.5, 0.9 * seconds)
+    print(f"SEGREPORT_TEST_SEED={seed}: SIGKILL after {at:.1f} s of a {seconds:.1f} s run")
+    time.sleep(at)
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, with no chance to clean up
     proc.wait()
     time.sleep(2)  # the cells' kernels (their own sessions) see their worker gone and exit
@@ -220,10 +219,23 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_same_bytes(reference, t
     lock = run / ".lock"
     held = lock.exists() and lock.read_text() != ""
     res = segreport(wd, *ARGS)
-    assert ("taking over its lock" in res.stderr) == held, res.stderr
-    assert not list(run.rglob("*.tmp"))
-    assert json.loads((run / "manifest.json").read_text())["status"] == "done"
-    assert _result_bytes(run) == _result_bytes(ref / "results" / "demo")
+    replay = f"replay with SEGREPORT_TEST_SEED={seed}"
+    assert ("taking over its lock" in res.stderr) == held, (replay, res.stderr)
+    assert not list(run.rglob("*.tmp")), replay
+    assert json.loads((run / "manifest.json").read_text())["status"] == "done", replay
+    assert _result_bytes(run) == _result_bytes(ref / "results" / "demo"), replay
+
+
+def test_sigkill_at_a_random_point_then_resume_gives_the_same_bytes(reference, tmp_path):
+    """One moment per test run, drawn anew each time (so runs over time cover the whole run) and printed:
+    SEGREPORT_TEST_SEED replays it. The three fixed moments of earlier rounds: `pytest --deep`."""
+    _sigkill_then_resume(reference, tmp_path, test_seed())
+
+
+@pytest.mark.deep
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigkill_at_three_fixed_points_then_resume_gives_the_same_bytes(reference, tmp_path, seed):
+    _sigkill_then_resume(reference, tmp_path, seed)
 
 
 def test_two_runs_on_one_folder_one_waits_or_stops(tmp_path):

@@ -18,21 +18,11 @@ from segreport import runner
 from segreport.cell import run_cell
 from segreport.cli import main
 from segreport.demo import write_demo
-from segreport.grid import cells_to_run, record_cell
 
-from .conftest import LIGHT, make_workdir, snapshot
+from .conftest import LIGHT, inline_grid, make_workdir, snapshot
 
 ARGS = ["run", "-q", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "2-3", "--workers", "1"]
 COMPARISON = Path("results/demo/comparison")
-
-
-def inline_grid(layout, ctx, cells, workers, manifest, progress=True, project=None):
-    """runner.run_grid without papermill: the cells left to run, each by run_cell in this process."""
-    todo, statuses = cells_to_run(layout, ctx, cells, manifest)
-    for method, k, ck in todo:
-        run_cell(layout.root, method, k)
-        record_cell(layout, manifest, method, k, ck, {"status": "done", "error": None, "wall_seconds": 1.0})
-    return statuses
 
 
 def run(monkeypatch, *args: str) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 from segreport.config import load_params
 
-from .conftest import BANK, LIGHT, ROOT, make_workdir, segreport
+from .conftest import BANK, LIGHT, ROOT, make_workdir, run_inline
 
 
 def test_preset_is_the_seed_configuration():
@@ -33,7 +33,7 @@ def test_preset_runs_on_a_bank_slice(tmp_path):
     pd.read_csv(BANK, sep=";").sample(1500, random_state=1).to_csv(wd / "bank.csv", sep=";", index=False)
     # the preset as it is, with the test's lighter bootstrap and null reference (keys added at the end)
     (wd / "preset.yml").write_text((ROOT / "params" / "seed-2023.yml").read_text() + "\n" + LIGHT)
-    segreport(wd, "run", "-q", "--params", "preset.yml", "--data", "bank.csv", "--k", "5")
+    run_inline(wd, "run", "-q", "--params", "preset.yml", "--data", "bank.csv", "--k", "5")
     run = wd / "results" / "seed-2023"
     ctx = json.loads((run / "context.json").read_text())
     # one-hot (first level dropped) of job (12 levels) + marital (3) + 3 binaries, education ordinal, age, balance

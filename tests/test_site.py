@@ -256,51 +256,123 @@ def browser() -> str:
     return found
 
 
-def dom(url: str, tmp_path: Path) -> str:
-    """The page's DOM after its scripts ran (headless Chromium, --dump-dom after a virtual-time budget)."""
-    profile = tmp_path / f"profile-{abs(hash(url))}"
-    res = subprocess.run([browser(), *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True,
-                         text=True, timeout=180)
+HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>harness</title></head><body>
+<script>
+// every page in an iframe of its own, loaded one after the other; once a page has loaded and its scripts
+// had time to draw, its DOM is copied into a textarea of this page, which Chromium then dumps
+const pages = %s;
+const width = %d;
+let i = 0;
+function next() {
+  if (i >= pages.length) { document.body.setAttribute("data-done", "1"); return; }
+  const url = pages[i++];
+  const frame = document.createElement("iframe");
+  frame.style.width = width + "px";
+  frame.style.height = "900px";
+  frame.onload = () => setTimeout(() => {
+    const box = document.createElement("textarea");
+    box.className = "dom";
+    box.setAttribute("data-url", url);
+    box.value = "<!doctype html>" + frame.contentDocument.documentElement.outerHTML;
+    document.body.appendChild(box);
+    frame.remove();
+    next();
+  }, 3000);
+  frame.src = url;
+  document.body.appendChild(frame);
+}
+next();
+</script></body></html>"""
+
+
+def browse(root: Path, pages: list[str], tmp_path: Path, width: int = 1280) -> dict[str, str]:
+    """Each page's DOM after its scripts ran, from ONE headless Chromium (a dozen launches cost a minute):
+    `root` served over HTTP beside a harness page that opens every page (paths under root) in an iframe
+    in turn and copies its DOM out once it has drawn; Chromium dumps the harness after a virtual-time budget."""
+    from bs4 import BeautifulSoup
+
+    exe = browser()
+
+    class Handler(QuietHandler):
+        def do_GET(self):
+            if self.path.split("?")[0] == "/__harness__.html":
+                body = (HARNESS % (json.dumps(["/" + p for p in pages]), width)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/__harness__.html"
+        flags = [f if not f.startswith("--virtual-time-budget") else f"--virtual-time-budget={8000 * len(pages) + 5000}"
+                 for f in FLAGS]
+        res = subprocess.run([exe, *flags, f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=600)
+    finally:
+        server.shutdown()
+        server.server_close()
     assert res.returncode == 0 and "<html" in res.stdout, res.stderr[-2000:]
-    return res.stdout
+    soup = BeautifulSoup(res.stdout, "html.parser")
+    doms = {box["data-url"].lstrip("/"): box.get_text() for box in soup.select("textarea.dom")}
+    assert list(doms) == pages, f"the harness opened {list(doms)} of {pages}"
+    return doms
+
+
+BROKEN = {"no-vega": "", "vega-rejects": "window.vegaEmbed = function () { return Promise.reject(new Error('x')); };",
+          "vega-throws": "window.vegaEmbed = function () { throw new Error('x'); };"}
+
+
+@pytest.fixture(scope="module")
+def browsed(served, tmp_path_factory):
+    """Every page of the served site, and the K-means page of three copies of it whose Vega bundle is missing,
+    rejects or throws, opened in one headless Chromium."""
+    root = tmp_path_factory.mktemp("browse")
+    (root / "site").symlink_to(served["site"])
+    for name, bundle in BROKEN.items():
+        shutil.copytree(served["site"], root / name)
+        (root / name / "report" / "assets" / "vega-bundle.js").write_text(bundle)
+    pages = sorted(p.name for p in (served["site"] / "report").glob("*.html"))
+    urls = [f"site/report/{p}" for p in pages] + [f"{name}/report/kmeans.html" for name in BROKEN]
+    return {"pages": pages, "root": root, "dom": browse(root, urls, root)}
 
 
 @pytest.mark.slow
-def test_every_chart_draws_on_the_served_site(served, tmp_path):
+def test_every_chart_draws_on_the_served_site(browsed):
     from bs4 import BeautifulSoup
 
-    pages = sorted((served["site"] / "report").glob("*.html"))
-    assert {p.stem for p in pages} >= {"index", "kmeans", "personas", "comparison", "appendix"}
+    pages = browsed["pages"]
+    assert {p.removesuffix(".html") for p in pages} >= {"index", "kmeans", "personas", "comparison", "appendix"}
     drawn = 0
     for page in pages:
-        soup = BeautifulSoup(dom(f"{served['url']}/report/{page.name}", tmp_path), "html.parser")
+        soup = BeautifulSoup(browsed["dom"][f"site/report/{page}"], "html.parser")
         for chart in soup.select(".vega-chart"):
-            assert chart.find(["svg", "canvas"]) is not None, f"{page.name}: chart {chart.get('id')} did not draw"
+            assert chart.find(["svg", "canvas"]) is not None, f"{page}: chart {chart.get('id')} did not draw"
             assert chart.find("img", class_="vega-fallback") is None
             drawn += 1
     assert drawn >= 5  # kmeans: elbow, silhouette, projections, SHAP, sizes; comparison: common silhouette
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", ["", "window.vegaEmbed = function () { return Promise.reject(new Error('x')); };",
-                                    "window.vegaEmbed = function () { throw new Error('x'); };"],
-                         ids=["no-vega", "vega-rejects", "vega-throws"])
-def test_a_chart_that_cannot_draw_shows_its_png(served, tmp_path, bundle):
+@pytest.mark.parametrize("variant", list(BROKEN))
+def test_a_chart_that_cannot_draw_shows_its_png(browsed, variant):
+    import urllib.request
+
     from bs4 import BeautifulSoup
 
-    site = tmp_path / "site"
-    shutil.copytree(served["site"], site)
-    (site / "report" / "assets" / "vega-bundle.js").write_text(bundle)
+    soup = BeautifulSoup(browsed["dom"][f"{variant}/report/kmeans.html"], "html.parser")
+    charts = soup.select(".vega-chart")
+    assert charts
+    site = browsed["root"] / variant
     handler = functools.partial(QuietHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        soup = BeautifulSoup(dom(f"{url}/report/kmeans.html", tmp_path), "html.parser")
-        charts = soup.select(".vega-chart")
-        assert charts
-        import urllib.request
-
         for chart in charts:
             img = chart.find("img", class_="vega-fallback")
             assert img is not None and chart.find("svg") is None, chart

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -26,7 +23,7 @@ from segreport.store import RunLayout, atomic_write_json, read_json
 from segreport.track import (bin_counts, chosen_segmentation, column_drift, decile_edges, migration, parse_as_of,
                              psi, psi_reading, size_test)
 
-from .conftest import ROOT, make_workdir, snapshot
+from .conftest import ROOT, make_workdir, run_inline, snapshot
 
 # --------------------------------------------------------------------------- statistics, by hand
 
@@ -150,14 +147,9 @@ def project(tmp_path_factory):
         _with_outcome(p)
     (wd / "params.yml").write_text("stability_resamples: 2\nprojection_sample: 100\nshap_sample: 100\n"
                                    "explain_rows: 400\nsilhouette_sample: 800\n")
-    # this checkout's segreport in the subprocess, whatever the environment installed
-    env = {**os.environ, "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-    res = subprocess.run([sys.executable, "-m", "segreport", "run", "-q", "--data", "data/snap-0.csv", "--run", "fit",
-                          "--methods", "kmeans", "--k", "3", "--workers", "1", "--outcome", "y"],
-                         cwd=wd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    print(res.stdout)
+    # the run is tracking's input, not its subject: its cell computed in this process
+    run_inline(wd, "run", "-q", "--data", "data/snap-0.csv", "--run", "fit", "--methods", "kmeans", "--k", "3",
+               "--workers", "1", "--outcome", "y")
     return wd
 
 
