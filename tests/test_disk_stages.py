@@ -29,7 +29,7 @@ from segreport.store import NoSpaceError, WriteError
 from .conftest import make_workdir
 from .test_faults import _holder
 from .test_reliability import _result_bytes
-from .test_reuse import inline_grid
+from .conftest import inline_grid
 
 # the fewest resamples and rows that still write every kind of file (stability, null references, SHAP)
 FAST = ("stability_resamples: 2\nnull_references: 1\nnull_sample: 200\nlgbm_folds: 2\nexplain_rows: 150\n"
