@@ -824,15 +824,19 @@ def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dic
                 "ratio": ratio}
         fit_worse = True
         (reasons if health[f"{key}_share"] > ratio * fit[f"{key}_share"] else watch).append(item)
-    changed = None
+    changed = gap = None
     if refit:
-        changed = refit["ari"] < refit["baseline_ari"] - th.ari_drop
+        gap = refit["baseline_ari"] - refit["ari"]
+        changed = gap > th.ari_drop
         if changed:
-            reasons.insert(0, {"kind": "segments", **refit, "ari_drop": th.ari_drop})
+            reasons.insert(0, {"kind": "segments", **refit, "ari_gap": gap, "ari_drop": th.ari_drop,
+                               "columns": [w["label"] for w in drifted],
+                               "segments": [f"{w['code']} · {w['name']}" for w in seg_items]})
     action = "refit" if reasons else "watch" if (drifted or seg_items or fit_worse) else "keep"
     return {"period": latest, "action": action, "reasons": reasons, "watch": watch,
             "columns": [w["label"] for w in drifted], "segments": [f"{w['code']} · {w['name']}" for w in seg_items],
             "segment_codes": [w["code"] for w in seg_items], "refit": refit, "segments_changed": changed,
+            "ari_gap": gap, "far_watch": fit_worse,
             "rules": {"psi_large": PSI_LARGE, "psi_moderate": PSI_MODERATE, "far_ratio": FAR_RATIO,
                       "outlier_ratio": OUTLIER_RATIO, "evidence": EVIDENCE, "ari_drop": th.ari_drop,
                       "min_segment_size": fit["min_segment_size"]}}
@@ -905,6 +909,7 @@ def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
 
     env.filters.setdefault("pts", lambda v: Markup("–" if v is None else f"{100 * float(v):+.1f} pts"))
     env.filters.setdefault("f2", lambda v: Markup("–" if v is None else f"{float(v):.2f}"))
+    env.filters.setdefault("names", lambda v: Markup(_names([str(x) for x in v])))
     text = env.get_template("pages/tracking.qmd.j2").render(view)
     from .store import atomic_write_text
 
@@ -914,6 +919,7 @@ def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
 
 def page_view(layout: RunLayout, fig) -> dict | None:
     """What the tracking page shows, read from tracking.json and tracking/*.parquet (no new numbers)."""
+    import functools
     import warnings
 
     from . import figures as F
@@ -981,15 +987,48 @@ def page_view(layout: RunLayout, fig) -> dict | None:
             matrix.append(row)
         view["matrix"] = matrix
         view["last_transition"] = last
-    # drift
+    # drift: per column, within each segment; does it change the segments
     d_latest = pd.DataFrame(t["drift"]["latest"])
-    th = t["drift"]["thresholds"]
-    view["fig_drift"] = fig("tracking-drift", F.psi_bars(d_latest[["label", "psi", "reading"]], th["moderate"],
-                                                         th["large"]),
-                            f"Population stability index of each column in {label[latest]} against the baseline; "
-                            f"dashed lines at {th['moderate']} (moderate) and {th['large']} (large).")
-    view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -r["psi"])
+    th = t.get("thresholds") or {}
+    measured = "effect" in d_latest.columns and d_latest["effect"].notna().all()
+    view["measured"] = measured
+    if measured:
+        limits = {"numbers": th["numeric_threshold"], "categories": th["categorical_threshold"]}
+        view["fig_drift"] = fig("tracking-drift", functools.partial(
+            F.drift_bars, d_latest[["label", "measure", "effect", "drifted"]], limits),
+            f"Drift of each column in {label[latest]} against the baseline: normed Wasserstein for numbers, "
+            f"Jensen-Shannon distance for categories; dashed: the threshold"
+            f"{'s' if len(set(limits.values())) > 1 else ''}; red: drifted (its distribution, missing share or "
+            "new values).")
+        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -(r["effect"] / r["threshold"]))
+        segs_latest = [r for r in t["drift"].get("segments_latest") or [] if r["period"] == latest]
+        cells = pd.DataFrame([{"segment": f"{segs[r['segment']]['code']} · {segs[r['segment']]['name']}",
+                               "label": r["label"], "effect": r["effect"], "ratio": r["effect"] / r["threshold"],
+                               "text": f"{r['effect']:.2f}", "drifted": bool(r["drifted"])}
+                              for r in segs_latest if r["measured"] and r.get("effect") is not None])
+        if len(cells):
+            rows_ = list(dict.fromkeys(cells["segment"]))
+            cols_ = list(dict.fromkeys(cells["label"]))
+            view["fig_segments"] = fig("tracking-segment-drift", functools.partial(
+                F.segment_drift_heatmap, cells, rows_, cols_),
+                f"Effect size of each column's drift within each segment, {label[latest]} against the baseline; "
+                "bold: drifted.")
+        view["segments_unmeasured"] = [
+            {**segs[s_], "rows": next(r["rows"] for r in segs_latest if r["segment"] == s_),
+             "baseline_rows": next(r["baseline_rows"] for r in segs_latest if r["segment"] == s_)}
+            for s_ in sorted({r["segment"] for r in segs_latest if not r["measured"]})]
+        view["segments_drifted"] = [w for w in t["recommendation"]["watch"] if w["kind"] == "segment_drift"]
+        view["refit"] = (t.get("refit") or {}).get(latest)
+    else:  # snapshots tracked before effect sizes were measured
+        view["fig_drift"] = fig("tracking-drift", F.psi_bars(d_latest[["label", "psi", "reading"]],
+                                                             t["drift"]["thresholds"]["moderate"],
+                                                             t["drift"]["thresholds"]["large"]),
+                                f"Population stability index of each column in {label[latest]} against the baseline.")
+        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -r["psi"])
+    view["th"] = th
     view["drift_by_period"] = t["drift"]["by_period"]
+    view["effect_by_period"] = t["drift"].get("effect_by_period") or {}
+    view["ignored"] = (t.get("ignored_columns") or {}).get(latest) or []
     # outcome
     if t.get("outcome"):
         rates = {(r["period"], r["segment"]): r for r in t["outcome_rates"]}
