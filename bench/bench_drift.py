@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bank-marketing"),
                     help="folder with train.csv and test.csv")
     ap.add_argument("--splits", type=int, default=20, help="random halves of train.csv tracked (no drift)")
+    ap.add_argument("--samples", type=int, default=20,
+                    help="random samples of train.csv as large as test.csv tracked (no drift)")
     ap.add_argument("--params", help="a params file whose tracking: block to use (default: the run's)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -142,6 +144,11 @@ def main() -> None:
             pick = np.sort(rng.choice(len(train), len(train) // 2, replace=False))
             halves.append(one(run, train.iloc[pick].reset_index(drop=True), scratch, f"half {i + 1}", tracking))
         h = pd.DataFrame(halves)
+        small = []
+        for i in range(a.samples):
+            pick = np.sort(rng.choice(len(train), len(test), replace=False))
+            small.append(one(run, train.iloc[pick].reset_index(drop=True), scratch, f"sample {i + 1}", tracking))
+        sm = pd.DataFrame(small)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_colwidth", 90)
     show = [c for c in table.columns if not c.startswith("_")]
@@ -150,14 +157,18 @@ def main() -> None:
     for _, r in table.iterrows():
         print(f"{r['snapshot']}: {r['_why']}")
     print()
-    print(f"no drift, {a.splits} random halves of train.csv ({len(train) // 2:,} customers each): "
-          f"a column flagged in {h['_cols'].mean():.0%}, a segment's column in {h['_segs'].mean():.0%}, "
-          f"recommendation other than keep in {(h['recommendation'] != 'keep').mean():.0%}; "
-          f"refit ARI {h['refit ARI (baseline)'].str.split().str[0].astype(float).min():.2f} at the lowest; "
-          f"track {h['seconds'].median():.1f} s median")
-    flagged = h[h["_any"]]
-    for _, r in flagged.iterrows():
-        print(f"  {r['snapshot']}: columns: {r['columns flagged']} | segments: {r['segments flagged']}")
+    for what, h in ((f"{a.splits} random halves of train.csv ({len(train) // 2:,} customers each)", h),
+                    (f"{a.samples} random samples of train.csv ({len(test):,} customers each)", sm)):
+        if not len(h):
+            continue
+        aris = h["refit ARI (baseline)"].str.split().str[0].astype(float)
+        print(f"no drift, {what}: a column flagged in {h['_cols'].mean():.0%}, a segment's column in "
+              f"{h['_segs'].mean():.0%}, recommendation other than keep in {(h['recommendation'] != 'keep').mean():.0%} "
+              f"({', '.join(f'{n} {v}' for v, n in h['recommendation'].value_counts().items())}); refit ARI "
+              f"{aris.min():.2f} to {aris.max():.2f}; track {h['seconds'].median():.1f} s median")
+        for _, r in h[h["_any"] | (h["recommendation"] != "keep")].iterrows():
+            print(f"  {r['snapshot']}: columns: {r['columns flagged']} | segments: {r['segments flagged']} | "
+                  f"{r['_why']}")
 
 
 if __name__ == "__main__":

@@ -363,7 +363,8 @@ def _refit_on(run, frame: pd.DataFrame, saved: np.ndarray, outlier: np.ndarray) 
 def refit_check(run, frame: pd.DataFrame, labels: pd.DataFrame, sample: int) -> dict:
     """Does the drift change the segments? The segmentation refitted on (a seeded sample of) the
     snapshot, against the snapshot's saved assignment; and, for what refitting alone changes, the same
-    on as many rows of the fitting table against the fit's own labels."""
+    on as many rows drawn from the fitting table (with replacement, as a bootstrap) against the fit's
+    own labels."""
     seed = int(run.params.seed)
     n = min(len(frame), int(sample))
     rows = (np.arange(len(frame)) if n == len(frame) else
@@ -371,8 +372,9 @@ def refit_check(run, frame: pd.DataFrame, labels: pd.DataFrame, sample: int) -> 
     snap = _refit_on(run, frame.iloc[rows].reset_index(drop=True), labels["segment"].to_numpy()[rows],
                      labels["outlier"].to_numpy()[rows])
     fit = pd.read_parquet(run.cell / "labels.parquet", columns=["segment", "outlier"])
-    nb = min(n, len(run.train))
-    rows_b = np.sort(np.random.default_rng(seed + 1).choice(len(run.train), nb, replace=False))
+    # drawn with replacement: as many rows as the snapshot's refit, never the whole fitting table itself
+    # (which refits to its own labels, ARI 1, whatever the segments' stability)
+    rows_b = np.sort(np.random.default_rng(seed + 1).choice(len(run.train), n, replace=True))
     base = _refit_on(run, run.train.iloc[rows_b].reset_index(drop=True), fit["segment"].to_numpy()[rows_b],
                      fit["outlier"].to_numpy()[rows_b])
     return {"rows": n, "sampled": n < len(frame), "ari": snap["ari"], "matched_share": snap["matched_share"],
