@@ -20,13 +20,19 @@ tracking page reads:
   sampling noise (two-proportion z-test, 95 %);
 - where an identifier column is in both periods, who moved from which segment to which, and who
   is new or gone (between consecutive periods);
-- drift per input column: the population stability index (PSI) against the fitting table
-  (numbers: its decile bins; categories: its levels plus one bucket of unseen levels);
+- drift per input column, by type with an effect size and a decision (segreport/drift.py: normed
+  Wasserstein + K-S for numbers, Jensen-Shannon + chi-square for categories, the missing share and
+  levels never seen on their own; the PSI kept as a number), as a whole and within each segment;
+- whether the drift changes the segments: the segmentation refitted on the snapshot (same method,
+  k, seed), its ARI with the saved assignment next to a refit on as many baseline rows;
 - the outcome rate per segment where the snapshot has the run's outcome column;
 - the share of customers far from their segment's centre (beyond the fitting table's 95th
   percentile of distances) and of outliers, against the fitting table;
-- a recommendation for the latest snapshot: keep the segmentation, or re-fit it, with the numbers
-  that triggered it.
+- a recommendation for the latest snapshot: keep, watch or re-fit, with the numbers that
+  triggered it (drift alone is watch; re-fit needs the segments themselves to change).
+
+The measures are stored with each snapshot; the thresholds (params.yml's `tracking:` block) are
+applied when the history is summarised, so other thresholds re-judge a history without scoring again.
 """
 
 from __future__ import annotations

@@ -219,7 +219,9 @@ def test_tracking_finds_the_planted_moves_and_drift(wd, capsys):
     assert all(eff[m]["default"] < 0.05 for m in MONTHS)
     latest = {d["column"]: d for d in t["drift"]["latest"]}
     assert latest["balance"]["drifted"] and not latest["default"]["drifted"]
-    assert "unseen" in latest["job"]["drift_kinds"]  # the new job level on more than 1 % of customers
+    job = latest["job"]  # the new job level: a drift of its own from 1 % of customers (here under it)
+    assert job["unseen_rows"] > 0 and job["unseen_share"] == pytest.approx(job["unseen_rows"] / t["periods"][-1]["rows"])
+    assert ("unseen" in job["drift_kinds"]) == (job["unseen_share"] >= 0.01)
     # within segments, and whether the segments change: a refit on November agrees far less with the saved
     # assignment than a refit of the baseline does (planted life-stage moves change the segments)
     assert any(r["measured"] and r["drifted"] and r["column"] == "balance" for r in t["drift"]["segments_latest"])
