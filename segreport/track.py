@@ -355,7 +355,11 @@ def _refit_on(run, frame: pd.DataFrame, saved: np.ndarray, outlier: np.ndarray) 
     from .cell import fit_rows, segments
     from .drift import agreement
 
-    X, _ = run.m.transform_new(run, frame)
+    import warnings
+
+    with warnings.catch_warnings():  # levels never seen: counted in the drift, as scoring counts them
+        warnings.filterwarnings("ignore", message="Found unknown categories", category=UserWarning)
+        X, _ = run.m.transform_new(run, frame)
     space = {"X": X, "outliers": np.asarray(outlier, bool) if run.space_info.get("outliers") else None,
              "info": run.space_info}
     est = run.m.estimator(run.k, run.params, run.params.seed, run.ctx.get("scale") or {})
