@@ -878,9 +878,10 @@ def describe(result: dict) -> str:
 def sentence(rec: dict) -> str:
     """The recommendation in one sentence naming the columns and segments (the CLI's; the page words its own)."""
     cols, segs, r = _names(rec.get("columns") or []), _names(rec.get("segment_codes") or []), rec.get("refit")
-    drift = (f"{cols} drifted" if cols else "no column drifted as a whole") + (f", within {segs}" if segs else "")
+    drift = ((f"{cols} drifted" + (f", also within {segs}" if segs else "")) if cols else
+             f"columns drifted within {segs}, though not in the whole table")
     agree = (f"a refit on the snapshot gives ARI {r['ari']:.2f} with the saved segments ({r['changed_share']:.0%} "
-             f"would change segment) against {r['baseline_ari']:.2f} for the baseline refitted") if r else ""
+             f"would change segment) against {r['baseline_ari']:.2f} for a refit on baseline customers") if r else ""
     if rec["action"] == "refit":
         why = "; ".join(_reason_text(x) for x in rec["reasons"])
         return f"re-fit the segmentation: {why}" + (f" ({drift})" if cols or segs else "")
@@ -894,7 +895,7 @@ def sentence(rec: dict) -> str:
 def _reason_text(r: dict) -> str:
     if r["kind"] == "segments":
         return (f"a refit on the snapshot agrees with the saved segments at ARI {r['ari']:.2f} against "
-                f"{r['baseline_ari']:.2f} for the baseline refitted ({r['changed_share']:.0%} would change segment)")
+                f"{r['baseline_ari']:.2f} for a refit on baseline customers ({r['changed_share']:.0%} would change segment)")
     if r["kind"] == "drift":
         return f"{r['label']} drifted, PSI {r['psi']:.2f}"
     if r["kind"] == "small":

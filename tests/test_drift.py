@@ -174,7 +174,7 @@ def test_drift_alone_is_watch_and_a_changed_refit_is_refit():
     watch = recommend("2026-11", _sizes(), _drift(0.17), HEALTH, FIT, SEGMENTS, {}, _seg_drift(0.25), _refit(0.93), TH)
     assert watch["action"] == "watch" and watch["columns"] == ["Balance"] and watch["segments"] == ["S2 · Savers"]
     assert not watch["segments_changed"] and watch["reasons"] == []
-    assert sentence(watch).startswith("watch: Balance drifted, within S2, but the segments hold (")
+    assert sentence(watch).startswith("watch: Balance drifted, also within S2, but the segments hold (")
     refit = recommend("2026-11", _sizes(), _drift(0.17), HEALTH, FIT, SEGMENTS, {}, _seg_drift(0.25), _refit(0.60), TH)
     assert refit["action"] == "refit" and refit["segments_changed"]
     assert refit["reasons"][0]["kind"] == "segments" and refit["ari_gap"] == pytest.approx(0.35)
