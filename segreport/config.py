@@ -74,6 +74,7 @@ class TrackingParams(_Strict):
     alpha: float = Field(0.01, gt=0, lt=1)  # level of the K-S / chi-square / two-proportion tests
     segment_min_rows: int = Field(200, ge=20)  # drift within a segment: at least this many in both tables
     refit_sample: int = Field(5000, ge=200)  # the refit on the snapshot (and on the baseline) uses this many rows
+    refit_draws: int = Field(5, ge=1, le=25)  # bootstrap refits on each side; their medians decide
     # re-fit when the refit on the snapshot agrees with the saved segments (ARI) this much less than a
     # refit on as many baseline rows does
     ari_drop: float = Field(0.15, gt=0, le=1)

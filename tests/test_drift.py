@@ -178,7 +178,7 @@ def test_drift_alone_is_watch_and_a_changed_refit_is_refit():
     refit = recommend("2026-11", _sizes(), _drift(0.17), HEALTH, FIT, SEGMENTS, {}, _seg_drift(0.25), _refit(0.60), TH)
     assert refit["action"] == "refit" and refit["segments_changed"]
     assert refit["reasons"][0]["kind"] == "segments" and refit["ari_gap"] == pytest.approx(0.35)
-    assert "ARI 0.60" in sentence(refit) and "Balance drifted" in sentence(refit)
+    assert "median ARI of 0.60" in sentence(refit) and "Balance drifted" in sentence(refit)
     # the same refit, but a looser rule
     loose = recommend("2026-11", _sizes(), _drift(0.17), HEALTH, FIT, SEGMENTS, {}, _seg_drift(0.25), _refit(0.60),
                       TrackingParams(ari_drop=0.5))
