@@ -99,7 +99,10 @@ def one(run: Path, df: pd.DataFrame, scratch: Path, name: str, tracking) -> dict
             kinds = f" [{r['drift_kinds']}]" if r["drift_kinds"] != "distribution" else ""
             segs.setdefault(f"S{r['segment'] + 1}", []).append(f"{r['label']} {r['effect']:.2f}{kinds}")
     ref = t["refit"][t["latest"]]
-    return {"snapshot": name, "rows": len(df), "columns flagged": "; ".join(cols) or "none",
+    eff = {r["column"]: r["effect"] for r in t["drift"]["latest"]}
+    return {"snapshot": name, "rows": len(df),
+            "balance / job effect": f"{eff.get('balance', float('nan')):.3f} / {eff.get('job', float('nan')):.3f}",
+            "columns flagged": "; ".join(cols) or "none",
             "segments flagged": "; ".join(f"{s}: {', '.join(v)}" for s, v in segs.items()) or "none",
             "refit ARI (baseline)": f"{ref['ari']:.2f} ({ref['baseline_ari']:.2f})",
             "changed": f"{ref['changed_share']:.1%}", "recommendation": rec["action"], "seconds": round(seconds, 1),
