@@ -91,8 +91,8 @@ def one(run: Path, df: pd.DataFrame, scratch: Path, name: str, tracking) -> dict
     seconds = time.perf_counter() - t0
     t = read_json(run / "tracking.json")
     rec = t["recommendation"]
-    cols = [f"{r['label']} {r['effect']:.3f}" + (f" [{r['drift_kinds']}]" if r["drift_kinds"] != "distribution" else "")
-            for r in sorted(t["drift"]["latest"], key=lambda r: -(r["effect"] / r["threshold"])) if r["drifted"]]
+    cols = [f"{r['label']} {r['effect'] or float('nan'):.3f}" + (f" [{r['drift_kinds']}]" if r["drift_kinds"] != "distribution" else "")
+            for r in sorted(t["drift"]["latest"], key=lambda r: -((r["effect"] or 0) / r["threshold"])) if r["drifted"]]
     segs: dict[str, list[str]] = {}
     for r in t["drift"]["segments_latest"]:
         if r["measured"] and r["drifted"]:

@@ -804,7 +804,8 @@ def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dic
         hit = d[d["drifted"].fillna(False).astype(bool)].assign(ratio=lambda x: x["effect"] / x["threshold"])
         for r in hit.sort_values("ratio", ascending=False).itertuples():
             drifted.append({"kind": "drift", "column": r.column, "label": r.label, "measure": r.measure,
-                            "effect": float(r.effect), "threshold": float(r.threshold), "psi": float(r.psi),
+                            "effect": None if pd.isna(r.effect) else float(r.effect), "threshold": float(r.threshold),
+                            "psi": None if pd.isna(r.psi) else float(r.psi),
                             "drift_kinds": r.drift_kinds, "missing_share": float(r.missing_share),
                             "baseline_missing_share": float(r.baseline_missing_share),
                             "unseen_share": float(r.unseen_share), "unseen_levels": r.unseen_levels})
@@ -1022,7 +1023,7 @@ def page_view(layout: RunLayout, fig) -> dict | None:
     # drift: per column, within each segment; does it change the segments
     d_latest = pd.DataFrame(t["drift"]["latest"])
     th = t.get("thresholds") or {}
-    measured = "effect" in d_latest.columns and d_latest["effect"].notna().all()
+    measured = "drifted" in d_latest.columns and d_latest["drifted"].notna().all()
     view["measured"] = measured
     if measured:
         limits = {"numbers": th["numeric_threshold"], "categories": th["categorical_threshold"]}
@@ -1032,7 +1033,7 @@ def page_view(layout: RunLayout, fig) -> dict | None:
             f"Jensen-Shannon distance for categories; dashed: the threshold"
             f"{'s' if len(set(limits.values())) > 1 else ''}; red: drifted (its distribution, missing share or "
             "new values).")
-        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -(r["effect"] / r["threshold"]))
+        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -((r["effect"] or 0) / r["threshold"]))
         segs_latest = [r for r in t["drift"].get("segments_latest") or [] if r["period"] == latest]
         cells = pd.DataFrame([{"segment": f"{segs[r['segment']]['code']} · {segs[r['segment']]['name']}",
                                "label": r["label"], "effect": r["effect"], "ratio": r["effect"] / r["threshold"],
