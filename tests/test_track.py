@@ -227,7 +227,7 @@ def test_tracking_finds_the_planted_moves_and_drift(wd, capsys):
     assert any(r["measured"] and r["drifted"] and r["column"] == "balance" for r in t["drift"]["segments_latest"])
     ref = t["refit"]["2026-11"]
     assert ref["rows"] == t["periods"][-1]["rows"] and not ref["sampled"]
-    assert ref["baseline_ari"] > 0.8 and ref["ari"] < ref["baseline_ari"] - 0.15, ref
+    assert ref["draws"] == 5 and ref["ari"] < ref["baseline_ari"] - 0.15, ref
     # the recommendation: re-fit in November because the segments change, naming balance among the drifts
     rec = t["recommendation"]
     assert rec["period"] == "2026-11" and rec["action"] == "refit" and rec["segments_changed"]
