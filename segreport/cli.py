@@ -168,9 +168,16 @@ def cmd_list(ns) -> int:
 def cmd_track(ns) -> int:
     from .track import describe, track
 
+    import os
+
+    from .config import load_params
+
+    # the thresholds: params.yml's `tracking:` block (--params, $SEGREPORT_PARAMS, ./params.yml), else the run's
+    path = ns.params or os.environ.get("SEGREPORT_PARAMS") or ("params.yml" if Path("params.yml").exists() else None)
+    tracking = load_params(path).tracking if path else None
     result = track(ns.run_dir, ns.data, method=ns.method, k=ns.k, as_of=ns.as_of, id_column=ns.id,
                    executor=ns.executor, workers=ns.workers, scheduler=ns.scheduler, replace=ns.replace,
-                   progress=not ns.quiet)
+                   progress=not ns.quiet, tracking=tracking)
     print(describe(result))
     print(f"the tracking page: segreport render --run {Path(ns.run_dir).name}")
     return 0
@@ -267,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", metavar="COLUMN",
                    help="customer identifier column (default: detected, as `segreport inspect` shows)")
     p.add_argument("--replace", action="store_true", help="score this file in place of another under the same as-of")
+    p.add_argument("--params", default=None, help="parameters file whose `tracking:` block sets the drift "
+                                                  "thresholds (default: $SEGREPORT_PARAMS, else params.yml if "
+                                                  "present, else the run's own)")
     p.add_argument("--executor", choices=["local", "dask"], default="local",
                    help="local (default), or dask: the snapshot cut into row parts, each scored as a Dask task")
     p.add_argument("--workers", type=int, default=0, help="with --executor dask: LocalCluster workers (default: cores)")
