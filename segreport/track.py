@@ -1024,6 +1024,7 @@ def page_view(layout: RunLayout, fig) -> dict | None:
                                "label": r["label"], "effect": r["effect"], "ratio": r["effect"] / r["threshold"],
                                "text": f"{r['effect']:.2f}", "drifted": bool(r["drifted"])}
                               for r in segs_latest if r["measured"] and r.get("effect") is not None])
+        view["fig_segments"] = None  # no segment with enough customers on both sides: the page says so
         if len(cells):
             rows_ = list(dict.fromkeys(cells["segment"]))
             cols_ = list(dict.fromkeys(cells["label"]))
