@@ -2,8 +2,9 @@
 
 Every `run` option also has a key in params.yml; the command line overrides the
 file. Errors caused by the input are printed as one line and exit with status 2 (so is
-`run --no-wait` on a run folder another run is writing); a full disk or quota with
-status 4; an interrupted run with status 130.
+`run --no-wait` on a run folder another run is writing); a full disk or quota, or another
+failure to write a file, as one line naming the file with status 4; an interrupted run with
+status 130.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from . import SegreportError, __version__
 from .embed_fast import PATHS
 from .methods import DEFAULT_METHODS, REGISTRY
 
-NO_SPACE = 4  # the exit status of a command stopped by a full disk or quota (bad input: 2, interrupted: 130)
+NO_SPACE = 4  # the exit status of a command stopped by a full disk or quota, or a file it could not write
+#              (bad input: 2, interrupted: 130)
 
 EPILOG_RUN = """examples:
   segreport run                                   # params.yml, demo data by default
@@ -166,9 +168,16 @@ def cmd_list(ns) -> int:
 def cmd_track(ns) -> int:
     from .track import describe, track
 
+    import os
+
+    from .config import load_params
+
+    # the thresholds: params.yml's `tracking:` block (--params, $SEGREPORT_PARAMS, ./params.yml), else the run's
+    path = ns.params or os.environ.get("SEGREPORT_PARAMS") or ("params.yml" if Path("params.yml").exists() else None)
+    tracking = load_params(path).tracking if path else None
     result = track(ns.run_dir, ns.data, method=ns.method, k=ns.k, as_of=ns.as_of, id_column=ns.id,
                    executor=ns.executor, workers=ns.workers, scheduler=ns.scheduler, replace=ns.replace,
-                   progress=not ns.quiet)
+                   progress=not ns.quiet, tracking=tracking)
     print(describe(result))
     print(f"the tracking page: segreport render --run {Path(ns.run_dir).name}")
     return 0
@@ -265,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", metavar="COLUMN",
                    help="customer identifier column (default: detected, as `segreport inspect` shows)")
     p.add_argument("--replace", action="store_true", help="score this file in place of another under the same as-of")
+    p.add_argument("--params", default=None, help="parameters file whose `tracking:` block sets the drift "
+                                                  "thresholds (default: $SEGREPORT_PARAMS, else params.yml if "
+                                                  "present, else the run's own)")
     p.add_argument("--executor", choices=["local", "dask"], default="local",
                    help="local (default), or dask: the snapshot cut into row parts, each scored as a Dask task")
     p.add_argument("--workers", type=int, default=0, help="with --executor dask: LocalCluster workers (default: cores)")
@@ -294,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         print("segreport: interrupted; finished cells are kept and the next run resumes", file=sys.stderr)
         return 130
     except OSError as exc:
-        from .store import NoSpaceError, no_space
+        from .store import NoSpaceError, WriteError, no_space
 
-        if not no_space(exc):
-            raise
-        if not isinstance(exc, NoSpaceError):
+        if not isinstance(exc, WriteError):
+            if not no_space(exc):
+                raise  # not a write the store made: a bug, with its traceback
             exc = NoSpaceError(exc.filename or "?", exc.errno or errno.ENOSPC)
-        print(f"segreport: {exc}; finished cells are kept, free space and run again", file=sys.stderr)
+        if isinstance(exc, NoSpaceError):
+            print(f"segreport: {exc}; finished cells are kept, free space and run again", file=sys.stderr)
+        else:
+            print(f"segreport: {exc}; finished cells are kept, run again once it can be written", file=sys.stderr)
         return NO_SPACE
 
 

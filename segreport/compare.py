@@ -31,7 +31,7 @@ COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "fe
                    "embed_fast.py")
 # parameters that change where or how a run works, never what the comparison computes
 NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor", "scheduler", "cache_dir",
-                "figure_sample", "publish_assignments")
+                "figure_sample", "publish_assignments", "tracking")
 
 
 @lru_cache(maxsize=None)

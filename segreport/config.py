@@ -62,6 +62,24 @@ class ScaleParams(_Strict):
     ecod_sample: int = Field(100_000, ge=1000)  # ECOD fitted on this many seeded rows; every row is scored
 
 
+class TrackingParams(_Strict):
+    """`segreport track`'s thresholds (see segreport/drift.py and the README's tracking section; the
+    defaults are calibrated by bench/bench_drift.py on the bank data)."""
+
+    # a column's distribution drifted when its effect size reaches the threshold and its test says so
+    numeric_threshold: float = Field(0.1, gt=0)  # normed Wasserstein: distance / the baseline's SD
+    categorical_threshold: float = Field(0.1, gt=0, le=1)  # Jensen-Shannon distance, base 2
+    missing_threshold: float = Field(0.05, gt=0, le=1)  # change of the missing share (0.05 = 5 points)
+    unseen_threshold: float = Field(0.01, gt=0, le=1)  # share of rows with levels the baseline never had
+    alpha: float = Field(0.01, gt=0, lt=1)  # level of the K-S / chi-square / two-proportion tests
+    segment_min_rows: int = Field(200, ge=20)  # drift within a segment: at least this many in both tables
+    refit_sample: int = Field(5000, ge=200)  # the refit on the snapshot (and on the baseline) uses this many rows
+    refit_draws: int = Field(5, ge=1, le=25)  # bootstrap refits on each side; their medians decide
+    # re-fit when the refit on the snapshot agrees with the saved segments (ARI) this much less than a
+    # refit on as many baseline rows does
+    ari_drop: float = Field(0.15, gt=0, le=1)
+
+
 class _Params(_Strict):
     """Everything a run depends on but the methods' own parameters (see `Params`)."""
 
@@ -96,6 +114,7 @@ class _Params(_Strict):
     publish_assignments: bool = False
     analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
     scale: ScaleParams = Field(default_factory=ScaleParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -181,7 +200,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (ColumnSpec, ScaleParams, *(m.Params for m in REGISTRY.values())):
+        for cand in (ColumnSpec, ScaleParams, TrackingParams, *(m.Params for m in REGISTRY.values())):
             if ann is cand or cand.__name__ in str(ann):
                 model = cand
                 break

@@ -58,7 +58,7 @@ from uuid import uuid4
 from . import SegreportError
 from .grid import _execute, ensure_kernel, record_cell, start_grid
 from .methods import get
-from .store import RunLayout, cell_name, sweep_partial
+from .store import RunLayout, WriteError, cell_name, sweep_partial
 
 
 class DaskSession:
@@ -86,7 +86,7 @@ class DaskSession:
                                          one_per_worker=has_slot)
 
     def submit(self, fn, *args, key: str, **kwargs):
-        return self.client.submit(fn, *args, key=key, resources=self.resources, retries=1, pure=False, **kwargs)
+        return self.client.submit(_said, fn, *args, key=key, resources=self.resources, retries=1, pure=False, **kwargs)
 
     def submit_jobs(self, jobs: dict, prefix: str) -> dict:
         """jobs: name -> (function, args), each submitted as one task now. Returns future -> name."""
@@ -105,7 +105,7 @@ class DaskSession:
             try:
                 for fut in as_completed(list(futures), loop=self.client.loop):
                     item = futures[fut]
-                    out[item] = fut.result()
+                    out[item] = _result(fut)
                     bar.update(weight(item))
             except BaseException:
                 self.client.cancel(list(futures), force=True)
@@ -158,6 +158,30 @@ class DaskSession:
         self.close()
 
 
+class _WriteFailed:
+    """A task's failed write (store.WriteError: a full disk, ...), returned as the task's result: raised on
+    the worker, it would be logged there as a 'Compute Failed' traceback on the terminal and the task retried
+    on a disk still full. `_result` raises it again here, where the CLI says it in one line."""
+
+    def __init__(self, exc: WriteError):
+        self.exc = exc
+
+
+def _said(fn, *args, **kwargs):
+    """Runs a task on a worker (DaskSession.submit): its failed write comes back as a _WriteFailed."""
+    try:
+        return fn(*args, **kwargs)
+    except WriteError as exc:
+        return _WriteFailed(exc)
+
+
+def _result(fut):
+    out = fut.result()
+    if isinstance(out, _WriteFailed):
+        raise out.exc
+    return out
+
+
 def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers: int, manifest: dict,
                   progress: bool = True, project: Path | None = None, scheduler: str | None = None,
                   session: DaskSession | None = None) -> dict:
@@ -194,8 +218,8 @@ def run_grid_dask(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], wo
         for fut in as_completed(list(futures), loop=client.loop):  # loop: this client is not the default
             m, k, ck = futures[fut]
             try:
-                st = fut.result()
-            except Exception as exc:  # raised twice, or its workers kept dying (KilledWorker)
+                st = _result(fut)
+            except Exception as exc:  # raised twice, or its workers kept dying (KilledWorker); a failed write
                 st = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500], "wall_seconds": None}
             record_cell(layout, manifest, m, k, ck, st)
             bar.set_postfix_str(f"{cell_name(m, k, get(m).grid)} {st['status']}")

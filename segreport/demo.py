@@ -102,7 +102,6 @@ def generate(rows: int = 5000, seed: int = 0) -> pd.DataFrame:
 def write_demo(out: str | Path, rows: int = 5000, seed: int = 0) -> Path:
     """Write the demo table as CSV plus a marker file that lets a run say 'demo data'."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     data = generate(rows, seed).to_csv(index=False).encode()
     atomic_write_bytes(out, data)
     import hashlib

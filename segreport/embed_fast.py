@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import SegreportError
+from .store import WriteError, atomic_write_text, make_folder, no_space, write_failure
 
 TORCH_PATHS = ("fp32", "bf16")
 EXPORTED_PATHS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
@@ -302,22 +303,26 @@ def exported_model(model_name: str, path: str, cache_dir: str | Path, calib_text
         return final
     tmp = final.with_name(f".{key}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    make_folder(tmp)
     try:
         t0 = time.perf_counter()
         with _quiet():  # the exporters' progress bars and advice are not the user's business
             facts = _build(load_model(model_name), kind, tmp, base, calib)
         meta = {"model": model_name, "kind": kind, "seconds": round(time.perf_counter() - t0, 2),
                 "versions": _versions(), "facts": facts}
-        (tmp / "export.json").write_text(json.dumps(meta, indent=1))
+        atomic_write_text(tmp / "export.json", json.dumps(meta, indent=1))
         try:
             os.rename(tmp, final)
         except OSError:
             if not (final / "export.json").exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same export first
-    except BaseException:
+    except BaseException as exc:
+        # a full disk while an exporter wrote (its own error, errno or not) is said naming the model's folder
+        said = write_failure(exc, tmp).moved(tmp, final) if isinstance(exc, OSError) or no_space(exc) else None
         shutil.rmtree(tmp, ignore_errors=True)
+        if said is not None and said is not exc:
+            raise said from exc
         raise
     EXPORTS.append(f"{kind}:{key}")
     return final
@@ -492,6 +497,8 @@ def choose_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, c
             encs[c](texts_s[:32], batch_size)
             emb, rate = _rate(encs[c], texts_s, batch_size)
         except Exception as exc:  # noqa: BLE001 - a path that cannot run here is simply not a candidate
+            if isinstance(exc, WriteError):  # ... but a full disk is no property of the path: the gate stops
+                raise
             results[c] = {"passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
             continue
         results[c] = {**fidelity_gate(ref, emb, ks, seed, n_init, ref_labels), "export_seconds": round(prep, 2),
@@ -530,8 +537,5 @@ def choose_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, c
            "seconds": round(time.perf_counter() - t_start, 2), "cached": False}
     encs.clear()
     get_encoder.cache_clear()  # every candidate's compiled model: the embedding builds the chosen one again
-    gate_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = gate_file.with_name(f".{gate_file.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, gate_file)
+    atomic_write_text(gate_file, json.dumps(out, indent=1))
     return out

@@ -310,3 +310,40 @@ def psi_bars(drift: pd.DataFrame, moderate: float, large: float) -> alt.Chart:
         x="psi:Q")
     return (bars + rules).properties(width=WIDTH - 160, height=22 * len(drift) + 10,
                                      title="How far each column has moved")
+
+
+def drift_bars(drift: pd.DataFrame, thresholds: dict[str, float]) -> alt.Chart:
+    """Each column's drift effect size (columns: label, measure, effect, drifted), with the threshold of
+    each measure as a dashed line."""
+    data = drift.assign(flag=np.where(drift["drifted"], "drifted", "within threshold"))
+    order = data.sort_values("effect", ascending=False)["label"].tolist()
+    bars = alt.Chart(data).mark_bar().encode(
+        y=alt.Y("label:N", sort=order, title=None),
+        x=alt.X("effect:Q", title="effect size against the baseline (normed Wasserstein or Jensen-Shannon)"),
+        color=alt.Color("flag:N", title=None, scale=alt.Scale(domain=["within threshold", "drifted"],
+                                                              range=["#9fb8d0", "#e15759"])),
+        tooltip=["label", "measure", alt.Tooltip("effect:Q", format=".3f"), "flag"])
+    rules = alt.Chart(pd.DataFrame({"effect": sorted(set(thresholds.values()))})).mark_rule(
+        strokeDash=[4, 4], color="#888").encode(x="effect:Q")
+    return (bars + rules).properties(width=WIDTH - 160, height=22 * len(drift) + 10,
+                                     title="How far each column has moved")
+
+
+def segment_drift_heatmap(cells: pd.DataFrame, rows: list[str], cols: list[str]) -> alt.Chart:
+    """Segments (rows) x columns: the effect size of each column's drift within the segment (columns:
+    segment, label, effect, ratio = effect / threshold, text, drifted); a segment too small to measure
+    has no cells."""
+    base = alt.Chart(cells).encode(x=alt.X("label:N", sort=cols, title=None, axis=alt.Axis(labelAngle=-30)),
+                                   y=alt.Y("segment:N", sort=rows, title=None))
+    return (base.mark_rect().encode(
+                color=alt.Color("ratio:Q", title="effect / threshold",
+                                scale=alt.Scale(domain=[0, 2], clamp=True, scheme="orangered")),
+                tooltip=["segment", "label", alt.Tooltip("effect:Q", format=".3f"), "drifted"])
+            + base.mark_text(fontSize=11).encode(
+                text="text:N", color=alt.condition("datum.ratio > 1.2", alt.value("white"), alt.value("black"))
+            ).transform_filter("!datum.drifted")
+            + base.mark_text(fontSize=11, fontWeight="bold").encode(
+                text="text:N", color=alt.condition("datum.ratio > 1.2", alt.value("white"), alt.value("black"))
+            ).transform_filter("datum.drifted")
+            ).properties(width=WIDTH - 160, height=max(90, 30 * len(rows)),
+                         title="Drift within each segment")

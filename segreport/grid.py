@@ -25,9 +25,9 @@ from pathlib import Path
 from . import SegreportError, __version__
 from .methods import get
 from .resources import ANALYSIS
-from .store import (CELL_HASHED, CELL_VERIFIED, DONE, KERNEL_LOG, METRICS, NOTEBOOK, NoSpaceError, RunLayout, atomic_output,
-                    atomic_write_json, cell_name, file_record, key, no_space, read_json_or_empty, say_damaged,
-                    sha256_file, sweep_partial, verify)
+from .store import (CELL_HASHED, CELL_RECORDS, CELL_VERIFIED, DONE, KERNEL_LOG, METRICS, NOTEBOOK, NoSpaceError,
+                    RunLayout, atomic_output, atomic_write_json, cell_name, file_record, key, make_folder, no_space,
+                    read_json_or_empty, say_damaged, sha256_file, sweep_partial, verify, writing)
 
 KERNEL = "segreport"
 PACKAGE = Path(__file__).resolve().parent
@@ -160,7 +160,9 @@ def _start_kernel(project: str, log_path: Path, tries: int = 3):
 
     for attempt in range(tries):  # the last try returns whatever it started
         km = KernelManager(kernel_name=KERNEL)
-        with open(log_path, "ab") as log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
+        with writing(log_path):
+            log = open(log_path, "ab")
+        with log:  # the kernel's own chatter (C libraries, warnings at exit): not the terminal
             km.start_kernel(cwd=project, stderr=log)
         _STARTED.append(km)
         kc = km.client()
@@ -200,8 +202,7 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
         os.environ[var] = str(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["PYTHONHASHSEED"] = "0"
-    out_dir = RunLayout(run_dir).cell(method, k, get(method).grid)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(RunLayout(run_dir).cell(method, k, get(method).grid))
     for stale in out_dir.glob(".*.tmp"):  # left by a run killed mid-cell (a killed process cannot clean up)
         stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -246,7 +247,7 @@ def damaged_cell(cdir: Path, done: dict, previous: dict) -> tuple[Path, str] | N
     if records is None:
         records = {f: {"sha256": h} for f, h in (previous.get("hashes") or {}).items()}
         records.update({f: records.get(f, {}) for f in CELL_HASHED})
-    return verify(cdir, records)
+    return verify(cdir, {**records, **(done.get("records") or {})})
 
 
 def cells_to_run(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], manifest: dict):
@@ -354,7 +355,9 @@ def record_cell(layout: RunLayout, manifest: dict, method: str, k: int, ck: str,
     if st["status"] == "done":
         files = {f: file_record(cdir / f) for f in CELL_VERIFIED if (cdir / f).exists()}
         st["hashes"] = {f: files[f]["sha256"] if f in files else sha256_file(cdir / f) for f in CELL_HASHED}
-        atomic_write_json(cdir / DONE, {"key": ck, "wall_seconds": st["wall_seconds"], "files": files})
+        records = {f: file_record(cdir / f) for f in CELL_RECORDS if (cdir / f).exists()}
+        atomic_write_json(cdir / DONE, {"key": ck, "wall_seconds": st["wall_seconds"], "files": files,
+                                        "records": records})
     manifest.setdefault("cells", {})[cell_name(method, k, grid)] = st
     write_manifest(layout, manifest)
     return st

@@ -24,8 +24,8 @@ from .data import Table, check_k, load_table, sample_rows
 from .demo import is_demo, write_demo
 from .methods import BuildEnv, get
 from .store import (OUTLIER_MODEL, OUTLIERS, SPACE_INFO, TRANSFORMER, RunLayout, atomic_write_joblib,
-                    atomic_write_json, atomic_write_npy, atomic_write_parquet, damage, file_record, key, read_json,
-                    read_json_or_empty, say_damaged, verify)
+                    atomic_write_json, atomic_write_npy, atomic_write_parquet, damage, file_record, key, make_folder,
+                    read_json, read_json_or_empty, say_damaged, verify)
 
 COMMON = "common"  # the neutral space every method's segments are scored in (not a method)
 PACKAGES = ("segreport", "numpy", "pandas", "scikit-learn", "pyod", "lightgbm", "shap", "kmodes", "numba",
@@ -120,7 +120,7 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
     layout = RunLayout(run_dir(params, data_path))
     if lock is not None:
         lock(layout)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    make_folder(layout.root)
     fp = table.fingerprint()
     demo = is_demo(data_path, table.file_sha256)
     if table.outcome is not None:

@@ -35,8 +35,9 @@ from .downloads import csv_text, run_ref, write_downloads
 from .methods import REGISTRY, get
 from .prepare import projection_space, run_dir
 from .resources import QUARTO_PROJECT, TEMPLATES
-from .store import (LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_write_bytes,
-                    atomic_write_json, atomic_write_text, cell_id, file_record, key, read_json, sha256_file)
+from .store import (LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_folder,
+                    atomic_write_bytes, atomic_write_json, atomic_write_text, cell_id, copy_tree, file_record, key,
+                    make_folder, read_json, sha256_file, writing)
 
 METHOD_TITLES = {name: m.display for name, m in REGISTRY.items()}
 PAGES = ["index", *REGISTRY, "personas", "comparison", "appendix"]
@@ -75,6 +76,15 @@ def num(v, digits: int | None = None) -> str:
     return f"{v:.3f}"
 
 
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """Jinja's compiled templates on disk; a full disk while one is written said naming its file (Jinja
+    removes its temporary file, and raises the OSError bare)."""
+
+    def dump_bytecode(self, bucket) -> None:
+        with writing(self._get_cache_filename(bucket)):
+            super().dump_bytecode(bucket)
+
+
 def make_env(cache_dir: Path | None = None) -> jinja2.Environment:
     """The pages' Jinja environment. `cache_dir`: where compiled templates are kept between renders, in a
     folder named by this module's code (the environment's options): Jinja recompiles a template whose
@@ -85,8 +95,7 @@ def make_env(cache_dir: Path | None = None) -> jinja2.Environment:
         for old in Path(cache_dir).glob("jinja-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        cache = jinja2.FileSystemBytecodeCache(str(folder))
+        cache = _BytecodeCache(str(make_folder(folder)))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
@@ -176,7 +185,7 @@ class FigureWriter:
 
     def __init__(self, report_dir: Path):
         self.dir = report_dir / "figures"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.dir)
         self.written: list[str] = []
 
     def __call__(self, name: str, chart, caption: str) -> Markup:
@@ -461,7 +470,7 @@ def export_csv(layout: RunLayout, report_dir: Path, table: pd.DataFrame) -> None
 def export_notebooks(layout: RunLayout, report_dir: Path, cells: dict) -> dict:
     """Executed notebooks copied beside the report, with an HTML rendering (nbconvert), reused if unchanged."""
     out_dir = report_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     exporter = None
     found = {}
     for (method, v), cell in cells.items():
@@ -560,7 +569,8 @@ def _pandoc(text: str, to: str, extra: list[str] | None = None, cache: "OutputCa
     def convert() -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             lua = Path(tmp) / "when-format.lua"
-            lua.write_text(LUA_FILTER)
+            with writing(lua):
+                lua.write_text(LUA_FILTER)
             return pypandoc.convert_text(text, to, format="markdown",
                                          extra_args=["--lua-filter", str(lua), "--wrap=none"] + (extra or [])
                                          ).encode("utf-8")
@@ -661,40 +671,39 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
 
     cfg = read_quarto(project, profiles)
     site = Path(site)
-    tmp_site = Path(tempfile.mkdtemp(prefix=f".{site.name}.", dir=site.parent if site.parent.exists() else None))
-    try:
-        pages = []
-        for ch in cfg["chapters"]:
-            src = chapter_source(project, ch)
-            if not src.exists():
-                raise SegreportError(f"{src}: page listed in _quarto.yml is missing; run `segreport run` first")
-            front, body = _split_front(src.read_text(encoding="utf-8"))
-            pages.append({"src": project / ch, "rel": Path(ch).with_suffix(".html"), "title": front.get("title", src.stem),
-                          "body": body})
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
-        layout = env.get_template("site/layout.html.j2")
-        report_dir = pages[0]["src"].parent
-        cache = OutputCache(report_dir / ".cache")
+    pages = []
+    for ch in cfg["chapters"]:
+        src = chapter_source(project, ch)
+        if not src.exists():
+            raise SegreportError(f"{src}: page listed in _quarto.yml is missing; run `segreport run` first")
+        front, body = _split_front(src.read_text(encoding="utf-8"))
+        pages.append({"src": project / ch, "rel": Path(ch).with_suffix(".html"), "title": front.get("title", src.stem),
+                      "body": body})
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+    layout = env.get_template("site/layout.html.j2")
+    report_dir = pages[0]["src"].parent
+    cache = OutputCache(report_dir / ".cache")
+    # the finished site swapped in by one rename: readers never see a half-written _site, and a failed
+    # write (a full disk) leaves the last site whole and no temporary folder
+    with atomic_folder(site) as tmp_site:
         for i, pg in enumerate(pages):
             html_body = _pandoc(pg["body"], "html5", cache=cache)
             nav = [{"title": p["title"], "href": os.path.relpath(p["rel"], pg["rel"].parent), "current": p is pg}
                    for p in pages]
-            out = tmp_site / pg["rel"]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(layout.render(title=pg["title"], book=cfg["title"], nav=nav, body=Markup(html_body),
-                                         prev=nav[i - 1] if i > 0 else None,
-                                         next=nav[i + 1] if i + 1 < len(nav) else None,
-                                         pdf=os.path.relpath(f"{cfg['output_file']}.pdf", pg["rel"].parent),
-                                         assets=os.path.relpath("report/assets", pg["rel"].parent)),
-                           encoding="utf-8")
+            atomic_write_text(tmp_site / pg["rel"],
+                              layout.render(title=pg["title"], book=cfg["title"], nav=nav, body=Markup(html_body),
+                                            prev=nav[i - 1] if i > 0 else None,
+                                            next=nav[i + 1] if i + 1 < len(nav) else None,
+                                            pdf=os.path.relpath(f"{cfg['output_file']}.pdf", pg["rel"].parent),
+                                            assets=os.path.relpath("report/assets", pg["rel"].parent)))
         # resources next to the pages: figures, notebooks, downloads, the Vega bundle
         for sub in ("figures", "notebooks", "downloads", "assets"):
             if (report_dir / sub).exists():
-                shutil.copytree(report_dir / sub, tmp_site / pages[0]["rel"].parent / sub,
-                                ignore=shutil.ignore_patterns(".*", "*.sha256"))
+                copy_tree(report_dir / sub, tmp_site / pages[0]["rel"].parent / sub, skip=(".*", "*.sha256"))
         first = pages[0]["rel"]
         if first != Path("index.html"):
-            (tmp_site / "index.html").write_text(
+            atomic_write_text(
+                tmp_site / "index.html",
                 f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url={first}">'
                 f'<title>{html.escape(cfg["title"])}</title><a href="{first}">{html.escape(cfg["title"])}</a>\n')
         # one PDF of the whole report: pages concatenated, titles as level-1 headings
@@ -705,7 +714,7 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
 
         def compile_pdf() -> bytes:
             build = report_dir / ".build.typ"
-            build.write_text(typ, encoding="utf-8")
+            atomic_write_text(build, typ)
             try:
                 return typst.compile(str(build), root=str(report_dir))
             except Exception as exc:
@@ -713,22 +722,10 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
             finally:
                 build.unlink(missing_ok=True)
         pdf = cache.get(["typst", _version("typst"), typ, _typst_files(typ, report_dir)], compile_pdf)
-        (tmp_site / f"{cfg['output_file']}.pdf").write_bytes(pdf)
-        (tmp_site / ".nojekyll").write_text("")
+        atomic_write_bytes(tmp_site / f"{cfg['output_file']}.pdf", pdf)
+        atomic_write_text(tmp_site / ".nojekyll", "")
         publish_modes(tmp_site)  # mkdtemp made the folder 0700: served, it would answer 403
-        # swap the finished site in: readers never see a half-written _site
-        old = None
-        if site.exists():
-            old = site.with_name(f".{site.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(site, old)
-        os.replace(tmp_site, site)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        cache.prune()
-    except BaseException:
-        shutil.rmtree(tmp_site, ignore_errors=True)
-        raise
+    cache.prune()
     return {"html": str(site / "index.html"), "pdf": str(site / f"{cfg['output_file']}.pdf")}
 
 

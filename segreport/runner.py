@@ -42,12 +42,11 @@ def run(params: Params, progress: bool = True, root: Path = Path("."), build_sit
 
 
 def _claim(folder: Path, wait: bool) -> RunLock:
-    """The run folder's lock, then a killed run's temporary files swept: no other run writes here now
-    (`track`'s snapshots/ aside)."""
+    """The run folder's lock, then a killed run's temporary files swept: no other run (nor `track`)
+    writes here now."""
     held = RunLock(folder).acquire(wait=wait)
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    for sub in ("spaces", "projections", "cells", "comparison"):
+    sweep_partial(folder, deep=False)  # files, and the folders of store.atomic_folder (tracking/)
+    for sub in ("spaces", "projections", "cells", "comparison", "snapshots", "tracking"):
         sweep_partial(folder / sub)
     return held
 
@@ -129,8 +128,9 @@ def _prepare_child(conn, params: Params, root: str, progress: bool, facts: dict,
         conn.send(("done", str(layout.root), ctx))
     except BaseException as exc:  # noqa: BLE001  (raised again in the CLI)
         from . import SegreportError
+        from .store import WriteError
 
-        if not isinstance(exc, (SegreportError, KeyboardInterrupt)):
+        if not isinstance(exc, (SegreportError, KeyboardInterrupt, WriteError)):  # those are one line
             traceback.print_exc()
         try:
             conn.send(("error", exc))

@@ -1,9 +1,13 @@
 """The results catalog: every artifact's name, reader and writer, defined once; atomic writes; cache keys.
 
 Every file a run writes goes through `atomic_output` (a temporary file in the same
-folder, fsync, rename), so an interrupted run never leaves a half-written file, and a
-failed write leaves no temporary file behind. JSON is written with sorted keys, so
-identical results are identical bytes.
+folder, fsync, rename), and every folder written whole (the site, a snapshot, an exported
+model) through `atomic_folder` (a temporary folder beside it, one rename), so an interrupted
+run never leaves a half-written file, and a failed write leaves no temporary file behind.
+A failed write is raised naming the file: NoSpaceError for a full disk or quota (numpy's
+errno-less short write included, where the disk has no room left), WriteError otherwise; the
+CLI says either in one line, exit status 4. JSON is written with sorted keys, so identical
+results are identical bytes.
 
 The layout of a run (results/<run>/):
 
@@ -24,6 +28,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -57,6 +62,10 @@ CELL_HASHED = (LABELS, METRICS)
 CELL_REQUIRED = (LABELS, METRICS, PERSONAS, PROFILE, SHAP, MODEL)
 # what a finished cell's done.json records (size + sha256) and a rerun verifies before reusing the cell
 CELL_VERIFIED = (LABELS, METRICS, PROFILE, PERSONAS, SHAP, SHAP_SAMPLE, STABILITY, RULES, MODEL)
+# the records of how a cell ran (the executed notebook the report publishes, the seconds per stage): verified
+# the same way (done.json's `records`), kept out of `files`, on which the comparison's and the site's keys
+# depend (their bytes differ on every run). kernel.log is neither: the kernel appends to it, nothing reads it.
+CELL_RECORDS = (NOTEBOOK, TIMINGS)
 LOCK = ".lock"
 
 
@@ -82,18 +91,41 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-class NoSpaceError(OSError):
+class WriteError(OSError):
+    """A file could not be written (a read-only or forbidden folder, an I/O error, a short write on a disk
+    with room left): the CLI says so in one line naming the file, exit status 4. NoSpaceError is the
+    full disk's kind."""
+
+    def __init__(self, path: str | Path, code: int | None = None, reason: str = ""):
+        self.path = Path(path)
+        self.reason = reason or (os.strerror(code) if code else "write failed")
+        super().__init__(code, self.reason)
+
+    def __str__(self) -> str:
+        return f"could not write {self.path.name} in {shown(self.path.parent)} ({self.reason})"
+
+    def __reduce__(self):  # raised in a worker process: rebuilt in the parent from its path
+        return (type(self), (str(self.path), self.errno, self.reason))
+
+    def moved(self, src: str | Path, dst: str | Path) -> "WriteError":
+        """The same error naming the file where it was going: `path` below the temporary folder `src`
+        (see atomic_folder) said as below `dst`."""
+        try:
+            rel = self.path.relative_to(src)
+        except ValueError:
+            return self
+        return type(self)(Path(dst) / rel, self.errno, self.reason)
+
+
+class NoSpaceError(WriteError):
     """The disk (or the quota) filled up while writing `path`. The CLI says so in one line, exit status 4."""
 
-    def __init__(self, path: str | Path, code: int = errno.ENOSPC):
-        self.path = Path(path)
-        super().__init__(code, os.strerror(code))
+    def __init__(self, path: str | Path, code: int | None = errno.ENOSPC, reason: str = ""):
+        code = code or errno.ENOSPC
+        super().__init__(path, code, os.strerror(code))
 
     def __str__(self) -> str:
         return f"no space left on device in {shown(self.path.parent)} while writing {self.path.name}"
-
-    def __reduce__(self):  # raised in a worker process: rebuilt in the parent from its path
-        return (NoSpaceError, (str(self.path), self.errno))
 
     @classmethod
     def from_text(cls, text: str, fallback: str | Path) -> "NoSpaceError":
@@ -103,6 +135,9 @@ class NoSpaceError(OSError):
 
 
 _NO_SPACE_TEXT = re.compile(r"no space left on device|disk quota exceeded|errno 28\b|errno 122\b", re.I)
+# numpy's `tofile` (np.save into a file) reports a short write without an errno: "N requested and M written"
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+FULL_MARGIN = 1 << 20  # a short write on a disk with less than this beyond what was missing: a full disk
 
 
 def no_space(exc: BaseException | str | None) -> bool:
@@ -110,6 +145,51 @@ def no_space(exc: BaseException | str | None) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return bool(exc) and bool(_NO_SPACE_TEXT.search(str(exc)))  # pyarrow's IO errors carry it in the text
+
+
+def disk_full(folder: str | Path, missing: int = 0) -> bool:
+    """Whether the file system of `folder` has no room for `missing` more bytes (give or take FULL_MARGIN)."""
+    try:
+        return shutil.disk_usage(folder).free < missing + FULL_MARGIN
+    except OSError:
+        return False
+
+
+def write_failure(exc: BaseException, path: str | Path) -> WriteError:
+    """How a failed write of `path` is said: a full disk or quota (NoSpaceError), a short write where the
+    disk has no room left (also NoSpaceError: numpy's carries no errno), else a WriteError naming the
+    file and the reason. Call it before the partly written file is removed: its bytes count as used."""
+    if isinstance(exc, WriteError):
+        return exc
+    if no_space(exc):
+        return NoSpaceError(path, getattr(exc, "errno", None) or errno.ENOSPC)
+    m = _SHORT_WRITE.search(str(exc))
+    if m:
+        missing = int(m.group(1)) - int(m.group(2))
+        if disk_full(Path(path).parent, missing):
+            return NoSpaceError(path)
+        return WriteError(path, None, f"short write: {m.group(2)} of {m.group(1)} bytes written")
+    if isinstance(exc, OSError):
+        return WriteError(path, exc.errno, exc.strerror or str(exc) or type(exc).__name__)
+    return WriteError(path, None, f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """Any OSError raised inside said as a failed write of `path` (write_failure): for a file written in
+    place, where no temporary file is needed (inside a temporary folder, a log)."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_failure(exc, path) from exc
+
+
+def make_folder(path: str | Path) -> Path:
+    """`path` made with its parents (where missing); a full disk or another failure said naming it."""
+    path = Path(path)
+    with writing(path / "."):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def shown(path: str | Path) -> str:
@@ -125,16 +205,15 @@ def shown(path: str | Path) -> str:
 def atomic_output(path: str | Path):
     """Yields a temporary path beside `path`; on success it is fsynced and renamed onto `path`,
     on any failure (including a full disk) it is removed. The one writer every artifact uses.
-    A full disk or quota is raised as NoSpaceError naming `path`. The temporary name holds this
-    process's id, so `sweep_orphans` can tell a dead writer's leftovers in a shared folder."""
+    An OSError while writing is raised as NoSpaceError (a full disk or quota, or a short write where
+    the disk has no room left) or WriteError, naming `path` (write_failure). The temporary name holds
+    this process's id, so `sweep_orphans` can tell a dead writer's leftovers in a shared folder."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
-        if no_space(exc):
-            raise NoSpaceError(path, exc.errno or errno.ENOSPC) from exc
-        raise
+        raise write_failure(exc, path) from exc
     os.close(fd)
     try:
         yield Path(tmp)
@@ -143,18 +222,57 @@ def atomic_output(path: str | Path):
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: a served site needs the usual file mode
         os.replace(tmp, path)
     except BaseException as exc:
+        said = write_failure(exc, path) if isinstance(exc, OSError) else None  # before the partial file goes
         Path(tmp).unlink(missing_ok=True)
-        if not isinstance(exc, NoSpaceError) and no_space(exc):
-            raise NoSpaceError(path, getattr(exc, "errno", None) or errno.ENOSPC) from exc
+        if said is not None and said is not exc:
+            raise said from exc
         raise
 
 
-def sweep_partial(folder: str | Path) -> int:
-    """Remove the temporary files `atomic_output` left under `folder` when its process was killed
-    (a killed process cannot clean up); returns how many. Call it only when no writer is running there."""
+@contextlib.contextmanager
+def atomic_folder(path: str | Path):
+    """Yields a temporary folder beside `path` to write a whole folder into (a snapshot, the site, an
+    exported model); on success it replaces `path` in one rename (an existing folder is moved aside
+    first and removed after), on any failure it is removed. A failed write inside, said naming its file
+    below the temporary folder (WriteError, NoSpaceError), is said naming it below `path`."""
+    path = Path(path)
+    make_folder(path.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+    except OSError as exc:
+        raise write_failure(exc, path / ".") from exc
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        said = None
+        if isinstance(exc, OSError):
+            said = write_failure(exc, Path(exc.filename) if getattr(exc, "filename", None) else path / ".")
+            said = said.moved(tmp, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if said is not None and said is not exc:
+            raise said from exc
+        raise
+
+
+def sweep_partial(folder: str | Path, deep: bool = True) -> int:
+    """Remove the temporary files (and folders) `atomic_output` and `atomic_folder` left under `folder`
+    (directly in it where not `deep`) when their process was killed (a killed process cannot clean up);
+    returns how many. Call it only when no writer is running there."""
     n = 0
-    for stale in Path(folder).rglob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    found = Path(folder).rglob(".*.tmp") if deep else Path(folder).glob(".*.tmp")
+    for stale in sorted(found, key=lambda p: -len(p.parts)):
+        if stale.is_dir() and not stale.is_symlink():  # an atomic_folder's
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
         n += 1
     return n
 
@@ -257,10 +375,26 @@ def atomic_write_joblib(path: str | Path, obj: Any) -> None:
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    import shutil
-
     with atomic_output(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def copy_tree(src: str | Path, dst: str | Path, skip: tuple[str, ...] = ()) -> None:
+    """The files under `src` copied below `dst` (a folder being written: inside an atomic_folder), with
+    their times; names matching a pattern of `skip` left out. A failed copy is said naming its file
+    (shutil.copytree would go on and raise them all at the end, naming none the CLI can say)."""
+    import fnmatch
+
+    src, dst = Path(src), Path(dst)
+    left_out = lambda name: any(fnmatch.fnmatch(name, p) for p in skip)  # noqa: E731
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not left_out(d))
+        here = dst / Path(root).relative_to(src)
+        make_folder(here)
+        for name in sorted(files):
+            if not left_out(name):
+                with writing(here / name):
+                    shutil.copy2(Path(root) / name, here / name)
 
 
 def read_joblib(path: str | Path) -> Any:
@@ -386,8 +520,9 @@ class RunLock:
 
         from . import SegreportError
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        make_folder(self.folder)
+        with writing(self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -402,7 +537,7 @@ class RunLock:
             if previous.get("pid"):
                 print(f"segreport: {shown(self.folder)}: the run that was writing it ({self._describe(previous)}) "
                       "was stopped without finishing; taking over its lock", file=sys.stderr, flush=True)
-            self._sign(fd)
+            self._sign(fd, self.path)
         except BaseException:
             os.close(fd)
             raise
@@ -415,19 +550,20 @@ class RunLock:
         now on, its record naming this process."""
         held = cls(folder)
         held.fd = fd
-        cls._sign(fd)
+        cls._sign(fd, held.path)
         return held
 
     @staticmethod
-    def _sign(fd: int) -> None:
+    def _sign(fd: int, path: Path) -> None:
         """The holder's record: this process, for the message another run prints."""
         import platform
         from datetime import datetime, timezone
 
         mine = {"pid": os.getpid(), "host": platform.node(),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(mine).encode(), 0)
+        with writing(path):  # a full disk can refuse even these few bytes
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(mine).encode(), 0)
 
     def release(self) -> None:
         if self.fd is None:

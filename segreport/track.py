@@ -20,13 +20,19 @@ tracking page reads:
   sampling noise (two-proportion z-test, 95 %);
 - where an identifier column is in both periods, who moved from which segment to which, and who
   is new or gone (between consecutive periods);
-- drift per input column: the population stability index (PSI) against the fitting table
-  (numbers: its decile bins; categories: its levels plus one bucket of unseen levels);
+- drift per input column, by type with an effect size and a decision (segreport/drift.py: normed
+  Wasserstein + K-S for numbers, Jensen-Shannon + chi-square for categories, the missing share and
+  levels never seen on their own; the PSI kept as a number), as a whole and within each segment;
+- whether the drift changes the segments: the segmentation refitted on the snapshot (same method,
+  k, seed), its ARI with the saved assignment next to a refit on as many baseline rows;
 - the outcome rate per segment where the snapshot has the run's outcome column;
 - the share of customers far from their segment's centre (beyond the fitting table's 95th
   percentile of distances) and of outliers, against the fitting table;
-- a recommendation for the latest snapshot: keep the segmentation, or re-fit it, with the numbers
-  that triggered it.
+- a recommendation for the latest snapshot: keep, watch or re-fit, with the numbers that
+  triggered it (drift alone is watch; re-fit needs the segments themselves to change).
+
+The measures are stored with each snapshot; the thresholds (params.yml's `tracking:` block) are
+applied when the history is summarised, so other thresholds re-judge a history without scoring again.
 """
 
 from __future__ import annotations
@@ -36,21 +42,19 @@ import datetime as _dt
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .store import (RunLayout, atomic_write_json, atomic_write_parquet, read_json, read_json_or_empty,
-                    sha256_file)
+from .drift import bin_counts, decile_edges, psi  # noqa: F401  (this module's names before drift.py)
+from .store import (RunLayout, RunLock, atomic_folder, atomic_write_json, atomic_write_parquet, read_json,
+                    read_json_or_empty, sha256_file, sweep_partial)
 
 SNAPSHOTS = "snapshots"
 BASELINE = "baseline"
 PSI_MODERATE, PSI_LARGE = 0.10, 0.25
-PSI_FLOOR = 1e-4          # a share of 0 counts as 0.01 % in the PSI (log of 0 otherwise)
 CONFIDENCE = 0.95         # size changes: two-sided two-proportion z-test at this level
 FAR_QUANTILE = 0.95       # "far from the centre": beyond this quantile of the fitting table's distances
 FAR_RATIO = 2.0           # re-fit when the far share is over this many times what the fitting table had
@@ -116,29 +120,10 @@ def chosen_segmentation(layout: RunLayout, method: str | None = None, k: int | N
     return method, int(rec.get("value", rec["k"]))
 
 
-def psi(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Population stability index of two count (or share) vectors over the same bins."""
-    e = np.asarray(expected, dtype=float)
-    a = np.asarray(actual, dtype=float)
-    e = np.maximum(e / max(e.sum(), 1.0), PSI_FLOOR)
-    a = np.maximum(a / max(a.sum(), 1.0), PSI_FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
 def psi_reading(value: float | None) -> str | None:
     if value is None:
         return None
     return "stable" if value < PSI_MODERATE else "moderate" if value <= PSI_LARGE else "large"
-
-
-def decile_edges(train: np.ndarray) -> np.ndarray:
-    """The fitting table's decile cut points (ties merged): bins (-inf, e1], (e1, e2], ..., (e_last, inf)."""
-    return np.unique(np.quantile(np.asarray(train, dtype=float), np.linspace(0.1, 0.9, 9)))
-
-
-def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.bincount(np.searchsorted(edges, np.asarray(values, dtype=float), side="left"),
-                       minlength=len(edges) + 1)
 
 
 def _fmt(v: float) -> str:
@@ -235,27 +220,10 @@ class _Snapshot:
 
     def write(self, folder: Path) -> None:
         """All files into a temporary folder beside it, then one rename: never a half-written snapshot."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             atomic_write_parquet(tmp / "labels.parquet", self.labels)
             atomic_write_parquet(tmp / "drift.parquet", self.drift)
             atomic_write_json(tmp / "snapshot.json", self.meta)
-            _swap_in(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def history(layout: RunLayout) -> dict[str, _Snapshot]:
@@ -313,19 +281,139 @@ def score(run_dir: Path, method: str, k: int, df: pd.DataFrame, path: str, execu
     return pd.concat([parts[i] for i in range(len(bounds))], ignore_index=True), len(bounds)
 
 
+# --------------------------------------------------------------------------- what is checked and measured
+
+
+def check_snapshot(df: pd.DataFrame, run, frame: pd.DataFrame, path: str, id_column: str | None) -> list[str]:
+    """One-line errors for a snapshot the segmentation cannot be applied to (beyond what normalise_new
+    refuses: a fitted column missing, text in a numeric column): a category column holding none of the
+    levels it was fitted on (a column of another type), an outcome value the run never had. Returns the
+    columns the run never used, which are ignored."""
+    from .data import MISSING_LEVEL
+
+    for col in run.train.columns:
+        if pd.api.types.is_numeric_dtype(run.train[col]):
+            continue
+        given = frame[col][df[col].notna().to_numpy()]
+        levels = set(run.train[col].astype(str).unique()) - {MISSING_LEVEL}
+        if len(given) and not given.isin(levels).any():
+            seen = ", ".join(repr(v) for v in given.drop_duplicates().head(3))
+            raise SegreportError(f"{path}: column '{col}' holds none of the values it was fitted on ({seen} where "
+                                 f"the run had {', '.join(repr(v) for v in sorted(levels)[:4])}"
+                                 f"{', ...' if len(levels) > 4 else ''}): a column of another type?")
+    outcome = run.params.outcome
+    if outcome and outcome in df.columns and run.layout.outcome.exists():
+        known = set(pd.read_parquet(run.layout.outcome)["outcome"].astype(str).unique())
+        values = _outcome_values(df[outcome][df[outcome].notna()])
+        unknown = sorted(set(values.unique()) - known)
+        if unknown:
+            raise SegreportError(f"{path}: column '{outcome}' (the run's outcome) holds {unknown[0]!r}, a value the "
+                                 f"run never had (it had {', '.join(repr(v) for v in sorted(known))})")
+    schema = {s.name for s in run.schema()}
+    decided = {d["column"] for d in run.ctx.get("data", {}).get("decisions") or []}
+    return [c for c in df.columns if c not in schema and c not in decided and c != id_column and c != outcome]
+
+
+def baseline_missing(run) -> dict[str, float]:
+    """Each fitted column's share of missing cells in the fitting table's file (context.json's data facts)."""
+    rows = max(int(run.ctx.get("data", {}).get("rows") or len(run.train)), 1)
+    out = {}
+    for d in run.ctx.get("data", {}).get("decisions") or []:
+        if d["column"] in run.train.columns and d.get("missing_n") is not None:
+            out[d["column"]] = int(d["missing_n"]) / rows
+    return out
+
+
+def _kinds(run) -> dict[str, str]:
+    from .drift import CATEGORICAL, NUMERIC
+
+    return {c: NUMERIC if pd.api.types.is_numeric_dtype(run.train[c]) else CATEGORICAL for c in run.train.columns}
+
+
+def _refit_draws(run, frame: pd.DataFrame, saved: np.ndarray, outlier: np.ndarray, draws: int,
+                 seed: int) -> list[dict]:
+    """The run's method refitted (same k, seed and parameters, its outliers left out) on `draws`
+    bootstrap resamples of the rows; each refit assigns every row, and its segments are set against
+    `saved` (ARI, matched share)."""
+    import warnings
+
+    from .cell import fit_rows, segments
+    from .drift import agreement
+
+    with warnings.catch_warnings():  # levels never seen: counted in the drift, as scoring counts them
+        warnings.filterwarnings("ignore", message="Found unknown categories", category=UserWarning)
+        X, _ = run.m.transform_new(run, frame)
+    space = {"X": X, "outliers": np.asarray(outlier, bool) if run.space_info.get("outliers") else None,
+             "info": run.space_info}
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    out = []
+    # one thread: a few thousand rows gain nothing from more, and on a busy machine OpenMP's threads
+    # waiting on each other made each fit 20 times slower (1.7 s against 0.09 s, 2 cores at load 8)
+    with threadpool_limits(1):
+        for _ in range(int(draws)):
+            rows = np.sort(rng.choice(len(X), len(X), replace=True))
+            est = run.m.estimator(run.k, run.params, run.params.seed, run.ctx.get("scale") or {})
+            model = fit_rows(run.m, est, space, rows)
+            got = agreement(np.asarray(saved), segments(run.m, model, X)[0])
+            got.pop("pairs")
+            out.append(got)
+    return out
+
+
+def refit_check(run, frame: pd.DataFrame, labels: pd.DataFrame, sample: int, draws: int = 5) -> dict:
+    """Does the drift change the segments? The segmentation refitted (same method, k, seed and
+    parameters) on `draws` bootstrap resamples of (a seeded sample of at most `sample` rows of) the
+    snapshot, each against the snapshot's saved assignment; and, for what refitting alone changes,
+    the same on as many rows of the fitting table against the fit's own labels. Medians decide: one
+    refit can land on another of two near-equal solutions of an unstable segmentation by chance."""
+    seed = int(run.params.seed)
+    n = min(len(frame), int(sample))
+    rows = (np.arange(len(frame)) if n == len(frame) else
+            np.sort(np.random.default_rng(seed).choice(len(frame), n, replace=False)))
+    snap = _refit_draws(run, frame.iloc[rows].reset_index(drop=True), labels["segment"].to_numpy()[rows],
+                        labels["outlier"].to_numpy()[rows], draws, seed)
+    fit = pd.read_parquet(run.cell / "labels.parquet", columns=["segment", "outlier"])
+    nb = min(n, len(run.train))
+    rows_b = (np.arange(nb) if nb == len(run.train) else
+              np.sort(np.random.default_rng(seed + 1).choice(len(run.train), nb, replace=False)))
+    base = _refit_draws(run, run.train.iloc[rows_b].reset_index(drop=True), fit["segment"].to_numpy()[rows_b],
+                        fit["outlier"].to_numpy()[rows_b], draws, seed + 1)
+    med = lambda xs, key: float(np.median([x[key] for x in xs]))  # noqa: E731
+    return {"rows": n, "sampled": n < len(frame), "draws": int(draws),
+            "ari": med(snap, "ari"), "ari_all": [x["ari"] for x in snap],
+            "ari_min": min(x["ari"] for x in snap), "ari_max": max(x["ari"] for x in snap),
+            "baseline_ari_min": min(x["ari"] for x in base), "baseline_ari_max": max(x["ari"] for x in base),
+            "matched_share": med(snap, "matched_share"), "changed_share": med(snap, "changed_share"),
+            "baseline_rows": nb, "baseline_ari": med(base, "ari"), "baseline_ari_all": [x["ari"] for x in base],
+            "baseline_changed_share": med(base, "changed_share")}
+
+
 # --------------------------------------------------------------------------- the command
 
 
 def track(run_dir, data_path, method: str | None = None, k: int | None = None, as_of: str | None = None,
           id_column: str | None = None, executor: str = "local", workers: int = 0, scheduler: str | None = None,
-          replace: bool = False, part_rows: int = PART_ROWS, progress: bool = False) -> dict:
-    """Score a snapshot and add it to the run's history; rebuild tracking.json. Returns a summary."""
-    from .assign import _Run, normalise_new
-    from .data import read_raw
-
+          replace: bool = False, part_rows: int = PART_ROWS, progress: bool = False, tracking=None) -> dict:
+    """Score a snapshot and add it to the run's history; rebuild tracking.json. Returns a summary.
+    `tracking`: the thresholds (config.TrackingParams); default: the run's own.
+    Holds the run folder's lock (store.RunLock) like `segreport run`: it waits for a run writing the folder."""
     root = Path(run_dir)
     if not root.is_dir():
         raise SegreportError(f"{root}: no such run folder; run `segreport run` first")
+    with RunLock(root):  # like a run: the run's files are not rewritten under it, nor its history by another track
+        sweep_partial(root, deep=False)  # what a killed run or track was writing (their folders included)
+        sweep_partial(root / SNAPSHOTS)
+        return _track(root, data_path, method, k, as_of, id_column, executor, workers, scheduler, replace, part_rows,
+                      progress, tracking)
+
+
+def _track(root: Path, data_path, method, k, as_of, id_column, executor, workers, scheduler, replace, part_rows,
+           progress, tracking) -> dict:
+    from .assign import _Run, normalise_new
+    from .data import read_raw
+
     layout = RunLayout(root)
     past = history(layout)
     if method is None and k is None and past:  # the history goes on with the segmentation it follows
@@ -333,6 +421,7 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
         method, k = first["method"], first["k"]
     method, k = chosen_segmentation(layout, method, k)
     run = _Run(root, method, k)
+    th = tracking if tracking is not None else run.params.tracking
     key, label = parse_as_of(as_of)
     path = str(data_path)
     if not Path(path).is_file():
@@ -351,7 +440,7 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
                                  f"(the run was refitted since); move {root / SNAPSHOTS} away to start a new history")
     if key in past:
         if past[key].meta["file_sha256"] == file_sha:
-            written = write_tracking(layout, run, past)
+            written = write_tracking(layout, run, past, th)
             return {"status": "unchanged", "as_of": key, "label": label, "method": method, "k": k,
                     "rows": past[key].meta["rows"], "tracking_written": written, "summary": _latest(layout)}
         if not replace:
@@ -361,6 +450,7 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
     df, _ = read_raw(path)
     frame, facts = normalise_new(df, run.schema(), run.train, path, run.pooled())
     idcol = find_identifier(df, run.schema(), id_column, path)
+    ignored = check_snapshot(df, run, frame, path, idcol)
     outcome_col = run.params.outcome
     scored, parts = score(root, method, k, df, path, executor, workers, scheduler, part_rows, progress)
     labels = pd.DataFrame({"row": np.arange(len(df), dtype=np.int64),
@@ -381,24 +471,32 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
         labels["outcome"] = _outcome_values(df[outcome_col]).to_numpy()
     else:
         outcome_col = None
-    kinds = {s.name: s.kind for s in run.schema()}
+    from .drift import by_segment, measure_table
+
+    kinds = _kinds(run)
+    base_missing = baseline_missing(run)
+    new_missing = {c: df[c].isna().to_numpy() for c in run.train.columns}
+    measures = {m["column"]: m for m in measure_table(run.train, frame, kinds, base_missing, new_missing)}
     drift_rows, bins = [], []
     for col in run.train.columns:
-        kind = "numeric" if kinds.get(col) == "numeric" or pd.api.types.is_numeric_dtype(run.train[col]) \
-            else "categorical"
-        summary, b = column_drift(run.train[col], frame[col], kind)
-        drift_rows.append({"column": col, **summary})
+        summary, b = column_drift(run.train[col], frame[col], kinds[col])
+        drift_rows.append({"column": col, **summary, **measures[col]})
         bins.append(b.assign(column=col))
     drift = pd.concat(bins, ignore_index=True)[["column", "order", "bin", "baseline_share", "share"]]
+    fit_seg = pd.read_parquet(run.cell / "labels.parquet", columns=["segment"])["segment"].to_numpy()
+    seg_rows = by_segment(run.train, fit_seg, frame, labels["segment"].to_numpy(), k, kinds, base_missing,
+                          new_missing, th.segment_min_rows)
+    refit = refit_check(run, frame, labels, th.refit_sample, th.refit_draws)
     meta = {"as_of": key, "label": label, "source": path, "file_sha256": file_sha, "rows": int(len(df)),
             "method": method, "k": k, "model_sha256": model_sha, "id_column": idcol, "id_note": id_note,
             "outcome_column": outcome_col, "unseen": facts["unseen"], "pooled": facts["pooled"],
-            "imputed": facts["imputed"], "drift": drift_rows}
+            "imputed": facts["imputed"], "ignored_columns": ignored, "drift": drift_rows,
+            "segment_drift": seg_rows, "refit": refit}
     snap = _Snapshot(meta, labels, drift)
     new_history = dict(past)
     new_history[key] = snap
     new_history = dict(sorted(new_history.items()))
-    tracking, tables = summarise(layout, run, new_history)  # everything computed before anything is written
+    tracking, tables = summarise(layout, run, new_history, th)  # everything computed before anything is written
     snap.write(layout.root / SNAPSHOTS / key)
     _write_tracking(layout, tracking, tables)
     return {"status": "replaced" if key in past else "added", "as_of": key, "label": label, "method": method,
@@ -410,12 +508,14 @@ def _latest(layout: RunLayout) -> dict:
     return read_json_or_empty(layout.root / "tracking.json")
 
 
-def write_tracking(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> bool:
-    """Rebuild tracking.json where it does not describe these snapshots; True if written."""
+def write_tracking(layout: RunLayout, run, snaps: dict[str, _Snapshot], th=None) -> bool:
+    """Rebuild tracking.json where it does not describe these snapshots under these thresholds; True if written."""
+    th = th if th is not None else run.params.tracking
     current = _latest(layout)
-    if current.get("history") == _signature(snaps) and (layout.root / "tracking").is_dir():
+    if (current.get("history") == _signature(snaps) and current.get("thresholds") == th.model_dump(mode="json")
+            and (layout.root / "tracking").is_dir()):
         return False
-    tracking, tables = summarise(layout, run, snaps)
+    tracking, tables = summarise(layout, run, snaps, th)
     _write_tracking(layout, tracking, tables)
     return True
 
@@ -425,15 +525,9 @@ def _signature(snaps: dict[str, _Snapshot]) -> list:
 
 
 def _write_tracking(layout: RunLayout, tracking: dict, tables: dict[str, pd.DataFrame]) -> None:
-    folder = layout.root / "tracking"
-    tmp = Path(tempfile.mkdtemp(prefix=".tracking.", dir=layout.root))
-    try:
+    with atomic_folder(layout.root / "tracking") as tmp:
         for name, table in tables.items():
             atomic_write_parquet(tmp / f"{name}.parquet", table)
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_json(layout.root / "tracking.json", tracking)
 
 
@@ -464,8 +558,12 @@ def _baseline_ids(layout: RunLayout, ctx: dict, id_column: str) -> pd.Series | N
     return None if ids.duplicated().any() else ids
 
 
-def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """tracking.json and its tables from the fitting table's labels and the scored snapshots."""
+def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot], th=None) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """tracking.json and its tables from the fitting table's labels and the scored snapshots, the drift
+    decisions under thresholds `th` (config.TrackingParams; default: the run's)."""
+    from .drift import MEASURES, TESTS, decide
+
+    th = th if th is not None else run.params.tracking
     ctx, params = run.ctx, run.params
     method, k = run.method, run.k
     fit = pd.read_parquet(run.cell / "labels.parquet")
@@ -537,19 +635,46 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict
                             "to_period": pd.Series(dtype=str)}))
     mig_df = mig_df[["from_period", "to_period", "from_segment", "to_segment", "customers"]]
 
-    # drift per column
+    # drift per column: effect size, test, missing share, unseen levels, the decision; PSI as a number
     drift_rows = []
     for key, s in snaps.items():
         for d in s.meta["drift"]:
-            drift_rows.append({"period": key, "column": d["column"], "label": labels_of.get(d["column"], d["column"]),
-                               "kind": d["kind"], "psi": d["psi"], "reading": psi_reading(d["psi"]),
-                               "unseen_rows": d["unseen_rows"],
-                               "unseen_levels": ", ".join(f"{lv} ({n:,})" for lv, n in d["unseen_levels"].items()),
-                               "baseline_median": d.get("baseline_median"), "median": d.get("median"),
-                               "top_level": d.get("top_level"), "top_baseline_share": d.get("top_baseline_share"),
-                               "top_share": d.get("top_share")})
+            row = {"period": key, "column": d["column"], "label": labels_of.get(d["column"], d["column"]),
+                   "kind": d["kind"], "psi": d["psi"], "reading": psi_reading(d["psi"]),
+                   "unseen_rows": d["unseen_rows"],
+                   "unseen_levels": ", ".join(f"{lv} ({n:,})" for lv, n in d["unseen_levels"].items()),
+                   "baseline_median": d.get("baseline_median"), "median": d.get("median"),
+                   "top_level": d.get("top_level"), "top_baseline_share": d.get("top_baseline_share"),
+                   "top_share": d.get("top_share")}
+            if d.get("effect", "absent") != "absent":  # snapshots tracked before effect sizes: PSI only
+                dec = decide(d, th)
+                row.update(measure=MEASURES[d["kind"]], test=TESTS[d["kind"]], effect=d["effect"],
+                           p_value=d["p_value"], missing_share=d["missing_share"],
+                           baseline_missing_share=d["baseline_missing_share"], missing_p=d["missing_p"],
+                           unseen_share=d.get("unseen_share", 0.0), threshold=dec["threshold"],
+                           drifted=dec["drifted"], drift_kinds=", ".join(dec["drift_kinds"]))
+            drift_rows.append(row)
     drift_df = pd.DataFrame(drift_rows)
     bins_df = pd.concat([s.drift.assign(period=key) for key, s in snaps.items()], ignore_index=True)
+    seg_rows = []
+    for key, s in snaps.items():
+        for d in s.meta.get("segment_drift") or []:
+            row = {"period": key, "segment": d["segment"], "column": d["column"],
+                   "label": labels_of.get(d["column"], d["column"]), "measured": d["measured"],
+                   "rows": d["rows"], "baseline_rows": d["baseline_rows"]}
+            if d["measured"]:
+                dec = decide(d, th)
+                row.update(kind=d["kind"], effect=d["effect"], p_value=d["p_value"],
+                           missing_share=d["missing_share"], unseen_share=d.get("unseen_share", 0.0),
+                           threshold=dec["threshold"], drifted=dec["drifted"],
+                           drift_kinds=", ".join(dec["drift_kinds"]))
+            seg_rows.append(row)
+    seg_cols = {"period": str, "segment": "int64", "column": str, "label": str, "measured": bool, "rows": "int64",
+                "baseline_rows": "int64", "kind": str, "effect": float, "p_value": float, "missing_share": float,
+                "unseen_share": float, "threshold": float, "drifted": bool, "drift_kinds": str}
+    seg_df = pd.DataFrame(seg_rows, columns=list(seg_cols)) if seg_rows else pd.DataFrame(
+        {c: pd.Series(dtype=t) for c, t in seg_cols.items()})
+    refits = {key: s.meta["refit"] for key, s in snaps.items() if s.meta.get("refit")}
 
     # the outcome per segment, where a period has it
     outcome = None
@@ -606,7 +731,8 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict
         health.append(h)
 
     latest = keys[-1]
-    recommendation = recommend(latest, sizes_df, drift_df, health[-1], fit_facts, segments, labels_of)
+    recommendation = recommend(latest, sizes_df, drift_df, health[-1], fit_facts, segments, labels_of,
+                               seg_df, refits.get(latest), th)
     tracking = {
         "method": method, "k": k, "model_sha256": snaps[latest].meta["model_sha256"],
         "history": _signature(snaps), "baseline_ids": [id_column, ctx["data"].get("file_sha256")]
@@ -615,42 +741,81 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot]) -> tuple[dict
         "sizes": sizes, "confidence": CONFIDENCE,
         "migration": {"id_column": id_column, "transitions": transitions,
                       "notes": [s.meta["id_note"] for s in snaps.values() if s.meta.get("id_note")]},
+        "thresholds": th.model_dump(mode="json"),
         "drift": {"thresholds": {"moderate": PSI_MODERATE, "large": PSI_LARGE},
                   "latest": [r for r in drift_rows if r["period"] == latest],
                   "by_period": {key: {r["column"]: r["psi"] for r in drift_rows if r["period"] == key}
-                                for key in snaps}},
+                                for key in snaps},
+                  "effect_by_period": {key: {r["column"]: r.get("effect") for r in drift_rows if r["period"] == key}
+                                       for key in snaps},
+                  "segments_latest": [r for r in seg_rows if r["period"] == latest]},
+        "refit": refits,
+        "ignored_columns": {key: s.meta.get("ignored_columns") or [] for key, s in snaps.items()},
         "outcome": outcome, "outcome_rates": outcome_df.to_dict(orient="records"),
         "health": health, "recommendation": recommendation,
     }
     tables = {"sizes": sizes_df, "migration": mig_df, "drift": drift_df, "drift_bins": bins_df,
-              "outcome": outcome_df}
+              "segment_drift": seg_df, "outcome": outcome_df}
     if BASELINE in ids_of:
         tables["baseline_ids"] = pd.DataFrame({"id": ids_of[BASELINE].astype(str).to_numpy()})
     return tracking, tables
 
 
 def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dict, fit: dict,
-              segments: list[dict], labels_of: dict) -> dict:
-    """Keep or re-fit, judged on the latest snapshot, with the numbers behind it.
+              segments: list[dict], labels_of: dict, seg_drift: pd.DataFrame | None = None,
+              refit: dict | None = None, th=None) -> dict:
+    """Keep, watch or re-fit, judged on the latest snapshot, with the numbers behind it.
 
-    Re-fit when a column drifted a lot (PSI > 0.25), a segment fell below the minimum segment
-    size, or clearly more customers than in the fitting table sit far from every centre (over
-    twice the fitting share beyond its 95th percentile distance) or are outliers (over 1.5 times
-    the fitting share), each at a one-sided binomial p below 0.01. Moderate drift, size changes
-    beyond noise, unseen categories and smaller (but significant) rises of those two shares are
-    listed to watch."""
+    Drift alone never asks for a re-fit: it asks whether the segments change. **Re-fit** when the
+    segmentation refitted on the snapshot agrees with the saved assignment (ARI) by more than
+    `ari_drop` less than a refit on as many rows of the fitting table does (the segments would
+    change, not just the customers), when a segment fell below the minimum segment size, or when
+    clearly more customers than in the fitting table sit far from every centre (over twice the
+    fitting share beyond its 95th percentile distance) or are outliers (over 1.5 times the fitting
+    share), each at a one-sided binomial p below 0.01. **Watch** when a column drifted (its
+    distribution, its missing share or levels never seen; see drift.decide), or drifted within a
+    segment, or those two shares rose significantly but less: the customers changed, the segments
+    hold. **Keep** otherwise. Size changes beyond noise are listed to watch, but alone they do not
+    turn keep into watch (with several segments, one of them passes a 95 % test by chance often)."""
+    from .config import TrackingParams
+
+    th = th if th is not None else TrackingParams()
     name = {s["segment"]: s for s in segments}
     reasons, watch = [], []
-    d = drift[drift.period == latest].sort_values("psi", ascending=False)
-    for r in d.itertuples():
-        item = {"kind": "drift", "column": r.column, "label": r.label, "psi": float(r.psi)}
-        if r.psi > PSI_LARGE:
-            reasons.append(item)
-        elif r.psi >= PSI_MODERATE:
-            watch.append(item)
+    d = drift[drift.period == latest]
+    measured = "drifted" in d.columns and d["drifted"].notna().any()
+    drifted: list[dict] = []
+    if measured:
+        hit = d[d["drifted"].fillna(False).astype(bool)].assign(ratio=lambda x: x["effect"] / x["threshold"])
+        for r in hit.sort_values("ratio", ascending=False).itertuples():
+            drifted.append({"kind": "drift", "column": r.column, "label": r.label, "measure": r.measure,
+                            "effect": None if pd.isna(r.effect) else float(r.effect), "threshold": float(r.threshold),
+                            "psi": None if pd.isna(r.psi) else float(r.psi),
+                            "drift_kinds": r.drift_kinds, "missing_share": float(r.missing_share),
+                            "baseline_missing_share": float(r.baseline_missing_share),
+                            "unseen_share": float(r.unseen_share), "unseen_levels": r.unseen_levels})
+    else:  # snapshots tracked before effect sizes were measured: PSI only
+        for r in d.sort_values("psi", ascending=False).itertuples():
+            if r.psi >= PSI_MODERATE:
+                drifted.append({"kind": "drift", "column": r.column, "label": r.label, "measure": "PSI",
+                                "effect": float(r.psi), "threshold": PSI_MODERATE, "psi": float(r.psi),
+                                "drift_kinds": "distribution", "missing_share": None, "baseline_missing_share": None,
+                                "unseen_share": None, "unseen_levels": r.unseen_levels})
+    watch += drifted
     for r in d[d.unseen_rows > 0].itertuples():
-        watch.append({"kind": "unseen", "column": r.column, "label": r.label, "rows": int(r.unseen_rows),
-                      "levels": r.unseen_levels})
+        if not any(w["column"] == r.column and "unseen" in w["drift_kinds"] for w in drifted):
+            watch.append({"kind": "unseen", "column": r.column, "label": r.label, "rows": int(r.unseen_rows),
+                          "levels": r.unseen_levels})
+    seg_items = []
+    if seg_drift is not None and len(seg_drift):
+        sd = seg_drift[(seg_drift.period == latest) & seg_drift.measured.astype(bool)]
+        sd = sd[sd["drifted"].fillna(False).astype(bool)]
+        for seg, g in sd.assign(ratio=sd["effect"] / sd["threshold"]).groupby("segment", sort=True):
+            g = g.sort_values("ratio", ascending=False)
+            seg_items.append({"kind": "segment_drift", "segment": int(seg), "code": name[int(seg)]["code"],
+                              "name": name[int(seg)]["name"], "columns": list(g["label"]),
+                              "effects": [float(v) for v in g["effect"]]})
+    watch += seg_items
     s = sizes[sizes.period == latest]
     for r in s.itertuples():
         seg = name[int(r.segment)]
@@ -665,36 +830,77 @@ def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dic
     checks = [("far", "far", FAR_RATIO)]
     if health.get("outlier_share") is not None and fit.get("outlier_share"):
         checks.append(("outliers", "outlier", OUTLIER_RATIO))
+    fit_worse = False
     for kind, key, ratio in checks:
         if health[f"{key}_p_value"] >= EVIDENCE or health[f"{key}_share"] <= fit[f"{key}_share"]:
             continue
         item = {"kind": kind, "share": health[f"{key}_share"], "fit_share": fit[f"{key}_share"],
                 "customers": health["far" if kind == "far" else "outliers"], "p_value": health[f"{key}_p_value"],
                 "ratio": ratio}
+        fit_worse = True
         (reasons if health[f"{key}_share"] > ratio * fit[f"{key}_share"] else watch).append(item)
-    return {"period": latest, "action": "refit" if reasons else "keep", "reasons": reasons, "watch": watch,
+    changed = gap = None
+    if refit:
+        gap = refit["baseline_ari"] - refit["ari"]
+        changed = gap > th.ari_drop
+        if changed:
+            reasons.insert(0, {"kind": "segments", **refit, "ari_gap": gap, "ari_drop": th.ari_drop,
+                               "columns": [w["label"] for w in drifted],
+                               "segments": [f"{w['code']} · {w['name']}" for w in seg_items]})
+    action = "refit" if reasons else "watch" if (drifted or seg_items or fit_worse) else "keep"
+    return {"period": latest, "action": action, "reasons": reasons, "watch": watch,
+            "columns": [w["label"] for w in drifted], "segments": [f"{w['code']} · {w['name']}" for w in seg_items],
+            "segment_codes": [w["code"] for w in seg_items], "refit": refit, "segments_changed": changed,
+            "ari_gap": gap, "far_watch": fit_worse,
             "rules": {"psi_large": PSI_LARGE, "psi_moderate": PSI_MODERATE, "far_ratio": FAR_RATIO,
-                      "outlier_ratio": OUTLIER_RATIO, "evidence": EVIDENCE,
+                      "outlier_ratio": OUTLIER_RATIO, "evidence": EVIDENCE, "ari_drop": th.ari_drop,
                       "min_segment_size": fit["min_segment_size"]}}
 
 
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
 def describe(result: dict) -> str:
-    """The command's one-paragraph answer."""
+    """The command's answer: what was tracked, and the recommendation in one sentence."""
     t = result.get("summary") or {}
     rec = t.get("recommendation") or {}
     head = {"unchanged": "already tracked (same file, same as-of): nothing scored",
             "added": "tracked", "replaced": "re-tracked"}[result["status"]]
     line = (f"{head}: {result['rows']:,} customers as of {result['label']} with {result['method']} k={result['k']}"
             + (f" ({result['parts']} Dask parts)" if result.get("parts", 1) > 1 else ""))
+    ignored = (t.get("ignored_columns") or {}).get(result["as_of"]) or []
+    if ignored:
+        line += f"\ncolumns the run never used, ignored: {', '.join(ignored)}"
     if rec:
-        verdict = "keep the segmentation" if rec["action"] == "keep" else "re-fit the segmentation"
-        why = "; ".join(_reason_text(r) for r in rec["reasons"])
         when = next((p["label"] for p in t.get("periods", []) if p["key"] == rec["period"]), rec["period"])
-        line += f"\nrecommendation for {when}: {verdict}" + (f" ({why})" if why else "")
+        line += f"\nrecommendation for {when}: {sentence(rec)}"
     return line
 
 
+def sentence(rec: dict) -> str:
+    """The recommendation in one sentence naming the columns and segments (the CLI's; the page words its own)."""
+    cols, segs, r = _names(rec.get("columns") or []), _names(rec.get("segment_codes") or []), rec.get("refit")
+    drift = ((f"{cols} drifted" + (f", also within {segs}" if segs else "")) if cols else
+             f"columns drifted within {segs}, though not in the whole table")
+    agree = (f"refits on the snapshot give a median ARI of {r['ari']:.2f} with the saved segments "
+             f"({r['changed_share']:.0%} would change segment) against {r['baseline_ari']:.2f} for refits on "
+             "baseline customers") if r else ""
+    if rec["action"] == "refit":
+        why = "; ".join(_reason_text(x) for x in rec["reasons"])
+        return f"re-fit the segmentation: {why}" + (f" ({drift})" if cols or segs else "")
+    if rec["action"] == "watch" and not (cols or segs):
+        return "watch: more customers than at baseline sit far from every segment, though not enough to re-fit"
+    if rec["action"] == "watch":
+        return f"watch: {drift}, but the segments hold" + (f" ({agree})" if agree else "")
+    return "keep the segmentation: no column drifted and the segments hold" + (f" ({agree})" if agree else "")
+
+
 def _reason_text(r: dict) -> str:
+    if r["kind"] == "segments":
+        return (f"refits on the snapshot agree with the saved segments at a median ARI of {r['ari']:.2f} against "
+                f"{r['baseline_ari']:.2f} for refits on baseline customers ({r['changed_share']:.0%} would change "
+                "segment)")
     if r["kind"] == "drift":
         return f"{r['label']} drifted, PSI {r['psi']:.2f}"
     if r["kind"] == "small":
@@ -721,6 +927,7 @@ def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
 
     env.filters.setdefault("pts", lambda v: Markup("–" if v is None else f"{100 * float(v):+.1f} pts"))
     env.filters.setdefault("f2", lambda v: Markup("–" if v is None else f"{float(v):.2f}"))
+    env.filters.setdefault("names", lambda v: Markup(_names([str(x) for x in v])))
     text = env.get_template("pages/tracking.qmd.j2").render(view)
     from .store import atomic_write_text
 
@@ -730,6 +937,7 @@ def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
 
 def page_view(layout: RunLayout, fig) -> dict | None:
     """What the tracking page shows, read from tracking.json and tracking/*.parquet (no new numbers)."""
+    import functools
     import warnings
 
     from . import figures as F
@@ -797,15 +1005,49 @@ def page_view(layout: RunLayout, fig) -> dict | None:
             matrix.append(row)
         view["matrix"] = matrix
         view["last_transition"] = last
-    # drift
+    # drift: per column, within each segment; does it change the segments
     d_latest = pd.DataFrame(t["drift"]["latest"])
-    th = t["drift"]["thresholds"]
-    view["fig_drift"] = fig("tracking-drift", F.psi_bars(d_latest[["label", "psi", "reading"]], th["moderate"],
-                                                         th["large"]),
-                            f"Population stability index of each column in {label[latest]} against the baseline; "
-                            f"dashed lines at {th['moderate']} (moderate) and {th['large']} (large).")
-    view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -r["psi"])
+    th = t.get("thresholds") or {}
+    measured = "drifted" in d_latest.columns and d_latest["drifted"].notna().all()
+    view["measured"] = measured
+    if measured:
+        limits = {"numbers": th["numeric_threshold"], "categories": th["categorical_threshold"]}
+        view["fig_drift"] = fig("tracking-drift", functools.partial(
+            F.drift_bars, d_latest[["label", "measure", "effect", "drifted"]], limits),
+            f"Drift of each column in {label[latest]} against the baseline: normed Wasserstein for numbers, "
+            f"Jensen-Shannon distance for categories; dashed: the threshold"
+            f"{'s' if len(set(limits.values())) > 1 else ''}; red: drifted (its distribution, missing share or "
+            "new values).")
+        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -((r["effect"] or 0) / r["threshold"]))
+        segs_latest = [r for r in t["drift"].get("segments_latest") or [] if r["period"] == latest]
+        cells = pd.DataFrame([{"segment": f"{segs[r['segment']]['code']} · {segs[r['segment']]['name']}",
+                               "label": r["label"], "effect": r["effect"], "ratio": r["effect"] / r["threshold"],
+                               "text": f"{r['effect']:.2f}", "drifted": bool(r["drifted"])}
+                              for r in segs_latest if r["measured"] and r.get("effect") is not None])
+        view["fig_segments"] = None  # no segment with enough customers on both sides: the page says so
+        if len(cells):
+            rows_ = list(dict.fromkeys(cells["segment"]))
+            cols_ = list(dict.fromkeys(cells["label"]))
+            view["fig_segments"] = fig("tracking-segment-drift", functools.partial(
+                F.segment_drift_heatmap, cells, rows_, cols_),
+                f"Effect size of each column's drift within each segment, {label[latest]} against the baseline; "
+                "bold: drifted.")
+        view["segments_unmeasured"] = [
+            {**segs[s_], "rows": next(r["rows"] for r in segs_latest if r["segment"] == s_),
+             "baseline_rows": next(r["baseline_rows"] for r in segs_latest if r["segment"] == s_)}
+            for s_ in sorted({r["segment"] for r in segs_latest if not r["measured"]})]
+        view["segments_drifted"] = [w for w in t["recommendation"]["watch"] if w["kind"] == "segment_drift"]
+        view["refit"] = (t.get("refit") or {}).get(latest)
+    else:  # snapshots tracked before effect sizes were measured
+        view["fig_drift"] = fig("tracking-drift", F.psi_bars(d_latest[["label", "psi", "reading"]],
+                                                             t["drift"]["thresholds"]["moderate"],
+                                                             t["drift"]["thresholds"]["large"]),
+                                f"Population stability index of each column in {label[latest]} against the baseline.")
+        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -r["psi"])
+    view["th"] = th
     view["drift_by_period"] = t["drift"]["by_period"]
+    view["effect_by_period"] = t["drift"].get("effect_by_period") or {}
+    view["ignored"] = (t.get("ignored_columns") or {}).get(latest) or []
     # outcome
     if t.get("outcome"):
         rates = {(r["period"], r["segment"]): r for r in t["outcome_rates"]}

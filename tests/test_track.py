@@ -204,10 +204,27 @@ def test_tracking_finds_the_planted_moves_and_drift(wd, capsys):
     assert bal == sorted(bal) and bal[-1] > 0.25 and bal[0] < 0.1
     assert age == sorted(age) and age[-1] > 0.1
     assert all(psi_of[m]["default"] < 0.1 for m in MONTHS)
-    # the recommendation: re-fit in November, for balance among others
+    # effect sizes: balance (a factor 1.3 each month) and age (a year older) drift, growing; default does not
+    eff = t["drift"]["effect_by_period"]
+    assert [eff[m]["balance"] for m in MONTHS] == sorted(eff[m]["balance"] for m in MONTHS)
+    assert eff["2026-11"]["balance"] > 0.5 and eff["2026-11"]["age"] > 0.1
+    assert all(eff[m]["default"] < 0.05 for m in MONTHS)
+    latest = {d["column"]: d for d in t["drift"]["latest"]}
+    assert latest["balance"]["drifted"] and not latest["default"]["drifted"]
+    job = latest["job"]  # the new job level: a drift of its own from 1 % of customers (here under it)
+    assert job["unseen_rows"] > 0 and job["unseen_share"] == pytest.approx(job["unseen_rows"] / t["periods"][-1]["rows"])
+    assert ("unseen" in job["drift_kinds"]) == (job["unseen_share"] >= 0.01)
+    # within segments, and whether the segments change: a refit on November agrees far less with the saved
+    # assignment than a refit of the baseline does (planted life-stage moves change the segments)
+    assert any(r["measured"] and r["drifted"] and r["column"] == "balance" for r in t["drift"]["segments_latest"])
+    ref = t["refit"]["2026-11"]
+    assert ref["rows"] == t["periods"][-1]["rows"] and not ref["sampled"]
+    assert ref["draws"] == 5 and ref["ari"] < ref["baseline_ari"] - 0.15, ref
+    # the recommendation: re-fit in November because the segments change, naming balance among the drifts
     rec = t["recommendation"]
-    assert rec["period"] == "2026-11" and rec["action"] == "refit"
-    assert any(r["kind"] == "drift" and r["column"] == "balance" for r in rec["reasons"])
+    assert rec["period"] == "2026-11" and rec["action"] == "refit" and rec["segments_changed"]
+    assert rec["reasons"][0]["kind"] == "segments" and "Balance" in rec["columns"]
+    assert "re-fit the segmentation" in out and "Balance" in out.split("November 2026")[-1]
     # the outcome per segment, as planted (yes exactly without a housing loan)
     rates = pd.DataFrame(t["outcome_rates"])
     lab = pd.read_parquet(wd / RUN / "snapshots/2026-11/labels.parquet")
@@ -235,10 +252,21 @@ def test_the_same_snapshot_again_changes_nothing(wd):
     (["--data", "data/snap-1.csv", "--as-of", "2026-13"], "month 13"),
     (["--data", "data/snap-1.csv", "--as-of", "2026-10"], "already holds"),
     (["--data", "data/snap-1.csv", "--id", "client", "--as-of", "2027-01"], "'client'"),
+    (["--data", "data/empty.csv", "--as-of", "2027-01"], "data/empty.csv: has a header but no rows"),
+    (["--data", "data/text_balance.csv", "--as-of", "2027-01"], "data/text_balance.csv: column 'balance' is numeric"),
+    (["--data", "data/numbers_job.csv", "--as-of", "2027-01"], "data/numbers_job.csv: column 'job' holds none of"),
+    (["--data", "data/maybe_y.csv", "--as-of", "2027-01"], "data/maybe_y.csv: column 'y' (the run's outcome) holds "
+                                                           "'maybe'"),
 ])
 @pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(wd, capsys, args, message):
-    pd.read_csv(wd / "data/snap-1.csv").drop(columns="age").to_csv(wd / "data/no_age.csv", index=False)
+    snap = pd.read_csv(wd / "data/snap-1.csv")
+    snap.drop(columns="age").to_csv(wd / "data/no_age.csv", index=False)
+    snap.head(0).to_csv(wd / "data/empty.csv", index=False)
+    snap.assign(balance=snap["balance"].astype(str).where(snap.index != 5, "plenty")).to_csv(
+        wd / "data/text_balance.csv", index=False)
+    snap.assign(job=np.arange(len(snap))).to_csv(wd / "data/numbers_job.csv", index=False)
+    snap.assign(y=snap["y"].where(snap.index != 7, "maybe")).to_csv(wd / "data/maybe_y.csv", index=False)
     before = snapshot(wd / RUN)
     assert main(["track", "--run", RUN, "-q"] + args) == 2
     err = capsys.readouterr().err.strip()
@@ -264,6 +292,33 @@ def test_dask_parts_give_the_same_bytes_as_the_local_path(wd, capsys):
 
 
 @pytest.mark.slow
+def test_a_new_column_is_listed_and_ignored_and_thresholds_come_from_params(wd, capsys):
+    """Into a copy of the run: a snapshot with a column the run never saw; then the same file again under a
+    params file with other thresholds, which re-judges the stored measures without scoring anything."""
+    shutil.copytree(wd / RUN, wd / "results/fit-extra", ignore=shutil.ignore_patterns("snapshots", "tracking*"))
+    snap = pd.read_csv(wd / "data/snap-1.csv")
+    snap.assign(loyalty_points=np.arange(len(snap)) % 7).to_csv(wd / "data/extra.csv", index=False)
+    assert main(["track", "--run", "results/fit-extra", "--data", "data/extra.csv", "--as-of", "2026-09", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "columns the run never used, ignored: loyalty_points" in out
+    meta = read_json(wd / "results/fit-extra/snapshots/2026-09/snapshot.json")
+    assert meta["ignored_columns"] == ["loyalty_points"]
+    t = read_json(wd / "results/fit-extra/tracking.json")
+    assert t["thresholds"]["numeric_threshold"] == 0.1
+    assert any(d["drifted"] for d in t["drift"]["latest"] if d["column"] == "balance")
+    (wd / "loose.yml").write_text("tracking:\n  numeric_threshold: 5\n  categorical_threshold: 0.9\n"
+                                  "  unseen_threshold: 0.9\n  missing_threshold: 0.9\n  ari_drop: 1\n")
+    before = snapshot(wd / "results/fit-extra/snapshots")
+    assert main(["track", "--run", "results/fit-extra", "--data", "data/extra.csv", "--as-of", "2026-09", "-q",
+                 "--params", "loose.yml"]) == 0
+    assert "already tracked" in capsys.readouterr().out
+    assert snapshot(wd / "results/fit-extra/snapshots") == before  # nothing scored again
+    t = read_json(wd / "results/fit-extra/tracking.json")
+    assert t["thresholds"]["numeric_threshold"] == 5 and not any(d["drifted"] for d in t["drift"]["latest"])
+    assert t["recommendation"]["columns"] == []
+
+
+@pytest.mark.slow
 def test_the_page_is_in_the_site_and_the_pdf(wd):
     from bs4 import BeautifulSoup
     from pypdf import PdfReader
@@ -278,7 +333,8 @@ def test_the_page_is_in_the_site_and_the_pdf(wd):
     assert all(p["name"] in text for p in personas)
     last = t["migration"]["transitions"][-1]
     assert f"{last['departed']:,}" in text and f"{last['new']:,}" in text
-    assert len(soup.select("figure.vega-figure")) == 3
+    assert len(soup.select("figure.vega-figure")) == 4  # sizes, moves, drift, drift within segments
+    assert "Drift within each segment" in text and "adjusted Rand index" in text
     nav = [a.get_text() for a in BeautifulSoup((wd / "_site/report/index.html").read_text(), "html.parser")
            .select("nav.sidebar a")]
     assert nav.index("Segments over time") == nav.index("Comparison of methods") + 1
