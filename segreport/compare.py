@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parent
 # pipeline (cell, features, evaluate), its verdict (verdict) and the LLM's numbers experiment (embed)
 COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "features.py", "cell.py", "explain.py",
                    "personas.py", "prepare.py", "notebook.py", "config.py", "data.py", "store.py", "embed.py",
-                   "embed_fast.py")
+                   "embed_fast.py", "recommend.py")
 # parameters that change where or how a run works, never what the comparison computes
 NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor", "scheduler", "cache_dir",
                 "figure_sample", "publish_assignments")
@@ -388,7 +388,7 @@ def candidate_cells(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: d
     Jaccard, its rule equivalent (the best rule of at most two columns), its outcome separation (chosen on
     one seeded half of the customers, reported on the other) and its distinctness (common-space
     silhouette and bootstrap SE)."""
-    from .verdict import outcome_halves, outcome_spread, rule_equivalent
+    from .recommend import outcome_halves, outcome_spread, rule_equivalent
 
     seed = int(ctx["params"].get("seed", 0))
     frame = pd.read_parquet(layout.table)
@@ -450,7 +450,7 @@ def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, cho
     """The recommendation for use (verdict.recommend) in place of the stability one, where a candidate
     passes the bars; else the stability recommendation stays, labelled as it was. Adds options,
     rule_equivalent, basis, structure_kind (natural | reproducible | constructive) and the rule."""
-    from .verdict import recommend, structure_kind
+    from .recommend import recommend, structure_kind
 
     cells = candidate_cells(layout, ctx, table, labels)
     share = float(ctx["params"].get("min_segment_share", 0.05))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from segreport.personas import personas, profile
-from segreport.verdict import (outcome_halves, outcome_spread, recommend, rule_equivalent, side, structure_call,
-                               structure_kind)
+from segreport.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
+from segreport.verdict import side, structure_call
 
 
 def _bank_like(n=4000, seed=0):
