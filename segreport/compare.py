@@ -452,6 +452,11 @@ def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, cho
     rule_equivalent, basis, structure_kind (natural | reproducible | constructive) and the rule."""
     from .recommend import recommend, structure_kind
 
+    # the verdict's own last step (the most stable, then the simplest) no longer decides: say what it is
+    verdict["reasons"] = [r.replace("recommended by stability, then simplicity:",
+                                    "the most stable, then simplest (shown for reference; stability is a bar here, "
+                                    "not what the recommendation ranks by):")
+                          for r in verdict.get("reasons", [])]
     cells = candidate_cells(layout, ctx, table, labels)
     share = float(ctx["params"].get("min_segment_share", 0.05))
     new = recommend(cells, natural_pick(recommended, choices, verdict, structure), min_segment_share=share)
