@@ -464,6 +464,8 @@ def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, cho
         o["display"] = get(o["method"]).display
     keep = {n: new.get(n) for n in ("basis", "candidates", "excluded", "options", "rule", "commonsense",
                                     "min_segment_share", "why", "outcome", "commonsense_ari")}
+    if new["method"] is None and not rec.get("method"):
+        return {**rec, **keep, "rule_equivalent": None}
     if new["method"] is None:  # nothing passes the bars: the most stable partition, labelled as it was
         cell = next((c for c in cells if c["method"] == rec["method"] and c["k"] == rec["k"]), None)
         rec.update(keep, rule_equivalent=({"rule": cell["rule"]["rule"], "agreement": cell["rule"]["agreement"]}

@@ -306,8 +306,9 @@ def recommend(cells: list[dict], natural_pick: dict | None = None, min_jaccard: 
     simple = lambda c: (c.get("simplicity", SIMPLICITY_DEFAULT), c["k"])  # noqa: E731
     has_outcome = all(c.get("outcome") for c in pool)
     pick, basis, score = None, None, None
-    if natural_pick:
-        pick = next((c for c in pool if c["method"] == natural_pick["method"] and c["k"] == natural_pick["k"]), None)
+    if natural_pick:  # natural segments are used as found, a filter that gives them or not (said below)
+        pick = next((c for c in passing if c["method"] == natural_pick["method"] and c["k"] == natural_pick["k"]),
+                    None)
         if pick is not None:
             basis = "natural"
             reasons.append(f"natural segments: {pick['method']} at k = {pick['k']} recovers them best in the "

@@ -91,6 +91,9 @@ def test_natural_data_follow_the_neutral_spaces_not_the_outcome():
     cells = [_cell("kmeans", 4, 1, spread=0.05), _cell("kprototypes", 3, 2, spread=0.3)]
     r = recommend(cells, natural_pick={"method": "kmeans", "k": 4})
     assert (r["method"], r["k"], r["basis"]) == ("kmeans", 4, "natural")
+    cells[0]["rule"]["agreement"] = 0.95  # natural segments that a filter also gives: used, and the filter said
+    r = recommend(cells, natural_pick={"method": "kmeans", "k": 4})
+    assert (r["method"], r["k"], r["basis"], r["commonsense"]) == ("kmeans", 4, "natural", True)
     assert structure_kind("clear", True) == "natural" and structure_kind("weak", True) == "reproducible"
     assert structure_kind("clear", False) == "constructive"
 
