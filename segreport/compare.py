@@ -463,7 +463,7 @@ def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, cho
     for o in new["options"]:
         o["display"] = get(o["method"]).display
     keep = {n: new.get(n) for n in ("basis", "candidates", "excluded", "options", "rule", "commonsense",
-                                    "min_segment_share", "why", "outcome", "commonsense_ari")}
+                                    "min_segment_share", "why", "outcome", "commonsense_ari", "only_commonsense")}
     if new["method"] is None and not rec.get("method"):
         return {**rec, **keep, "rule_equivalent": None}
     if new["method"] is None:  # nothing passes the bars: the most stable partition, labelled as it was

@@ -286,7 +286,8 @@ def recommend(cells: list[dict], natural_pick: dict | None = None, min_jaccard: 
             passing.append(c)
     pool = [c for c in passing if not c["commonsense"]]
     split = [c for c in passing if c["commonsense"]]
-    if not pool and split:
+    only_splits = not pool and bool(split)
+    if only_splits:
         pool = split
         reasons.append("every segmentation that passes the bars is a commonsense split: the best of them is named, "
                        "with its rule")
@@ -297,7 +298,7 @@ def recommend(cells: list[dict], natural_pick: dict | None = None, min_jaccard: 
     out = {"method": None, "k": None, "value": None, "basis": None, "commonsense": False, "rule_equivalent": None,
            "candidates": [[c["method"], c["k"]] for c in pool], "excluded": excluded, "options": [],
            "reasons": reasons, "rule": rule_text, "min_segment_share": min_segment_share,
-           "commonsense_ari": commonsense_ari}
+           "commonsense_ari": commonsense_ari, "only_commonsense": only_splits}
     if not pool:
         reasons.append("no segmentation has every segment reproducible and at least "
                        f"{min_segment_share:.0%} of the customers")
