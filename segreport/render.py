@@ -395,7 +395,7 @@ def recommendation_view(comparison: dict, cells: dict, rates_of, downloads: dict
     persona cards with their outcome rates, its downloads, and each option's downloads."""
     rec = comparison.get("recommendation") or {}
     if not rec.get("method") or rec.get("value") is None:
-        return None
+        return {"personas": [], "metrics": None, "downloads": None, "options": []}
     grid = get(rec["method"]).grid
     cell = cells.get((rec["method"], rec["value"])) or {}
     rates = {r["segment"]: r for r in (rates_of(rec["method"], rec["value"]) or [])}
