@@ -404,8 +404,9 @@ def bank(args) -> None:
     frame = raw.iloc[sample_rows(len(raw), args.rows, args.seed)][[c.name for c in DEFAULT_SCHEMA]]
     frame = frame.reset_index(drop=True)
     frame[["age", "balance"]] = frame[["age", "balance"]].astype(float)
+    y = (raw.iloc[sample_rows(len(raw), args.rows, args.seed)]["y"].to_numpy() == "yes").astype(float)
     all_pipes = {"kmeans": KMeansPipe(), "kprototypes": KPrototypesPipe()}
-    out = run_verdict(frame, args, [all_pipes[m] for m in args.methods.split(",")], DEFAULT_SCHEMA)
+    out = run_verdict(frame, args, [all_pipes[m] for m in args.methods.split(",")], DEFAULT_SCHEMA, outcome=y)
     for m, per in out["per_k"].items():
         cells = [f"k={k} sil {e['silhouette']:.3f} ARI {e['ari_mean']:.2f} min Jaccard "
                  f"{min(v['mean_jaccard'] for v in e['segments'].values()):.2f}" for k, e in per.items()]
@@ -415,8 +416,24 @@ def bank(args) -> None:
         print(f"structure ({m}): {st['structure']}: " + " | ".join(st["reasons"]))
     print("verdict: " + " | ".join(out["verdict"]["reasons"]))
     r = out["rec"]
-    print(f"recommendation: {r['method']} k={r['k']} structure={r['structure']} ({r['label']}) "
+    print(f"recommendation (stability rule): {r['method']} k={r['k']} structure={r['structure']} ({r['label']}) "
           f"[{time.perf_counter() - t:.0f}s, {len(frame)} rows]")
+    new = out["use"]["new"]
+    print(f"recommendation for use: {new['method']} k={new['k']} ({new['basis']}"
+          f"{', commonsense split' if new['commonsense'] else ''}); rule equivalent: {new['rule_equivalent']}")
+    for line in new["reasons"]:
+        print(f"   {line}")
+    print("options: role | segmentation | sizes | weakest Jaccard | spread (selection half, 95% interval) | "
+          "spread (other half) | rule (ARI)")
+    for o in new["options"]:
+        oc = o["outcome"] or {}
+        re_ = o["rule_equivalent"] or {}
+        print(f"   {o['role']} | {o['method']} k={o['k']} | {'/'.join(str(x) for x in o['sizes'])} | "
+              f"{o['weakest_jaccard']:.3f} | {oc.get('spread', float('nan')):.3f} ({oc.get('ci_low', float('nan')):.3f}-"
+              f"{oc.get('ci_high', float('nan')):.3f}) | {oc.get('report_spread', float('nan')):.3f} | "
+              f"{re_.get('rule')} ({re_.get('agreement', float('nan')):.3f})")
+    for key, why in new["excluded"].items():
+        print(f"   not a candidate: {key}: {'; '.join(why)}")
 
 
 def _report_each(rows) -> list[dict]:

@@ -462,6 +462,11 @@ def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, cho
     new = recommend(cells, natural_pick(recommended, choices, verdict, structure), min_segment_share=share)
     for o in new["options"]:
         o["display"] = get(o["method"]).display
+    new["why"] = [display_names(r) for r in new.get("why") or []]
+    if new["why"]:
+        new["why"][0] = new["why"][0][:1].upper() + new["why"][0][1:]
+    new["excluded"] = {f"{get(key.split('/')[0]).display}, k = {key.split('/')[1]}": why
+                       for key, why in new["excluded"].items()}
     keep = {n: new.get(n) for n in ("basis", "candidates", "excluded", "options", "rule", "commonsense",
                                     "min_segment_share", "why", "outcome", "commonsense_ari", "only_commonsense")}
     if new["method"] is None and not rec.get("method"):
