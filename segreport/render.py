@@ -356,7 +356,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             label = outcome["name"]
             m["fig_outcome"] = fig(f"{m['key']}-outcome", partial(F.outcome_bars, cards, m["k"], label,
                                                                   outcome["population_rate"]),
-                                   f"{m['title']}, k={m['k']}: share of customers with {label} in each segment, "
+                                   f"{m['title']}, k={m['k']}: share of customers who {outcome['words']} in each segment, "
                                    "with its 95% interval; dashed: all customers.")
     rec_view = recommendation_view(comparison, cells, rates_of, downloads)
     view = {"rec_view": rec_view, "ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
