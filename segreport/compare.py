@@ -423,26 +423,23 @@ def candidate_cells(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: d
     return cells
 
 
-def natural_pick(recommended: dict, choices: dict, verdict: dict, structure: dict) -> dict | None:
+def natural_pick(recommended: dict, choices: dict, verdict: dict, structure: dict) -> list[dict] | None:
     """Where some method's segments are natural (a "clear" structure call at its k, every segment valid):
-    the verdict's winner if it is one of them, else the one with the highest mean silhouette over the
-    neutral spaces at its k; ties to the simpler method (the registry lists the simpler first)."""
+    those methods at their k, best first: the verdict's winner if it is one of them, then by the mean
+    silhouette over the neutral spaces at its k; ties to the simpler method (the registry lists the
+    simpler first)."""
     natural = [m for m, st in structure.items() if (st or {}).get("structure") == "clear"
                and (choices.get(m) or {}).get("k") is not None]
     if not natural:
         return None
     w = verdict.get("winner")
-    if w in natural:
-        return {"method": w, "k": recommended[w]["k"]}
     rows = [r for r in verdict.get("table") or [] if r["measure"] == "silhouette" and r["method"] in natural
             and r["k"] == recommended[r["method"]]["k"] and r["value"] is not None]
-    mean = {m: np.mean([r["value"] for r in rows if r["method"] == m]) for m in natural
-            if any(r["method"] == m for r in rows)}
-    if not mean:
-        return None
+    mean = {m: float(np.mean([r["value"] for r in rows if r["method"] == m])) if any(r["method"] == m for r in rows)
+            else -np.inf for m in natural}
     order = list(REGISTRY)
-    best = max(mean, key=lambda m: (round(float(mean[m]), 6), -order.index(m)))
-    return {"method": best, "k": recommended[best]["k"]}
+    ranked = sorted(natural, key=lambda m: (m != w, -round(mean[m], 6), order.index(m) if m in order else len(order)))
+    return [{"method": m, "k": recommended[m]["k"]} for m in ranked]
 
 
 def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, choices: dict, recommended: dict,

@@ -268,8 +268,9 @@ def recommend(cells: list[dict], natural_pick: dict | None = None, min_jaccard: 
       sizes, jaccards {segment: mean Jaccard}, rule (rule_equivalent(...) or None), outcome
       (outcome_spread(...) or None), distinct {value, se} (silhouette in the common space and its
       bootstrap SE).
-    natural_pick: {method, k} where the data hold natural segments (the method that recovers them best
-      in the neutral spaces, chosen by the caller); used when that cell is a candidate.
+    natural_pick: {method, k} (or a list of them, best first) where the data hold natural segments (the
+      method that recovers them best in the neutral spaces, chosen by the caller); the first that passes
+      the bars is used.
     Returns method, k, value, basis ("natural" | "outcome" | "distinct" | "fallback"), commonsense
     (bool: the pick is a commonsense split), rule_equivalent ({rule, agreement} or None), candidates
     [(method, k)], excluded {"method/k": [why]}, options [cell summaries with a role], reasons, rule.
@@ -308,7 +309,8 @@ def recommend(cells: list[dict], natural_pick: dict | None = None, min_jaccard: 
     has_outcome = all(c.get("outcome") for c in pool)
     pick, basis, score = None, None, None
     if natural_pick:  # natural segments are used as found, a filter that gives them or not (said below)
-        pick = next((c for c in passing if c["method"] == natural_pick["method"] and c["k"] == natural_pick["k"]),
+        order = natural_pick if isinstance(natural_pick, list) else [natural_pick]
+        pick = next((c for want in order for c in passing if c["method"] == want["method"] and c["k"] == want["k"]),
                     None)
         if pick is not None:
             basis = "natural"
@@ -362,8 +364,8 @@ def recommend(cells: list[dict], natural_pick: dict | None = None, min_jaccard: 
             chosen.append((c, role))
             seen.add((c["method"], c["k"]))
 
-    if split:
-        add(max(split, key=lambda c: (c["rule"]["agreement"], -c["k"])), "commonsense split")
+    if split:  # the most useful of them, by the same measure as the candidates
+        add(min(split, key=lambda c: (rank(c), simple(c))), "commonsense split")
     larger = [c for c in passing if c["k"] > pick["k"] and not c["commonsense"]]
     if larger:
         add(min(larger, key=lambda c: (rank(c), simple(c))), "best at a larger k")
