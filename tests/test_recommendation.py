@@ -140,3 +140,40 @@ def test_persona_names_hold_for_their_segment_or_state_the_share():
     assert 0.5 < share < 0.8 and cards[1]["name"] == f"Housing loan ({share:.0%})"
     assert cards[0]["name"] == "No housing loan"  # 90% hold it: no share needed
     assert not any(t["column"] == "age" for c in cards for t in c["traits"])  # a negligible age shift is no trait
+
+
+def test_natural_methods_are_tried_best_first_and_bounds_on_one_number_are_tightened():
+    from segreport.compare import natural_pick
+    from segreport.recommend import _tighten
+
+    recommended = {"kmeans": {"k": 5}, "kprototypes": {"k": 5}, "llm": {"k": 3}}
+    choices = {m: {"k": r["k"]} for m, r in recommended.items()}
+    structure = {"kmeans": {"structure": "clear"}, "kprototypes": {"structure": "clear"}, "llm": {"structure": "weak"}}
+    table = [{"method": m, "k": recommended[m]["k"], "measure": "silhouette", "space": sp, "value": v}
+             for m, sp, v in (("kmeans", "common", 0.30), ("kmeans", "gower", 0.20), ("kprototypes", "common", 0.32),
+                              ("kprototypes", "gower", 0.25), ("llm", "common", 0.5), ("llm", "gower", 0.5))]
+    order = natural_pick(recommended, choices, {"winner": None, "table": table}, structure)
+    assert [o["method"] for o in order] == ["kprototypes", "kmeans"]  # the LLM's segments are not natural
+    assert natural_pick(recommended, choices, {"winner": "kmeans", "table": table}, structure)[0]["method"] == "kmeans"
+    cells = [_cell("kmeans", 5, 1, sizes=[960, 10, 10, 10, 10]), _cell("kprototypes", 5, 2, distinct=0.1)]
+    assert recommend(cells, natural_pick=[{"method": "kmeans", "k": 5}, {"method": "kprototypes", "k": 5}])["method"] \
+        == "kprototypes"
+    assert _tighten(["age <= 53", "age <= 26"]) == ["age <= 26"]
+    assert _tighten(["age >= 28", "age <= 53", "loan = no"]) == ["age >= 28", "age <= 53", "loan = no"]
+
+
+def test_the_outcome_is_named_by_its_label_else_by_its_column():
+    from segreport.data import load_table
+
+    import tempfile, pathlib  # noqa: E401
+
+    with tempfile.TemporaryDirectory() as d:
+        rng = np.random.default_rng(0)
+        f = _bank_like(300)
+        f["job"], f["marital"], f["education"], f["default"] = "admin.", "married", "secondary", "no"
+        f["y"] = rng.choice(["yes", "no"], 300)
+        path = pathlib.Path(d) / "bank.csv"
+        f.to_csv(path, sep=";", index=False)
+        assert load_table(path).outcome_label == "Subscribed a term deposit"  # the bank preset
+        f.rename(columns={"y": "churn"}).drop(columns=["education"]).to_csv(path, sep=";", index=False)
+        assert load_table(path, outcome="churn").outcome_label is None
