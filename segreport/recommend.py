@@ -144,6 +144,8 @@ def rule_equivalent(frame: pd.DataFrame, numeric: list[str], categorical: list[s
             alts = [" and ".join(c) for c in by_seg[s]]
             texts[s] = " or ".join(f"({a})" if len(alts) > 1 and " and " in a else a for a in alts)
     missing = [int(s) for s in np.unique(labels) if int(s) not in texts]
+    for s in missing:  # a segment no leaf of the tree names: the rule does not give it at all
+        texts[s] = "no rule of two columns gives it"
     rule = "; ".join(f"S{s + 1}: {texts[s]}" for s in sorted(texts))
     used = sorted({c.split(" ")[0] for _, conds in leaves for c in conds})
     return {"rule": rule, "segments": {int(s): v for s, v in texts.items()}, "agreement": agreement,

@@ -415,7 +415,9 @@ def _as_null(null) -> dict:
 
 def _spread_txt(s: dict) -> str:
     """mean ± sd, or the mean and a spread of 0 said in words (never a floor in its place)."""
-    return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] > 0 else f"{s['mean']:.3f} (spread 0: every table gave it)"
+    if s["sd"] <= 0:
+        return f"{s['mean']:.3f} (spread 0: every table gave it)"
+    return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] >= 0.0005 else f"{s['mean']:.3f} ± {s['sd']:.1g}"
 
 
 def structure_call(observed, null_shuffled, null_pca=None, z_min: float = 2.0, clear_effect: float = 0.10,

@@ -123,6 +123,8 @@ def test_a_null_without_spread_has_no_z_and_no_hidden_floor():
     st = structure_call({"silhouette": 0.209}, [0.198, 0.198, 0.198], [0.1, 0.11, 0.12])
     assert st["z"] is None and "spread 0" in st["reasons"][0] and "z not computed" in st["reasons"][0]
     assert st["structure"] == "none" and "below the minimum of 0.02" in st["reasons"][0]
+    st = structure_call({"silhouette": 0.209}, [0.1980, 0.1982, 0.1981], [0.1, 0.11, 0.12])
+    assert "± 0.0001" in st["reasons"][0] and st["structure"] == "none"  # a spread shown, not rounded to 0
     st = structure_call({"silhouette": 0.25}, [0.198, 0.198, 0.198], [0.1, 0.11, 0.12])
     assert st["structure"] == "weak" and st["beats_shuffled"] and st["beats_pca"]
 
