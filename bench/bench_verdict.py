@@ -42,6 +42,8 @@ from segreport.evaluate import bootstrap_stability, whole_method_refit  # noqa: 
 from segreport.features import fit_common, fit_encoded, fit_mixed, sample_rows  # noqa: E402
 from segreport.methods.kmeans import KMeansSegmenter  # noqa: E402
 from segreport.methods.kprototypes import KPrototypesSegmenter  # noqa: E402
+from segreport.compare import natural_pick  # noqa: E402
+from segreport.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent  # noqa: E402
 from segreport.verdict import (choose_k, fair_verdict, gower_silhouette, null_reference, recommendation,  # noqa: E402
                                structure_call)
 
@@ -94,6 +96,31 @@ def planted_table(k_true: int, separation: str, rows: int, seed: int) -> tuple[p
     return frame, truth
 
 
+def rule_table(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Segments that are a two-column rule plus noise: three planted segments (clear separation on
+    the other columns, each at least 5% of the rows) that housing and loan define exactly (housing = no and loan = no; housing = yes;
+    housing = no and loan = yes), with 2% of the customers' two values drawn at random."""
+    for s in range(seed, seed + 100):  # every segment at 5% or more (the recommendation's size bar)
+        frame, truth = planted_table(3, "clear", rows, s)
+        if np.bincount(truth).min() >= 0.05 * rows:
+            break
+    rng = np.random.default_rng(seed + 1)
+    housing = np.where(truth == 1, "yes", "no")
+    loan = np.where(truth == 2, "yes", np.where(truth == 1, rng.choice(["yes", "no"], rows), "no"))
+    flip = rng.random(rows) < 0.02
+    frame["housing"] = np.where(flip, rng.choice(["yes", "no"], rows), housing)
+    frame["loan"] = np.where(flip, rng.choice(["yes", "no"], rows), loan)
+    return frame, truth
+
+
+def with_outcome(truth: np.ndarray, seed: int) -> np.ndarray:
+    """An outcome whose rate differs by planted segment (3% to 30%, spread over the segments)."""
+    rng = np.random.default_rng(seed + 2)
+    k = int(truth.max()) + 1
+    rates = rng.permutation(np.linspace(0.03, 0.30, k))
+    return (rng.random(len(truth)) < rates[truth]).astype(float)
+
+
 def table_of(frame: pd.DataFrame, schema=None) -> Table:
     return Table(frame=frame.reset_index(drop=True), schema=schema or PLANTED_SCHEMA, path="bench", file_sha256="")
 
@@ -125,11 +152,11 @@ class KPrototypesPipe:
 
     def fit(self, X, rows, k, seed, n_init):
         xn, xc = X
-        return KPrototypesSegmenter(k, n_init=n_init, random_state=seed).fit(xn[rows], xc[rows])
+        return KPrototypesSegmenter(k, n_init=n_init, random_state=seed).fit_arrays(xn[rows], xc[rows])
 
     def predict(self, model, X, rows):
         xn, xc = X
-        return model.predict(xn[rows], xc[rows]).astype(np.int64)
+        return model.predict_arrays(xn[rows], xc[rows]).astype(np.int64)
 
 
 def evaluate_cell(pipe, X, common, k, seed, args, resamples=None):
@@ -164,7 +191,27 @@ def fit_score_for(pipe, args, schema):
     return fit_score
 
 
-def run_verdict(frame: pd.DataFrame, args, pipes, schema=None) -> dict:
+SIMPLICITY = {"kmeans": 1, "kprototypes": 2}
+
+
+def for_use(frame, table, labels, per_k, choices, chosen, verdict, structures, args, outcome=None) -> dict:
+    """segreport.recommend on every (method, k) of the bench, as compare.for_use builds it."""
+    select = outcome_halves(len(frame), args.seed) if outcome is not None else None
+    cells = []
+    for (m, k), lab in labels.items():
+        e = per_k[m][k]
+        _, sizes = np.unique(lab, return_counts=True)
+        cells.append({"method": m, "k": k, "value": k, "simplicity": SIMPLICITY.get(m, 99), "n": len(lab),
+                      "sizes": [int(x) for x in sizes],
+                      "jaccards": {int(s): v["mean_jaccard"] for s, v in e["segments"].items()},
+                      "rule": rule_equivalent(frame, table.numeric, table.categorical, lab, seed=args.seed),
+                      "outcome": outcome_spread(outcome, lab, select, args.seed) if outcome is not None else None,
+                      "distinct": {"value": e["silhouette"], "se": (e.get("replicate_score") or {}).get("sd")}})
+    recommended = {m: {"k": k} for m, k in chosen.items()}
+    return {"new": recommend(cells, natural_pick(recommended, choices, verdict, structures)), "cells": cells}
+
+
+def run_verdict(frame: pd.DataFrame, args, pipes, schema=None, outcome=None) -> dict:
     table = table_of(frame, schema)
     numeric, categorical = table.numeric, table.categorical
     common = fit_common(table)[0]
@@ -204,8 +251,9 @@ def run_verdict(frame: pd.DataFrame, args, pipes, schema=None) -> dict:
     if structures[m0]["structure"] == "none" and verdict["by_stability"] != m0:
         structures[verdict["by_stability"]] = structure_of(verdict["by_stability"])
     rec = recommendation(choices, verdict, structures)
+    use = for_use(frame, table, labels, per_k, choices, chosen, verdict, structures, args, outcome)
     return {"rec": rec, "choices": choices, "verdict": verdict, "labels": labels, "structures": structures,
-            "per_k": per_k}
+            "per_k": per_k, "use": use}
 
 
 def one_table(job: tuple) -> dict:
@@ -215,11 +263,18 @@ def one_table(job: tuple) -> dict:
 
     all_pipes = {"kmeans": KMeansPipe(), "kprototypes": KPrototypesPipe()}
     pipes = [all_pipes[m] for m in args.methods.split(",")]
-    frame, truth = planted_table(k_true, sep, args.rows, 1000 * seed + 10 * k_true + len(sep))
+    tseed = 1000 * seed + 10 * k_true + len(sep)
+    outcome = None
+    if kind == "rule":
+        frame, truth = rule_table(args.rows, tseed)
+    else:
+        frame, truth = planted_table(k_true, sep, args.rows, tseed)
     if kind == "shuffled":
         frame = shuffle_columns(frame, 7 + seed)
+    if kind == "outcome":
+        outcome = with_outcome(truth, tseed)
     t = time.perf_counter()
-    out = run_verdict(frame, args, pipes)
+    out = run_verdict(frame, args, pipes, outcome=outcome)
     if args.dump:
         import pickle
 
@@ -228,10 +283,33 @@ def one_table(job: tuple) -> dict:
             pickle.dump({"per_k": out["per_k"], "truth": truth, "labels": out["labels"],
                          "structures": out["structures"], "verdict": out["verdict"]}, fh)
     rec = out["rec"]
-    ari = adjusted_rand_score(truth, out["labels"][(rec["method"], rec["k"])]) if kind == "planted" else None
+    new = out["use"]["new"]
+    ari = adjusted_rand_score(truth, out["labels"][(rec["method"], rec["k"])]) if kind != "shuffled" else None
+    use_ari = (adjusted_rand_score(truth, out["labels"][(new["method"], new["k"])])
+               if kind != "shuffled" and new["method"] else None)
+    extra = {}
+    if kind == "rule":  # the segmentation that recovers the rule must be reported as a commonsense split
+        cells = out["use"]["cells"]
+        best = max(cells, key=lambda c: adjusted_rand_score(truth, out["labels"][(c["method"], c["k"])]))
+        listed = {(o["method"], o["k"]): o for o in new["options"]}
+        o = listed.get((best["method"], best["k"]))
+        extra["rule_found"] = o["rule_equivalent"]["rule"] if o and o["commonsense"] else None
+        extra["rule_ari"] = best["rule"]["agreement"] if best.get("rule") else None
+        extra["rule_cell"] = f"{best['method']} k={best['k']} (ARI to truth "\
+            f"{adjusted_rand_score(truth, out['labels'][(best['method'], best['k'])]):.2f})"
+    if kind == "outcome":  # the recommendation separates it at least as well as the best candidate
+        pool = [c for c in out["use"]["cells"] if [c["method"], c["k"]] in new["candidates"]]
+        best = max(pool, key=lambda c: c["outcome"]["spread"]) if pool else None
+        picked = next((c for c in pool if c["method"] == new["method"] and c["k"] == new["k"]), None)
+        extra.update(best_spread=best["outcome"]["spread"] if best else None,
+                     use_spread=picked["outcome"]["spread"] if picked else None,
+                     use_ci_high=picked["outcome"]["ci_high"] if picked else None,
+                     use_report_spread=picked["outcome"]["report"]["spread"] if picked else None)
     return {"seed": seed, "k_true": k_true, "separation": sep, "kind": kind, "method": rec["method"],
             "k": rec["k"], "structure": rec["structure"], "label": rec["label"], "edge": rec["edge"],
             "ari_truth": ari, "winner": out["verdict"]["winner"],
+            "use_method": new["method"], "use_k": new["k"], "use_basis": new["basis"],
+            "use_commonsense": new["commonsense"], "use_ari_truth": use_ari, **extra,
             "k_by_method": {m: c["k"] for m, c in out["choices"].items()},
             "effect": out["structures"][rec["method"]].get("effect"), "seconds": round(time.perf_counter() - t, 1)}
 
@@ -244,6 +322,10 @@ def main(argv=None) -> None:
     ap.add_argument("--separations", default="clear,moderate,weak,none")
     ap.add_argument("--shuffled", default="clear", help="separations whose column-shuffled copy is also run")
     ap.add_argument("--methods", default="kmeans,kprototypes")
+    ap.add_argument("--kinds", default="planted,shuffled,rule,outcome", help="which kinds of table to run")
+    ap.add_argument("--rule-tables", type=int, default=2, help="tables whose segments are a two-column rule + noise")
+    ap.add_argument("--outcome-tables", default="moderate,weak",
+                    help="separations of planted tables (k_true 4) given an outcome that differs by segment")
     ap.add_argument("--k-min", type=int, default=2)
     ap.add_argument("--k-max", type=int, default=8)
     ap.add_argument("--resamples", type=int, default=15, help="bootstrap resamples per cell")
@@ -265,6 +347,10 @@ def main(argv=None) -> None:
     shuffled = set(args.shuffled.split(",")) if args.shuffled else set()
     jobs = [(seed, k_true, sep, kind, args) for seed in range(args.seeds) for k_true in ks_true for sep in seps
             for kind in (["planted"] + (["shuffled"] if sep in shuffled else []))]
+    jobs += [(seed, 3, "rule", "rule", args) for seed in range(args.rule_tables)]
+    jobs += [(seed, 4, sep, "outcome", args) for seed in range(args.seeds)
+             for sep in (args.outcome_tables.split(",") if args.outcome_tables else [])]
+    jobs = [j for j in jobs if j[3] in args.kinds.split(",")]
     t0 = time.perf_counter()
     results = []
     if args.workers > 1:
@@ -278,7 +364,7 @@ def main(argv=None) -> None:
     df = pd.DataFrame(results)
     print(f"\n{len(df)} tables in {time.perf_counter() - t0:.0f}s with {args.workers} workers; rows {args.rows}, "
           f"k {args.k_min}..{args.k_max}, {args.resamples} resamples per cell, {args.nulls} nulls per reference")
-    planted = df[(df.kind == "planted") & (df.separation != "none")]
+    planted = df[(df.kind == "planted") & (df.separation != "none")] if len(df) else df
     for sep, g in planted.groupby("separation", sort=False):
         print(f"planted {sep:8s}: k_true recovered {int((g.k == g.k_true).sum())}/{len(g)}, "
               f"mean ARI to truth {g.ari_truth.mean():.2f}, structure {dict(Counter(g.structure))}, "
@@ -286,6 +372,27 @@ def main(argv=None) -> None:
         for m in g.iloc[0].k_by_method:
             hits = sum(1 for kt, r in zip(g.k_true, g.k_by_method) if r[m] == kt)
             print(f"    choose_k {m}: k_true {hits}/{len(g)}")
+    for sep, g in planted.groupby("separation", sort=False):
+        print(f"  for use {sep:8s}: {dict(Counter(g.use_basis))}, same (method, k) as the stability rule "
+              f"{int(((g.use_method == g.method) & (g.use_k == g.k)).sum())}/{len(g)}, k_true "
+              f"{int((g.use_k == g.k_true).sum())}/{len(g)}, mean ARI to truth {g.use_ari_truth.mean():.2f}")
+    rules = df[df.kind == "rule"]
+    if len(rules):
+        print(f"rule + noise tables: rule found and reported as a commonsense split "
+              f"{int(rules.rule_found.notna().sum())}/{len(rules)} (ARI {', '.join(f'{x:.3f}' for x in rules.rule_ari.dropna())});"
+              f" recommendation is the split itself {int(rules.use_commonsense.sum())}/{len(rules)}")
+        for r in rules.itertuples():
+            print(f"    seed {r.seed}: truth best recovered by {r.rule_cell}; its rule: {r.rule_found} -> use "
+                  f"{r.use_method} k={r.use_k} ({r.use_basis}{', commonsense split' if r.use_commonsense else ''})")
+    outs = df[df.kind == "outcome"]
+    if len(outs):
+        ok = (outs.use_ci_high >= outs.best_spread)
+        print(f"outcome tables: recommendation separates it as well as the best candidate (within its interval) "
+              f"{int(ok.sum())}/{len(outs)}")
+        for r in outs.itertuples():
+            print(f"    {r.separation:8s} k_true={r.k_true}: use {r.use_method} k={r.use_k} spread {r.use_spread:.3f} "
+                  f"(other half {r.use_report_spread:.3f}) vs best candidate {r.best_spread:.3f}; ARI to truth "
+                  f"{r.use_ari_truth:.2f}")
     nulls = df[(df.kind == "shuffled") | (df.separation == "none")]
     if len(nulls):
         calls = Counter(nulls.structure)
@@ -302,8 +409,9 @@ def bank(args) -> None:
     frame = raw.iloc[sample_rows(len(raw), args.rows, args.seed)][[c.name for c in DEFAULT_SCHEMA]]
     frame = frame.reset_index(drop=True)
     frame[["age", "balance"]] = frame[["age", "balance"]].astype(float)
+    y = (raw.iloc[sample_rows(len(raw), args.rows, args.seed)]["y"].to_numpy() == "yes").astype(float)
     all_pipes = {"kmeans": KMeansPipe(), "kprototypes": KPrototypesPipe()}
-    out = run_verdict(frame, args, [all_pipes[m] for m in args.methods.split(",")], DEFAULT_SCHEMA)
+    out = run_verdict(frame, args, [all_pipes[m] for m in args.methods.split(",")], DEFAULT_SCHEMA, outcome=y)
     for m, per in out["per_k"].items():
         cells = [f"k={k} sil {e['silhouette']:.3f} ARI {e['ari_mean']:.2f} min Jaccard "
                  f"{min(v['mean_jaccard'] for v in e['segments'].values()):.2f}" for k, e in per.items()]
@@ -313,8 +421,24 @@ def bank(args) -> None:
         print(f"structure ({m}): {st['structure']}: " + " | ".join(st["reasons"]))
     print("verdict: " + " | ".join(out["verdict"]["reasons"]))
     r = out["rec"]
-    print(f"recommendation: {r['method']} k={r['k']} structure={r['structure']} ({r['label']}) "
+    print(f"recommendation (stability rule): {r['method']} k={r['k']} structure={r['structure']} ({r['label']}) "
           f"[{time.perf_counter() - t:.0f}s, {len(frame)} rows]")
+    new = out["use"]["new"]
+    print(f"recommendation for use: {new['method']} k={new['k']} ({new['basis']}"
+          f"{', commonsense split' if new['commonsense'] else ''}); rule equivalent: {new['rule_equivalent']}")
+    for line in new["reasons"]:
+        print(f"   {line}")
+    print("options: role | segmentation | sizes | weakest Jaccard | spread (selection half, 95% interval) | "
+          "spread (other half) | rule (ARI)")
+    for o in new["options"]:
+        oc = o["outcome"] or {}
+        re_ = o["rule_equivalent"] or {}
+        print(f"   {o['role']} | {o['method']} k={o['k']} | {'/'.join(str(x) for x in o['sizes'])} | "
+              f"{o['weakest_jaccard']:.3f} | {oc.get('spread', float('nan')):.3f} ({oc.get('ci_low', float('nan')):.3f}-"
+              f"{oc.get('ci_high', float('nan')):.3f}) | {oc.get('report_spread', float('nan')):.3f} | "
+              f"{re_.get('rule')} ({re_.get('agreement', float('nan')):.3f})")
+    for key, why in new["excluded"].items():
+        print(f"   not a candidate: {key}: {'; '.join(why)}")
 
 
 def _report_each(rows) -> list[dict]:
@@ -325,7 +449,8 @@ def _report_each(rows) -> list[dict]:
         ari = "" if r["ari_truth"] is None else f"{r['ari_truth']:.2f}"
         print(f"  {r['kind']:8s} k_true={r['k_true']} {r['separation']:8s} -> {r['method']:11s} k={r['k']} "
               f"{r['structure']:5s} (effect {eff}) by method {r['k_by_method']} ARI to truth {ari} "
-              f"winner={r['winner']} [{r['seconds']}s]", flush=True)
+              f"winner={r['winner']}; for use: {r['use_method']} k={r['use_k']} ({r['use_basis']}"
+              f"{', commonsense split' if r['use_commonsense'] else ''}) [{r['seconds']}s]", flush=True)
     return out
 
 

@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parent
 # pipeline (cell, features, evaluate), its verdict (verdict) and the LLM's numbers experiment (embed)
 COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "features.py", "cell.py", "explain.py",
                    "personas.py", "prepare.py", "notebook.py", "config.py", "data.py", "store.py", "embed.py",
-                   "embed_fast.py")
+                   "embed_fast.py", "recommend.py")
 # parameters that change where or how a run works, never what the comparison computes
 NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor", "scheduler", "cache_dir",
                 "figure_sample", "publish_assignments", "tracking")
@@ -154,6 +154,7 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
             rec["value"] = recommended[rec["method"]]["value"] if rec["k"] == recommended[rec["method"]]["k"] \
                 else _value_of(table, rec["method"], rec["k"])
             rec["display"] = get(rec["method"]).display
+        rec = for_use(layout, ctx, table, labels, choices, recommended, verdict, structure, rec)
         rec["reasons"] = [display_names(r) for r in rec.get("reasons", [])]
         verdict["reasons"] = [display_names(r) for r in verdict.get("reasons", [])]
     extras = {}
@@ -380,3 +381,111 @@ def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -
         return None
     order = [m for m in REGISTRY if m in scores]  # the registry lists the simpler methods first
     return fair_verdict(scores, simplicity=order)
+
+
+def candidate_cells(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict) -> list[dict]:
+    """Every finished (method, k) as verdict.recommend reads it: sizes, each segment's mean bootstrap
+    Jaccard, its rule equivalent (the best rule of at most two columns), its outcome separation (chosen on
+    one seeded half of the customers, reported on the other) and its distinctness (common-space
+    silhouette and bootstrap SE)."""
+    from .recommend import outcome_halves, outcome_spread, rule_equivalent
+
+    seed = int(ctx["params"].get("seed", 0))
+    frame = pd.read_parquet(layout.table)
+    numeric = [c for c in ctx["used"]["numeric"] if c in frame.columns]
+    categorical = [c for c in ctx["used"]["categorical"] if c in frame.columns]
+    pos = select = None
+    if ctx["data"].get("outcome") and layout.outcome.exists():
+        y = pd.read_parquet(layout.outcome)["outcome"].astype(str).to_numpy()
+        levels, counts = np.unique(y, return_counts=True)
+        positive = "yes" if "yes" in levels else levels[np.argmin(counts)]
+        pos = (y == positive).astype(float)
+        select = outcome_halves(len(y), seed)
+    cells = []
+    for _, row in table[table.status == "done"].iterrows():
+        method, v = row.method, int(row.value)
+        lab = labels.get((method, v))
+        if lab is None or row.k is None or pd.isna(row.k):
+            continue
+        m = get(method)
+        f = layout.cell(method, v, m.grid) / STABILITY
+        st = read_json(f) if f.exists() else {}
+        jac = {int(s): (x.get("mean_jaccard") if isinstance(x, dict) else x) for s, x in (st.get("segments") or {}).items()}
+        segs, sizes = np.unique(lab, return_counts=True)
+        rs = st.get("replicate_score") or {}
+        sil = row.common_silhouette
+        cells.append({
+            "method": method, "k": int(row.k), "value": v, "simplicity": getattr(m, "simplicity", 99), "n": int(len(lab)),
+            "sizes": [int(x) for x in sizes], "jaccards": jac,
+            "rule": rule_equivalent(frame, numeric, categorical, lab, seed=seed),
+            "outcome": outcome_spread(pos, lab, select, seed) if pos is not None and len(pos) == len(lab) else None,
+            "distinct": {"value": None if sil is None or pd.isna(sil) else float(sil), "se": rs.get("sd")}})
+    return cells
+
+
+def natural_pick(recommended: dict, choices: dict, verdict: dict, structure: dict) -> list[dict] | None:
+    """Where some method's segments are natural (a "clear" structure call at its k, every segment valid):
+    those methods at their k, best first: the verdict's winner if it is one of them, then by the mean
+    silhouette over the neutral spaces at its k; ties to the simpler method (the registry lists the
+    simpler first)."""
+    natural = [m for m, st in structure.items() if (st or {}).get("structure") == "clear"
+               and (choices.get(m) or {}).get("k") is not None]
+    if not natural:
+        return None
+    w = verdict.get("winner")
+    rows = [r for r in verdict.get("table") or [] if r["measure"] == "silhouette" and r["method"] in natural
+            and r["k"] == recommended[r["method"]]["k"] and r["value"] is not None]
+    mean = {m: float(np.mean([r["value"] for r in rows if r["method"] == m])) if any(r["method"] == m for r in rows)
+            else -np.inf for m in natural}
+    order = list(REGISTRY)
+    ranked = sorted(natural, key=lambda m: (m != w, -round(mean[m], 6), order.index(m) if m in order else len(order)))
+    return [{"method": m, "k": recommended[m]["k"]} for m in ranked]
+
+
+def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, choices: dict, recommended: dict,
+            verdict: dict, structure: dict, rec: dict) -> dict:
+    """The recommendation for use (verdict.recommend) in place of the stability one, where a candidate
+    passes the bars; else the stability recommendation stays, labelled as it was. Adds options,
+    rule_equivalent, basis, structure_kind (natural | reproducible | constructive) and the rule."""
+    from .recommend import recommend, structure_kind
+
+    # the verdict's own last step (the most stable, then the simplest) no longer decides: say what it is
+    verdict["reasons"] = [r.replace("recommended by stability, then simplicity:",
+                                    "the most stable, then simplest (shown for reference; stability is a bar here, "
+                                    "not what the recommendation ranks by):")
+                          for r in verdict.get("reasons", [])]
+    cells = candidate_cells(layout, ctx, table, labels)
+    share = float(ctx["params"].get("min_segment_share", 0.05))
+    new = recommend(cells, natural_pick(recommended, choices, verdict, structure), min_segment_share=share)
+    for o in new["options"]:
+        o["display"] = get(o["method"]).display
+    new["why"] = [display_names(r) for r in new.get("why") or []]
+    if new["why"]:
+        new["why"][0] = new["why"][0][:1].upper() + new["why"][0][1:]
+    new["excluded"] = {f"{get(key.split('/')[0]).display}, k = {key.split('/')[1]}": why
+                       for key, why in new["excluded"].items()}
+    keep = {n: new.get(n) for n in ("basis", "candidates", "excluded", "options", "rule", "commonsense",
+                                    "min_segment_share", "why", "outcome", "commonsense_ari", "only_commonsense")}
+    if new["method"] is None and not rec.get("method"):
+        return {**rec, **keep, "rule_equivalent": None}
+    if new["method"] is None:  # nothing passes the bars: the most stable partition, labelled as it was
+        cell = next((c for c in cells if c["method"] == rec["method"] and c["k"] == rec["k"]), None)
+        rec.update(keep, rule_equivalent=({"rule": cell["rule"]["rule"], "agreement": cell["rule"]["agreement"]}
+                                          if cell and cell.get("rule") else None),
+                   structure_kind="constructive", structure_k=recommended[rec["method"]]["k"],
+                   reasons=new["reasons"] + rec.get("reasons", []))
+        return rec
+    method, k = new["method"], new["k"]
+    st = structure.get(method) or {}
+    checked_k = recommended[method]["k"] if st else None
+    call = st.get("structure") if checked_k == k else None
+    kind = structure_kind(call, True)
+    label = "commonsense split" if new["commonsense"] else "recommended"
+    edge = bool((choices.get(method) or {}).get("edge")) and checked_k == k
+    return {**keep, "method": method, "k": k, "value": new["value"], "display": get(method).display,
+            "structure": st.get("structure"), "structure_k": checked_k, "structure_checked": checked_k == k,
+            "structure_kind": kind, "label": label, "edge": edge,
+            "edge_reason": (choices.get(method) or {}).get("edge_reason") if edge else None,
+            "rule_equivalent": new["rule_equivalent"],
+            "by_stability": {"method": rec.get("method"), "k": rec.get("k"), "label": rec.get("label")},
+            "reasons": new["reasons"] + rec.get("reasons", [])[1:]}

@@ -51,6 +51,10 @@ DEFAULT_SCHEMA = [
     ColumnSpec(name="loan", kind="binary", label="Personal loan"),
 ]
 
+# the bank preset's outcome, named in words wherever the report speaks of it (a schema column's `label`
+# does the same for any other table)
+PRESET_OUTCOME_LABELS = {"y": "Subscribed a term deposit"}
+
 
 class ScaleParams(_Strict):
     """The path for large tables: at `threshold` rows and past it, each heavy step runs its scalable form."""
@@ -98,6 +102,7 @@ class _Params(_Strict):
     demo_rows: int = Field(5000, ge=10)
     outcome: Optional[str] = None
     min_segment_size: int = Field(20, ge=1)
+    min_segment_share: float = Field(0.05, ge=0.0, lt=1.0)  # a recommendable segmentation's smallest segment
     projection_sample: int = Field(5000, ge=100)
     figure_sample: int = Field(3000, ge=100)
     silhouette_sample: int = Field(5000, ge=100)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .config import DEFAULT_SCHEMA, ColumnSpec
+from .config import DEFAULT_SCHEMA, PRESET_OUTCOME_LABELS, ColumnSpec
 
 MISSING_LEVEL = "missing"
 OTHER_LEVEL = "other"
@@ -49,6 +49,7 @@ class Table:
     ids: pd.Series | None = None  # the identifier column's values (strings) where it is complete and unique
     id_column: str | None = None
     outcome_name: str | None = None
+    outcome_label: str | None = None  # the outcome in words: its schema label, the bank preset's, else None
     outcome_source: str | None = None  # "given" (--outcome / params) or "detected" (by its name, see detect_outcome)
     pooled: list[str] = field(default_factory=list)  # columns whose rare levels were pooled as 'other'
 
@@ -402,10 +403,17 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
         out_series = (b if b is not None else o.astype(str)).reset_index(drop=True)
     decisions = [{**d, **quality(df[d["column"]])} if d["column"] in df.columns else d for d in decisions]
     id_column, ids = _identifier(df, specs)
+    outcome_label = None
+    if outcome is not None:
+        spec = next((c for c in (schema or []) if c.name == outcome), None)
+        preset = all(c.name in df.columns for c in DEFAULT_SCHEMA) and not schema
+        outcome_label = (spec.label if spec is not None and spec.label else
+                         PRESET_OUTCOME_LABELS.get(outcome) if preset else None)
     return Table(frame=frame, schema=specs, path=path, file_sha256=file_sha256(path), ids=ids, id_column=id_column,
                  encoding=info.get("encoding") or "binary", delimiter=info.get("delimiter"),
                  notes=notes, decisions=decisions, outcome=out_series, pooled=pooled,
-                 outcome_name=outcome, outcome_source=source if outcome is not None else None)
+                 outcome_name=outcome, outcome_source=source if outcome is not None else None,
+                 outcome_label=outcome_label)
 
 
 UNKNOWN_WORDS = {"unknown", "n/a", "na", "?", "not known", "none given", "unspecified", "-"}

@@ -6,8 +6,9 @@ the rest), and category shares against the population and the rest. A persona li
 segment's most distinctive traits by one robust effect for every kind of column (Cliff's delta of
 the segment against the rest: for a category level's 0/1 indicator it is the difference in share),
 at most one per column, and is named only after traits that hold for the typical member: a
-category level held by at least half of the segment, a numeric column whose segment median lies
-on the named side of the population's median. A level over-represented but held by a minority
+category level held by at least half of the segment (below 80% the name states the share:
+"Housing loan (63%)"), a numeric column whose segment median lies on the named side of the
+population's median. A number is listed as a trait only at the effect that may name it. A level over-represented but held by a minority
 reads "more X than average (p% vs q%)" and never gives the name.
 """
 
@@ -20,6 +21,7 @@ from .evaluate import stability_class
 
 GENERIC_LEVELS = {"unknown", "other", "missing", "yes", "no", "none", "n/a", "true", "false"}
 NAME_MIN_SHARE = 0.5  # a segment is named after a level only when at least half of it holds it
+NAME_HOLDS_SHARE = 0.8  # a name below this share says it: "Housing loan (63%)", so no filter contradicts it
 MIN_EFFECT = 0.147  # |Cliff's delta| below this is negligible (Romano et al. 2006)
 NAME_MIN_EFFECT = 0.33  # a number names a segment only from a medium effect on (Romano et al.): a median
 # one year below the average is a trait worth listing, not what the segment is
@@ -155,7 +157,9 @@ def traits(seg: dict, labels: dict[str, str], units: dict[str, str | None], bina
     out = []
     for c, v in seg.get("numeric", {}).items():
         d = v.get("cliff_delta")
-        if d is None or abs(d) < min_effect:
+        # a number is listed as setting the segment apart only at the effect that may name it (a median
+        # one year below the average is not what sets a segment apart)
+        if d is None or abs(d) < max(min_effect, NAME_MIN_EFFECT):
             continue
         direction = "higher" if d > 0 else "lower"
         t = {"kind": "numeric", "column": c, "label": labels.get(c, c), "unit": units.get(c),
@@ -191,6 +195,8 @@ def traits(seg: dict, labels: dict[str, str], units: dict[str, str | None], bina
     shown += [t for t in namers if t not in shown]
     for t in shown:
         t["short"] = _short_name(t)
+        if t["kind"] == "category" and t["share"] < NAME_HOLDS_SHARE:
+            t["short"] = f"{t['short']} ({t['share']:.0%})"  # the name states the share it holds for
     return shown
 
 

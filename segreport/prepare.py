@@ -176,7 +176,7 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
                  "fingerprint": fp, "rows": int(len(table.frame)), "encoding": table.encoding,
                  "delimiter": table.delimiter, "demo": demo, "notes": table.notes,
                  "decisions": table.decisions, "outcome": table.outcome_name,
-                 "outcome_source": table.outcome_source, "pooled": table.pooled, "id_column": table.id_column},
+                 "outcome_source": table.outcome_source, "outcome_label": table.outcome_label, "pooled": table.pooled, "id_column": table.id_column},
         "schema": [s.model_dump(mode="json") for s in table.schema],
         "used": {"numeric": table.numeric, "categorical": table.categorical,
                  "binary": [c.name for c in table.used if c.kind == "binary"]},

@@ -362,12 +362,13 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
                           if m["value"] is not None else None)
         cards = m["chosen"].get("personas") or []
         if outcome and any(c.get("outcome") for c in cards):
-            label = f"{outcome['column']} = {outcome['positive']}"
+            label = outcome["name"]
             m["fig_outcome"] = fig(f"{m['key']}-outcome", partial(F.outcome_bars, cards, m["k"], label,
                                                                   outcome["population_rate"]),
-                                   f"{m['title']}, k={m['k']}: share of customers with {label} in each segment, "
+                                   f"{m['title']}, k={m['k']}: share of customers who {outcome['words']} in each segment, "
                                    "with its 95% interval; dashed: all customers.")
-    view = {"ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
+    rec_view = recommendation_view(comparison, cells, rates_of, downloads)
+    view = {"rec_view": rec_view, "ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
             "ran": ran, "comparison": comparison, "common_fig": common_fig, "agree_fig": agree_fig,
             "cells": list(cells.values()), "notebooks": notebooks, "labels": labels_of,
             "versions": ctx["versions"], "schema": ctx["schema"], "used": ctx["used"],
@@ -398,6 +399,25 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     return {"pages": list(pages), "figures": fig.written}
 
 
+def recommendation_view(comparison: dict, cells: dict, rates_of, downloads: dict) -> dict | None:
+    """The recommended (method, k) as the Overview shows it, whichever k its method's own rule chose: its
+    persona cards with their outcome rates, its downloads, and each option's downloads."""
+    rec = comparison.get("recommendation") or {}
+    if not rec.get("method") or rec.get("value") is None:
+        return {"personas": [], "metrics": None, "downloads": None, "options": []}
+    grid = get(rec["method"]).grid
+    cell = cells.get((rec["method"], rec["value"])) or {}
+    rates = {r["segment"]: r for r in (rates_of(rec["method"], rec["value"]) or [])}
+    cards = [{**c, "outcome": rates.get(c["segment"])} for c in (cell.get("personas") or [])]
+    options = []
+    for o in rec.get("options") or []:
+        d = downloads.get(f"{o['method']}-{cell_id(o['value'], get(o['method']).grid)}") if o.get("value") is not None \
+            else None
+        options.append({**o, "downloads": d})
+    return {"personas": cards, "metrics": cell.get("metrics"),
+            "downloads": downloads.get(f"{rec['method']}-{cell_id(rec['value'], grid)}"), "options": options}
+
+
 def verdict_grid(rows: list[dict]) -> dict:
     """The verdict's long table (method, k, criterion, value, best) as one row per (method, k) and one
     column per criterion, so each number appears once."""
@@ -417,8 +437,12 @@ def outcome_info(layout: RunLayout, ctx: dict, comparison: dict) -> dict | None:
     oc = comparison.get("outcome")
     if not oc or not layout.outcome.exists():
         return None
-    return {"column": ctx["data"].get("outcome"), "source": ctx["data"].get("outcome_source") or "given",
-            "positive": oc["positive"], "population_rate": oc["population_rate"]}
+    column, label = ctx["data"].get("outcome"), ctx["data"].get("outcome_label")
+    # the outcome in words: its schema label ("Subscribed a term deposit"), else the column and its level
+    name = label or f"{column} = {oc['positive']}"
+    words = (label[:1].lower() + label[1:]) if label else f"have {column} = {oc['positive']}"
+    return {"column": column, "source": ctx["data"].get("outcome_source") or "given", "label": label,
+            "name": name, "words": words, "positive": oc["positive"], "population_rate": oc["population_rate"]}
 
 
 def _rates_reader(layout: RunLayout, outcome: dict | None, comparison: dict | None = None):

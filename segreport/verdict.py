@@ -64,6 +64,17 @@ def _silhouette_se(entry: dict) -> float | None:
     return None
 
 
+def side(value: float, threshold: float, digits: int = 2) -> str:
+    """`value` printed with enough digits to show on which side of `threshold` it lies (0.747, not 0.75,
+    against 0.75): compared unrounded, printed so the reader sees the same."""
+    for d in range(digits, 8):
+        txt = f"{value:.{d}f}"
+        r = float(txt)
+        if (r < threshold) == (value < threshold) and (r != threshold or value == threshold):
+            return txt
+    return repr(value)
+
+
 def _fmt_k(ks) -> str:
     ks = list(ks)
     return ", ".join(str(k) for k in ks) if ks else "none"
@@ -121,9 +132,10 @@ def choose_k(per_k: dict, min_jaccard: float = VALID_JACCARD, grid: list[int] | 
         picks["gap"] = _gap_pick({k: float(entries[k]["gap"]) for k in ks},
                                  {k: float(entries[k]["gap_s"]) for k in ks})
     for k, bad in failing.items():
-        worst = ", ".join(f"segment {b['segment'] + 1}: {b['mean_jaccard']:.2f}" if b["mean_jaccard"] is not None
+        worst = ", ".join(f"segment {b['segment'] + 1}: {side(b['mean_jaccard'], min_jaccard)}"
+                          if b["mean_jaccard"] is not None
                           else f"segment {b['segment'] + 1}: never seen" for b in bad)
-        reasons.append(f"k = {k} fails the stability bar (mean Jaccard < {min_jaccard:.2f}): {worst}")
+        reasons.append(f"k = {k} fails the stability bar (mean Jaccard < {min_jaccard}): {worst}")
     out = {"k": None, "qualifying": qualifying, "failing": failing, "candidates": [], "picks": picks,
            "fallback_k": None, "edge": False, "edge_reason": None, "edge_criteria": [], "rule": CHOOSE_K_RULE,
            "reasons": reasons, "table": table, "grid": grid}
@@ -342,7 +354,8 @@ def _summary(values) -> dict:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if not len(v):
         return {"mean": None, "sd": None, "p95": None, "n": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    same = bool(np.all(v == v[0]))  # identical values: a spread of exactly 0, not a rounding residue
+    return {"mean": float(v[0]) if same else float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 and not same else 0.0,
             "p95": float(np.quantile(v, 0.95)), "n": int(len(v))}
 
 
@@ -400,17 +413,24 @@ def _as_null(null) -> dict:
     return {"silhouette": list(null), "ari": []}
 
 
+def _spread_txt(s: dict) -> str:
+    """mean ± sd, or the mean and a spread of 0 said in words (never a floor in its place)."""
+    if s["sd"] <= 0:
+        return f"{s['mean']:.3f} (spread 0: every table gave it)"
+    return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] >= 0.0005 else f"{s['mean']:.3f} ± {s['sd']:.1g}"
+
+
 def structure_call(observed, null_shuffled, null_pca=None, z_min: float = 2.0, clear_effect: float = 0.10,
-                   sd_floor: float = 0.01) -> dict:
+                   min_effect: float = 0.02) -> dict:
     """Is the observed silhouette beyond what tables without segments give? "none" | "weak" | "clear".
 
     observed: {"silhouette", "ari"} (or the silhouette alone) at one k; null_shuffled / null_pca:
     null_reference(...)["ks"][k] (or lists of null silhouettes), measured with the same pipeline on
     the same number of rows. The measure is the silhouette:
       effect = observed - mean of the shuffled null (silhouette units);
-      z = effect / max(sd of the null, sd_floor) (the floor keeps 5 near-identical nulls from
-          turning a trivial gain into a large z);
-      "none"  when observed <= the null's 95th percentile or z < z_min (inside the null's spread);
+      z = effect / sd of the null; not computed (None, and not printed) when the nulls' spread is 0;
+      "none"  when observed <= the null's 95th percentile, or effect < min_effect (a stated minimum,
+              so that near-identical nulls do not turn a trivial gain into structure), or z < z_min;
       "clear" when effect >= clear_effect and observed also beats the correlation-preserving
               reference (above its 95th percentile, z >= z_min there): a single correlated blob
               is not called structure;
@@ -425,7 +445,7 @@ def structure_call(observed, null_shuffled, null_pca=None, z_min: float = 2.0, c
     sh, pc = _as_null(null_shuffled), _as_null(null_pca)
     s = _summary(sh["silhouette"])
     out = {"measure": "silhouette", "thresholds": {"z_min": z_min, "clear_effect": clear_effect,
-                                                    "sd_floor": sd_floor, "null_quantile": 0.95},
+                                                    "min_effect": min_effect, "null_quantile": 0.95},
            "observed": obs, "shuffled": s, "pca": None, "effect": None, "z": None, "effect_pca": None,
            "z_pca": None, "reasons": []}
     reasons = out["reasons"]
@@ -434,15 +454,21 @@ def structure_call(observed, null_shuffled, null_pca=None, z_min: float = 2.0, c
         reasons.append("no observed silhouette or no null to compare it with")
         return out
     effect = obs - s["mean"]
-    z = effect / max(s["sd"], sd_floor)
-    out.update(effect=float(effect), z=float(z))
+    z = effect / s["sd"] if s["sd"] > 0 else None
+    out.update(effect=float(effect), z=None if z is None else float(z))
     a = _summary(sh["ari"])
     out["ari"] = {"observed": obs_ari, "null_mean": a["mean"]}
-    null_txt = (f"silhouette {obs:.3f} vs {s['mean']:.3f} ± {s['sd']:.3f} on {s['n']} column-shuffled tables "
-                f"(95th percentile {s['p95']:.3f}; z = {z:.1f})")
-    if obs <= s["p95"] or z < z_min:
+    null_txt = (f"silhouette {obs:.3f} vs {_spread_txt(s)} on {s['n']} column-shuffled tables "
+                f"(95th percentile {s['p95']:.3f}; " + (f"z = {z:.1f})" if z is not None else
+                                                       "z not computed: the tables' spread is 0)"))
+    beats_shuffled = obs > s["p95"] and effect >= min_effect and (z is None or z >= z_min)
+    out["beats_shuffled"] = bool(beats_shuffled)
+    out["beats_pca"] = False
+    if not beats_shuffled:
         out["structure"] = "none"
-        reasons.append(f"no structure beyond chance: {null_txt}")
+        why = "" if obs <= s["p95"] or (z is not None and z < z_min) else \
+            f"; the effect {effect:.3f} is below the minimum of {min_effect:.2f}"
+        reasons.append(f"no structure beyond chance: {null_txt}{why}")
     else:
         out["structure"] = "weak"
         reasons.append(f"beyond the independence null: {null_txt}")
@@ -451,11 +477,13 @@ def structure_call(observed, null_shuffled, null_pca=None, z_min: float = 2.0, c
             p = _summary(pc["silhouette"])
             out["pca"] = p
             e2 = obs - p["mean"]
-            z2 = e2 / max(p["sd"], sd_floor)
-            out.update(effect_pca=float(e2), z_pca=float(z2))
-            beats_pca = obs > p["p95"] and z2 >= z_min
+            z2 = e2 / p["sd"] if p["sd"] > 0 else None
+            out.update(effect_pca=float(e2), z_pca=None if z2 is None else float(z2))
+            beats_pca = obs > p["p95"] and e2 >= min_effect and (z2 is None or z2 >= z_min)
+            out["beats_pca"] = bool(beats_pca)
             reasons.append(f"{'beyond' if beats_pca else 'not beyond'} the correlation-preserving reference: "
-                           f"silhouette {p['mean']:.3f} ± {p['sd']:.3f} there (z = {z2:.1f})")
+                           f"silhouette {_spread_txt(p)} there (95th percentile {p['p95']:.3f}; "
+                           + (f"z = {z2:.1f})" if z2 is not None else "z not computed: the tables' spread is 0)"))
         else:
             reasons.append("no correlation-preserving reference computed: at most weak")
         if effect >= clear_effect and beats_pca:
@@ -577,7 +605,7 @@ def fair_verdict(scores: dict, spaces: list[str] | None = None, simplicity: list
                     continue
                 pairs = [(a, b) for a, b in zip(reps[best], reps[o]) if a is not None and b is not None]
                 ahead = sum(1 for a, b in pairs if a > b)
-                how_sure[sp][o] = {"ahead": ahead, "of": len(pairs)}
+                how_sure[sp][o] = {"leader": best, "ahead": ahead, "of": len(pairs)}
                 if not pairs or ahead < sure * len(pairs):
                     won = None
         wins[f"{sp} at recommended k"] = won if len(methods) > 1 else best

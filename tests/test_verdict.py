@@ -160,7 +160,7 @@ def test_fair_verdict_declares_no_winner_when_spaces_disagree():
     v = fair_verdict(scores, simplicity=["kmeans", "kprototypes"])
     assert v["winner"] is None and "no method is better on this data" in " ".join(v["reasons"])
     assert v["wins"]["common at recommended k"] == "kmeans" and v["wins"]["gower at recommended k"] == "kprototypes"
-    assert v["how_sure"]["common"]["kprototypes"] == {"ahead": 10, "of": 10}
+    assert v["how_sure"]["common"]["kprototypes"] == {"leader": "kmeans", "ahead": 10, "of": 10}
     assert v["recommend"] == "kmeans"  # as stable within 0.02, and simpler
     scores["kmeans"]["silhouette"]["gower"] = 0.35
     scores["kmeans"]["ari_mean"] = 0.99

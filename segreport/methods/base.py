@@ -72,6 +72,9 @@ class Method:
     summary: ClassVar[str] = ""  # one line for the comparison table
     euclidean: ClassVar[bool] = True  # its own space has a Euclidean geometry (own-space metrics, k choice)
     builds_in_client: ClassVar[bool] = False  # its space is built by the client, which sends its parts to Dask
+    # how simple the method is to explain and to run again (lower = simpler): the recommendation's tie-break
+    # (K-means 1 < K-Prototypes 2 < FAMD 3 < LLM embeddings 4 < HDBSCAN 5)
+    simplicity: ClassVar[int] = 99
     null_reference: ClassVar[bool] = True  # its pipeline is rerun on tables without segments (compare.null_check)
     # its estimator's fit takes sample_weight with the meaning of repeated rows: a bootstrap resample's
     # distinct rows are fitted once each, weighted by their count (cell.stability)

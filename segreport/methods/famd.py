@@ -79,6 +79,7 @@ class FAMDTransformer:
 class FAMDMethod(Method):
     name = "famd"
     display = "FAMD + K-means"
+    simplicity = 3  # the recommendation's tie-break: lower = simpler
     Params = FAMDParams
     algorithm = "K-means on FAMD components"
     summary = "K-means on the leading components of a factor analysis of mixed data (FAMD)"

@@ -57,6 +57,7 @@ class DenseEmbedding:
 class HDBSCANMethod(Method):
     name = "hdbscan"
     display = "Density segments (HDBSCAN)"
+    simplicity = 5  # the recommendation's tie-break: lower = simpler
     Params = HDBSCANParams
     grid = "m"
     null_reference = False  # a UMAP refit per null table costs minutes: not run, and the page says so

@@ -49,6 +49,7 @@ def kmeans_estimator(k: int, mp, seed: int, scale: dict, n_init: int | None = No
 class KMeansMethod(Method):
     name = "kmeans"
     display = "K-means"
+    simplicity = 1  # the recommendation's tie-break: lower = simpler
     Params = KMeansParams
     algorithm = "K-means on encoded columns"
     summary = "K-means on one-hot / ordinal codes and power-transformed numbers; ECOD outliers left out of the fit"

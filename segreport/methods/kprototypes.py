@@ -43,6 +43,7 @@ class KPrototypesMethod(Method):
 
     name = "kprototypes"
     display = "K-Prototypes"
+    simplicity = 2  # the recommendation's tie-break: lower = simpler
     Params = KPrototypesParams
     projection = "common"
     cost_name = "cost"

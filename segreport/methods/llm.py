@@ -66,6 +66,7 @@ def read_template(lp: LLMParams, table, root: Path) -> tuple[str, str]:
 class LLMMethod(Method):
     name = "llm"
     display = "LLM embeddings"
+    simplicity = 4  # the recommendation's tie-break: lower = simpler
     Params = LLMParams
     algorithm = "K-means on sentence embeddings"
     summary = "each customer written as a sentence, embedded by a sentence model, then K-means"
