@@ -273,7 +273,7 @@ function next() {
     const box = document.createElement("textarea");
     box.className = "dom";
     box.setAttribute("data-url", url);
-    box.value = "<!doctype html>" + frame.contentDocument.documentElement.outerHTML;
+    box.textContent = "<!doctype html>" + frame.contentDocument.documentElement.outerHTML;
     document.body.appendChild(box);
     frame.remove();
     next();
