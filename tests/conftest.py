@@ -20,8 +20,8 @@ LIGHT = "stability_resamples: 10\nnull_references: 1\nnull_sample: 300\n"
 
 def pytest_addoption(parser):
     parser.addoption("--deep", action="store_true",
-                     help="also run the tests marked deep: the long variants (three fixed SIGKILL seeds, the "
-                          "4,000-row bank slice, ...) that the README's test command and CI leave out")
+                     help="also run the tests marked deep: the long variants (the three fixed SIGKILL seeds) "
+                          "that the README's test command and CI leave out")
 
 
 def pytest_collection_modifyitems(config, items):
