@@ -235,6 +235,22 @@ def explain_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{key}': {value!r} ({msg})"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping: PyYAML keeps the last silently, so a
+    second `llm:` block would drop the first one's settings without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key '{key}' is given twice (the second would silently replace the first)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path | None, overrides: dict | None = None) -> Params:
     """Read params.yml (if any), apply CLI overrides (non-None values), validate."""
     raw: dict = {}
@@ -245,7 +261,7 @@ def load_params(path: str | Path | None, overrides: dict | None = None) -> Param
         if not p.exists():
             raise SegreportError(f"{p}: params file not found")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

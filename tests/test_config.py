@@ -62,3 +62,17 @@ def test_results_must_be_a_folder_not_an_object_store_url(tmp_path):
         load_params(f)
     with pytest.raises(SegreportError, match=r"'scale.threshold': 0"):
         load_params(None, {"scale.threshold": 0})
+
+
+def test_a_key_given_twice_is_refused_with_its_line_and_the_shipped_files_have_none(tmp_path):
+    from .conftest import ROOT
+
+    f = tmp_path / "p.yml"
+    f.write_text("k: 2-3\nllm: {batch_size: 8}\nseed: 1\nllm:\n  precision: fp32\n")
+    with pytest.raises(SegreportError, match=r"p.yml: not valid YAML at line 4, column 1: the key 'llm' is given twice"):
+        load_params(f)
+    f.write_text("kmeans: {n_init: 3, n_init: 4}\n")  # nested mappings too
+    with pytest.raises(SegreportError, match=r"the key 'n_init' is given twice"):
+        load_params(f)
+    for shipped in [ROOT / "params.yml", *sorted((ROOT / "params").glob("*.yml"))]:
+        load_params(shipped)
