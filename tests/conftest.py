@@ -4,11 +4,13 @@ tests that draw a random point in time."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,13 +51,35 @@ def bank_path() -> Path:
     return BANK
 
 
-def make_workdir(path: Path) -> Path:
-    """A folder laid out like the project (templates, _quarto.yml) in which a run can write."""
+_BUNDLE: list[Path] = []
+
+
+def vega_bundle_once() -> Path:
+    """The site's Vega bundle (vl-convert's `javascript_bundle`, about 4 CPU-seconds), built once per test
+    session by render's own `vega_bundle`: a project keeps it in report/assets/ after its first render, as
+    the test projects now do from the start (test_end_to_end's project builds its own)."""
+    if not _BUNDLE:
+        from segreport.render import vega_bundle
+
+        folder = tempfile.mkdtemp(prefix="segreport-tests-")
+        atexit.register(shutil.rmtree, folder, True)
+        path = Path(folder) / "vega-bundle.js"
+        vega_bundle(path)
+        _BUNDLE.append(path)
+    return _BUNDLE[0]
+
+
+def make_workdir(path: Path, bundle: bool = True) -> Path:
+    """A folder laid out like the project (templates, _quarto.yml) in which a run can write; with `bundle`,
+    as after a first render (the Vega bundle in report/assets)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "templates").symlink_to(ROOT / "templates")
     (path / "params").symlink_to(ROOT / "params")
     shutil.copy(ROOT / "_quarto.yml", path / "_quarto.yml")
     (path / "report").mkdir(exist_ok=True)
+    if bundle:
+        (path / "report" / "assets").mkdir(exist_ok=True)
+        shutil.copy(vega_bundle_once(), path / "report" / "assets" / "vega-bundle.js")
     # runs in a test check behaviour, not the defaults' sample sizes: fewer bootstrap refits and a
     # single small null reference keep the grid quick (a file given with --params replaces this one)
     (path / "params.yml").write_text(LIGHT)
@@ -86,6 +110,25 @@ def segreport(cwd: Path, *args: str, check: bool = True, timeout: int = 900) -> 
     if check and res.returncode != 0:
         raise AssertionError(f"segreport {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return res
+
+
+def segreport_together(*runs: tuple[Path, tuple[str, ...]], timeout: int = 900) -> None:
+    """`python -m segreport ARGS` in each (cwd, ARGS) at once, as separate users would start them: for runs
+    whose results a test compares and whose start-up (interpreters, clusters, kernels) would otherwise wait
+    one after the other. Fails the test with the stderr of each run that does not succeed."""
+    procs = []
+    for cwd, args in runs:  # stderr to a file: a pipe not read while another run is waited for could fill
+        err = tempfile.TemporaryFile("w+")
+        procs.append((cwd, args, err, subprocess.Popen([sys.executable, "-m", "segreport", *args], cwd=cwd,
+                                                       text=True, stdout=subprocess.DEVNULL, stderr=err)))
+    failed = []
+    for cwd, args, err, proc in procs:
+        proc.wait(timeout=timeout)
+        err.seek(0)
+        if proc.returncode != 0:
+            failed.append(f"segreport {' '.join(args)} in {cwd} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+        err.close()
+    assert not failed, "\n".join(failed)
 
 
 def inline_grid(layout, ctx, cells, workers, manifest, progress=True, project=None):

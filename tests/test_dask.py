@@ -20,7 +20,7 @@ import pytest
 from segreport.demo import write_demo
 from segreport.embed import part_meta
 
-from .conftest import make_workdir, run_inline, segreport
+from .conftest import make_workdir, run_inline, segreport, segreport_together
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 
@@ -29,9 +29,9 @@ pytest.importorskip("distributed")
 PARAMS = ("stability_resamples: 5\nprojection_sample: 200\nllm: {part_rows: 64, compare_numbers: false}\n"
           "null_references: 1\nnull_sample: 200\n")
 RUN = ["run", "-q", "--no-render", "--params", "p.yml", "--data", "data/demo.csv", "--methods",
-       "kmeans,kprototypes,llm", "--k", "2-3", "--workers", "2"]
-CELLS = [(m, k) for m in ("kmeans", "kprototypes", "llm") for k in (2, 3)]
-KILL_CELLS = CELLS[:4]  # kmeans and kprototypes
+       "kmeans,kprototypes,llm", "--k", "3", "--workers", "2"]
+CELLS = [(m, 3) for m in ("kmeans", "kprototypes", "llm")]  # one k per method: a second adds no path
+KILL_CELLS = [(m, k) for m in ("kmeans", "kprototypes") for k in (2, 3)]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,9 @@ def test_dask_matches_local_executor(tmp_path, cluster):
     shutil.copytree(on_dask / "data", local / "data")
     shutil.copy(on_dask / "p.yml", local / "p.yml")
 
-    segreport(on_dask, *RUN, "--executor", "dask")
-    segreport(local, *RUN)  # the local process pool
+    # both at once (their results are compared; neither reads the other's folder): a Dask cluster of the run's
+    # own, and the local process pool
+    segreport_together((on_dask, (*RUN, "--executor", "dask")), (local, tuple(RUN)))
 
     runs = {wd: wd / "results" / "demo" for wd in (on_dask, local)}
     manifest = json.loads((runs[on_dask] / "manifest.json").read_text())
@@ -183,7 +184,8 @@ def _running(pid: int) -> bool:
 def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path, cluster):
     wd = small_project(tmp_path, seed=13)
     segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,llm", "--k", "3",
-              "--workers", "2", "--executor", "dask", "--scheduler", cluster.address, "--scale-threshold", "200")
+              "--workers", "2", "--executor", "dask", "--scheduler", cluster.address, "--scale-threshold", "200",
+              "--pages-only")  # the pages say which path ran; the site built from pages: test_end_to_end
     run = wd / "results" / "demo"
     nothing_written_where_the_workers_started(cluster)
     manifest = json.loads((run / "manifest.json").read_text())
@@ -201,7 +203,7 @@ def test_past_the_scale_threshold_the_report_says_which_path_ran(tmp_path, clust
     # below the threshold, the same table takes the exact path and the page says so (the local executor's
     # grid is not this test's subject: its cell runs in this process)
     run_inline(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans", "--k", "3",
-               "--workers", "2")
+               "--workers", "2", "--pages-only")
     metrics = json.loads((run / "cells" / "kmeans" / "k3" / "metrics.json").read_text())
     assert metrics["algorithm"] == "KMeans (Lloyd)" and metrics["lgbm_engine"] == "lightgbm"
     assert "below the scale threshold of 200,000" in (wd / "report" / "_pages" / "kmeans.qmd").read_text()

@@ -26,7 +26,7 @@ METHODS = ["kmeans", "kprototypes", "llm"]
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    wd = make_workdir(tmp_path_factory.mktemp("e2e") / "project")
+    wd = make_workdir(tmp_path_factory.mktemp("e2e") / "project", bundle=False)  # a first render: builds it
     write_demo(wd / "data" / "demo.csv", rows=600, seed=3)
     args = ["run", "-q", "--data", "data/demo.csv", "--k", "2-3", "--workers", "2"]
     first = segreport(wd, *args)
@@ -113,6 +113,7 @@ def test_html_site_reads_well(demo_run):
     assert all(card.find("h3") and "%" in card.get_text() for card in personas.select(".persona"))
     km = BeautifulSoup(pages["kmeans"].read_text(), "html.parser")
     assert len(km.select("script.vega-spec")) >= 4
+    assert len((site / "report" / "assets" / "vega-bundle.js").read_bytes()) > 500_000  # built by this run
     for png in (site / "report" / "figures").glob("*.png"):
         assert png.stat().st_size > 2000
     appendix = BeautifulSoup(pages["appendix"].read_text(), "html.parser")

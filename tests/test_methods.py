@@ -167,14 +167,14 @@ def test_famd_and_hdbscan_run_through_the_grid_and_assign(tmp_path, capsys):
     write_demo(wd / "data" / "demo.csv", rows=500, seed=5)
     (wd / "small.yml").write_text("stability_resamples: 5\nnull_references: 1\nnull_sample: 200\n"
                                   "hdbscan: {min_cluster_size: [25, 50], umap_sample: 500}\n")
-    run_inline(wd, "run", "-q", "--params", "small.yml", "--data", "data/demo.csv", "--k", "3",
+    run_inline(wd, "run", "-q", "--pages-only", "--params", "small.yml", "--data", "data/demo.csv", "--k", "3",
                "--methods", "famd,hdbscan")
     manifest = json.loads((wd / "results" / "demo" / "manifest.json").read_text())
     assert set(manifest["cells"]) == {"famd/k3", "hdbscan/m25", "hdbscan/m50"}
     for name, st in manifest["cells"].items():
         assert st["status"] in ("done", "failed"), name
     assert manifest["cells"]["famd/k3"]["status"] == "done"
-    page = (wd / "_site" / "report" / "hdbscan.html").read_text()
+    page = (wd / "report" / "_pages" / "hdbscan.qmd").read_text()  # pages to a site: test_end_to_end
     assert "minimum segment size" in page
     for method, value in (("famd", 3), ("hdbscan", 25)):
         if manifest["cells"][f"{method}/{'k' if method == 'famd' else 'm'}{value}"]["status"] != "done":

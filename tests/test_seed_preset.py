@@ -33,7 +33,7 @@ def test_preset_runs_on_a_bank_slice(tmp_path):
     pd.read_csv(BANK, sep=";").sample(1500, random_state=1).to_csv(wd / "bank.csv", sep=";", index=False)
     # the preset as it is, with the test's lighter bootstrap and null reference (keys added at the end)
     (wd / "preset.yml").write_text((ROOT / "params" / "seed-2023.yml").read_text() + "\n" + LIGHT)
-    run_inline(wd, "run", "-q", "--params", "preset.yml", "--data", "bank.csv", "--k", "5")
+    run_inline(wd, "run", "-q", "--pages-only", "--params", "preset.yml", "--data", "bank.csv", "--k", "5")
     run = wd / "results" / "seed-2023"
     ctx = json.loads((run / "context.json").read_text())
     # one-hot (first level dropped) of job (12 levels) + marital (3) + 3 binaries, education ordinal, age, balance
@@ -47,5 +47,5 @@ def test_preset_runs_on_a_bank_slice(tmp_path):
     comp = json.loads((run / "comparison" / "comparison.json").read_text())
     assert set(comp["outcome"]["methods"]) == {"kmeans", "kprototypes", "llm"}
     assert comp["extras"]["llm"]["variants"]["words"]["stability_ari"] is not None
-    page = (wd / "_site" / "report" / "comparison.html").read_text()
+    page = (wd / "report" / "_pages" / "comparison.qmd").read_text()  # the site from pages: test_end_to_end
     assert "The verdict" in page and "cannot rank the methods" in page
