@@ -396,7 +396,7 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
         if df[outcome].dropna().nunique() < 2:
             raise SegreportError(f"{path}: outcome column '{outcome}' has a single value; nothing to compare")
         specs = [s.model_copy(update={"use": False}) if s.name == outcome else s for s in specs]
-        why = ("the outcome, detected by its name: compared per segment, never fitted (--outcome none turns it off)"
+        why = ("the outcome, detected by its name: compared per segment, never fitted"
                if source == "detected" else "the outcome: compared per segment, never fitted")
         decisions = [{**d, "used": False, "reason": why} if d["column"] == outcome else d for d in decisions]
         if not any(d["column"] == outcome for d in decisions):

@@ -255,14 +255,14 @@ def agreement_heatmap(pairs: list[dict]) -> alt.Chart:
     for name in dict.fromkeys([p["a"] for p in pairs] + [p["b"] for p in pairs]):
         rows.append({"a": name, "b": name, "ari": 1.0})
     df = pd.DataFrame(rows)
-    base = alt.Chart(df).encode(x=alt.X("a:N", title=None, axis=alt.Axis(labelAngle=0, labelLimit=105)),
+    base = alt.Chart(df).encode(x=alt.X("a:N", title=None, axis=alt.Axis(labelAngle=0, labelLimit=90)),
                                 y=alt.Y("b:N", title=None))
     return (base.mark_rect().encode(color=alt.Color("ari:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"),
                                                     title="ARI"))
             + base.mark_text(fontSize=13).encode(
                 text=alt.Text("ari:Q", format=".2f"),
                 color=alt.condition("datum.ari > 0.6", alt.value("white"), alt.value("black")))
-            ).properties(width=110 * df["a"].nunique(), height=50 * df["a"].nunique(),
+            ).properties(width=92 * df["a"].nunique(), height=46 * df["a"].nunique(),
                          title="Agreement at each method's chosen k")
 
 

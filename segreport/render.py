@@ -226,15 +226,16 @@ class FigureWriter:
             f"```{{=html}}\n<figure class=\"vega-figure\"><div class=\"vega-chart\" id=\"fig-{name}\"></div>"
             f"<script type=\"application/json\" class=\"vega-spec\" data-target=\"fig-{name}\">{spec_json}</script>"
             f"{html_key}<figcaption>{html.escape(caption)}</figcaption></figure>\n```\n\n"
-            f"::: {{.content-visible when-format=\"pdf\"}}\n![{cap}](figures/{name}.png){{width={width:.1f}cm}}\n"
-            f"{pdf_key}:::\n"
+            f"::: {{.content-visible when-format=\"pdf\"}}\n![{cap}{pdf_key}](figures/{name}.png){{width={width:.1f}cm}}\n"
+            ":::\n"
         )
         return Markup(block)
 
 
 def segment_key(names: dict | None) -> tuple[str, str]:
-    """The key under a figure whose chart names segments by code: (HTML, markdown for the PDF). Each code
-    with its colour and its full persona name, which may wrap: a name is never cut."""
+    """The key under a figure whose chart names segments by code: (HTML, markdown for the PDF's caption, which
+    travels with the figure). Each code with its colour and its full persona name, which may wrap: a name is
+    never cut."""
     if not names:
         return "", ""
     items = sorted((int(s), str(n)) for s, n in names.items() if n)
@@ -244,7 +245,7 @@ def segment_key(names: dict | None) -> tuple[str, str]:
         f'<li><span class="swatch" style="background:{F.PALETTE[s % len(F.PALETTE)]}"></span>'
         f"<b>{F.seg_name(s)}</b> {html.escape(n)}</li>" for s, n in items)
     pdf = "; ".join(f"**{F.seg_name(s)}** {md_escape(n)}" for s, n in items)
-    return f'<ul class="segment-key" aria-label="segments">{html_items}</ul>', f"\n[{pdf}]{{.segment-key}}\n"
+    return f'<ul class="segment-key" aria-label="segments">{html_items}</ul>', f" Segments: {pdf}."
 
 
 # --------------------------------------------------------------------------- the view model
@@ -720,13 +721,16 @@ class OutputCache:
 
 
 # the PDF as a document: A4, ragged right without hyphenation (narrow table cells stay whole words),
-# headings kept with what follows them, figures and tables not split, smaller type in tables
+# headings kept with what follows them, figures and tables not split, smaller type in tables; a figure
+# floats to the top or bottom of a page where it fits, and the text flows on (no page left half blank
+# because the next figure did not fit under its paragraph)
 TYPST_STYLE = """
 #set page(paper: "a4", margin: (x: 2cm, top: 2.2cm, bottom: 2.6cm), numbering: "1")
 #set par(justify: false)
 #set text(hyphenate: false, size: 10pt)
 #show heading: set block(sticky: true)
 #show figure: set block(breakable: false)
+#show figure.where(kind: image): set figure(placement: auto)
 #show table: set text(size: 8pt)
 #show raw: set text(size: 8pt)
 """
@@ -740,18 +744,20 @@ def pdf_cover(title: str, cover: Path) -> str:
     return ("```{=typst}\n#set document(title: \"" + title.replace('"', "'") + "\")\n"
             "#page(numbering: none)[\n#v(5cm)\n#text(size: 26pt, weight: \"bold\", fill: rgb(\"#2c5d8f\"))["
             + esc + "]\n#v(1.2cm)\n#set text(size: 12pt)\n```\n\n" + lines
-            + "\n\n```{=typst}\n]\n#outline(depth: 2)\n#pagebreak()\n```\n\n")
+            + "\n\n```{=typst}\n]\n#page(numbering: none)[#outline(depth: 2)]\n#counter(page).update(1)\n```\n\n")
 
 
 def with_document_style(typ: str) -> str:
-    """pandoc's typst document with TYPST_STYLE set after its template's own rules (the later rule wins)."""
+    """pandoc's typst document with TYPST_STYLE in place of its template's `conf` (a title block, empty here,
+    and page rules after it: the page rules then began a second page and left the first one blank; the
+    report's own cover is its first page)."""
     anchor = "#show: doc => conf("
     i = typ.find(anchor)
     if i < 0:
         return TYPST_STYLE + typ
     end = typ.find("\n)\n", i)
     end = len(typ) if end < 0 else end + 3
-    return typ[:end] + TYPST_STYLE + typ[end:]
+    return typ[:i] + TYPST_STYLE + typ[end:]
 
 
 def vega_bundle(path: Path) -> None:
