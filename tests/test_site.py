@@ -496,3 +496,11 @@ def test_navigation_lists_only_the_methods_of_the_run(browsed):
     soup = BeautifulSoup(browsed["dom"]["site/report/index.html"], "html.parser")
     listed = [a["href"] for a in soup.select("nav.sidebar a")]
     assert "kmeans.html" in listed and not {"famd.html", "hdbscan.html", "llm.html"} & set(listed), listed
+
+
+def test_a_list_after_a_paragraph_is_a_list():
+    """pandoc reads "- item" right after a paragraph line as the paragraph's text: the pages set lists apart."""
+    from segreport.render import lists_apart
+
+    assert lists_apart("Reasons:\n- one\n- two\n\n| a |\n- b\n") == "Reasons:\n\n- one\n- two\n\n| a |\n- b\n"
+    assert lists_apart("```\ncode\n- not a list\n```\n") == "```\ncode\n- not a list\n```\n"
