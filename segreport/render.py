@@ -242,10 +242,12 @@ def segment_key(names: dict | None) -> tuple[str, str]:
     if not items:
         return "", ""
     html_items = "".join(
-        f'<li><span class="swatch" style="background:{F.PALETTE[s % len(F.PALETTE)]}"></span>'
-        f"<b>{F.seg_name(s)}</b> {html.escape(n)}</li>" for s, n in items)
+        f'<li><span class="swatch" style="display:inline-block;width:.8em;height:.8em;margin-right:.35em;'
+        f'background:{F.PALETTE[s % len(F.PALETTE)]}"></span><b>{F.seg_name(s)}</b> {html.escape(n)}</li>'
+        for s, n in items)  # inline styles: the key reads the same in Quarto's theme
     pdf = "; ".join(f"**{F.seg_name(s)}** {md_escape(n)}" for s, n in items)
-    return f'<ul class="segment-key" aria-label="segments">{html_items}</ul>', f" Segments: {pdf}."
+    return (f'<ul class="segment-key" aria-label="segments" style="list-style:none;padding-left:0">{html_items}</ul>',
+            f" Segments: {pdf}.")
 
 
 # --------------------------------------------------------------------------- the view model
@@ -721,7 +723,8 @@ class OutputCache:
 
 
 # the PDF as a document: A4, ragged right without hyphenation (narrow table cells stay whole words),
-# headings kept with what follows them, figures and tables not split, smaller type in tables; a figure
+# headings kept with what follows them, figures not split (a long table goes on over the page break), smaller
+# type in tables; a figure
 # floats to the top or bottom of a page where it fits, and the text flows on (no page left half blank
 # because the next figure did not fit under its paragraph)
 TYPST_STYLE = """
@@ -729,8 +732,9 @@ TYPST_STYLE = """
 #set par(justify: false)
 #set text(hyphenate: false, size: 10pt)
 #show heading: set block(sticky: true)
-#show figure: set block(breakable: false)
+#show figure.where(kind: image): set block(breakable: false)
 #show figure.where(kind: image): set figure(placement: auto)
+#show figure.where(kind: table): set block(breakable: true)
 #show table: set text(size: 8pt)
 #show raw: set text(size: 8pt)
 """
