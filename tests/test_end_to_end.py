@@ -97,7 +97,8 @@ def test_html_site_reads_well(demo_run):
         shown = "".join(pre.get_text() for pre in soup.find_all("pre"))  # the row-text template, shown as code
         visible = soup.get_text().replace(shown, "")
         assert "{{" not in visible and "{%" not in visible and "{#" not in visible, name
-        assert soup.select("nav.sidebar a") and len(soup.select("nav.sidebar li")) == len(pages)
+        listed = [a["href"].removesuffix(".html") for a in soup.select("nav.sidebar li a")]
+        assert sorted(listed) == sorted(set(pages) - {"famd", "hdbscan"}), listed  # the run's methods only
         for a in soup.select("a[href]"):
             href = a["href"].split("#")[0]
             if href and not re.match(r"^[a-z]+:", href):
