@@ -51,6 +51,20 @@ DEFAULT_SCHEMA = [
     ColumnSpec(name="loan", kind="binary", label="Personal loan"),
 ]
 
+# the bank-marketing table's other columns, which the preset leaves out, and why: the report's Data section
+# lists them (data.left_out_columns), so an analyst knows they were left out on purpose
+PRESET_LEFT_OUT = {
+    "contact": "how the bank last reached the customer (a campaign detail, not who the customer is)",
+    "day": "the day of the month of the last contact (a campaign detail)",
+    "month": "the month of the last contact (a campaign detail)",
+    "duration": "the length of the last call, known only once the call is over: it gives the outcome away",
+    "campaign": "the number of contacts in this campaign (the bank's effort, not the customer)",
+    "pdays": "days since the customer was last contacted by an earlier campaign (the bank's history)",
+    "previous": "the number of contacts before this campaign (the bank's history)",
+    "poutcome": "the result of the previous campaign: a strong predictor of the outcome, kept out so that the "
+                "segments describe the customers, not how earlier campaigns went",
+}
+
 # the bank preset's outcome, named in words wherever the report speaks of it (a schema column's `label`
 # does the same for any other table)
 PRESET_OUTCOME_LABELS = {"y": "Subscribed a term deposit"}

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .config import DEFAULT_SCHEMA, PRESET_OUTCOME_LABELS, ColumnSpec
+from .config import DEFAULT_SCHEMA, PRESET_LEFT_OUT, PRESET_OUTCOME_LABELS, ColumnSpec
 
 MISSING_LEVEL = "missing"
 OTHER_LEVEL = "other"
@@ -52,6 +52,7 @@ class Table:
     outcome_label: str | None = None  # the outcome in words: its schema label, the bank preset's, else None
     outcome_source: str | None = None  # "given" (--outcome / params) or "detected" (by its name, see detect_outcome)
     pooled: list[str] = field(default_factory=list)  # columns whose rare levels were pooled as 'other'
+    left_out: list[dict] = field(default_factory=list)  # the file's columns outside the schema: column, reason
 
     @property
     def used(self) -> list[ColumnSpec]:
@@ -265,6 +266,14 @@ def resolve_schema(df: pd.DataFrame, schema: list[ColumnSpec] | None, path: str)
     return infer_schema(df)
 
 
+def left_out_columns(df: pd.DataFrame, decisions: list[dict], preset: bool) -> list[dict]:
+    """The file's columns that no decision covers (a given schema, or the bank preset, names only some),
+    each with why: the preset's reason for the bank table's columns, else "not in the schema"."""
+    decided = {d["column"] for d in decisions}
+    return [{"column": str(c), "reason": (PRESET_LEFT_OUT.get(str(c)) if preset else None) or "not in the schema"}
+            for c in df.columns if c not in decided]
+
+
 def _rows(mask: pd.Series, limit: int = 3) -> str:
     # file line numbers: header is line 1
     idx = np.flatnonzero(mask.to_numpy())[:limit]
@@ -387,7 +396,7 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
         if df[outcome].dropna().nunique() < 2:
             raise SegreportError(f"{path}: outcome column '{outcome}' has a single value; nothing to compare")
         specs = [s.model_copy(update={"use": False}) if s.name == outcome else s for s in specs]
-        why = ("the outcome, detected by its name: compared per segment, never fitted (--outcome none turns it off)"
+        why = ("the outcome, detected by its name: compared per segment, never fitted"
                if source == "detected" else "the outcome: compared per segment, never fitted")
         decisions = [{**d, "used": False, "reason": why} if d["column"] == outcome else d for d in decisions]
         if not any(d["column"] == outcome for d in decisions):
@@ -410,6 +419,7 @@ def load_table(path: str | Path, schema: list[ColumnSpec] | None = None, outcome
         outcome_label = (spec.label if spec is not None and spec.label else
                          PRESET_OUTCOME_LABELS.get(outcome) if preset else None)
     return Table(frame=frame, schema=specs, path=path, file_sha256=file_sha256(path), ids=ids, id_column=id_column,
+                 left_out=left_out_columns(df, decisions, preset=not schema),
                  encoding=info.get("encoding") or "binary", delimiter=info.get("delimiter"),
                  notes=notes, decisions=decisions, outcome=out_series, pooled=pooled,
                  outcome_name=outcome, outcome_source=source if outcome is not None else None,

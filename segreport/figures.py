@@ -40,13 +40,16 @@ def segment_scale(k: int, names: dict | None = None) -> alt.Scale:
     return alt.Scale(domain=[seg_label(i, names) for i in range(k)], range=[PALETTE[i % len(PALETTE)] for i in range(k)])
 
 
-def seg_label(s: int, names: dict | None = None, width: int = 38) -> str:
-    """A segment as a legend or axis shows it: its code and persona name ("S3 · High balance · Retired")."""
-    name = (names or {}).get(int(s))
-    if not name:
-        return seg_name(s)
-    label = f"{seg_name(s)} · {name}"
-    return label if len(label) <= width else label[:width - 1] + "…"
+def seg_label(s: int, names: dict | None = None, width: int | None = None) -> str:
+    """A segment as a chart shows it: its code ("S3"). The persona name ("High balance · Retired") is in
+    the tooltip and in the key the report writes under each figure (render.FigureWriter), so a long name
+    is never cut and a chart stays narrow enough for a phone. `names`, `width`: kept for callers."""
+    return seg_name(s)
+
+
+def seg_tooltip_name(s: int, names: dict | None = None) -> str:
+    """The persona name a chart's tooltip shows for a segment (its code where it has none)."""
+    return (names or {}).get(int(s)) or seg_name(s)
 
 
 def persona_names(cards: list[dict] | None) -> dict[int, str]:
@@ -84,14 +87,16 @@ def projections(coords: dict[str, tuple[pd.DataFrame, str, str, str, str]], labe
         if len(df) > sample:
             df = df.sample(n=sample, random_state=seed)
         df = df.sort_values("row")
-        df["segment"] = [seg_label(s, names) for s in labels[df["row"].to_numpy()]]
+        segs = labels[df["row"].to_numpy()]
+        df["segment"] = [seg_label(s, names) for s in segs]
+        df["name"] = [seg_tooltip_name(s, names) for s in segs]
         df = df.drop(columns="row").round(3)
         panels.append(alt.Chart(df).mark_circle(size=10, opacity=0.55).encode(
-            x=alt.X("x:Q", title=x_title, axis=alt.Axis(tickCount=5, labelFontSize=9)),
-            y=alt.Y("y:Q", title=y_title, axis=alt.Axis(tickCount=5, labelFontSize=9)),
+            x=alt.X("x:Q", title=x_title, axis=alt.Axis(tickCount=5, labelFontSize=10)),
+            y=alt.Y("y:Q", title=y_title, axis=alt.Axis(tickCount=5, labelFontSize=10)),
             color=alt.Color("segment:N", scale=segment_scale(k, names), title="segment",
-                            legend=alt.Legend(orient="bottom", columns=2, labelLimit=260)),
-            tooltip=[alt.Tooltip("segment:N", title="segment")],
+                            legend=alt.Legend(orient="right", labelLimit=260)),
+            tooltip=[alt.Tooltip("segment:N", title="segment"), alt.Tooltip("name:N", title="persona")],
         ).properties(title=title, width=250, height=230))
     return alt.concat(*panels, columns=2).resolve_scale(color="shared")
 
@@ -100,45 +105,49 @@ def shap_heatmap(mean_abs_shap: dict, labels: dict[str, str], k: int, names: dic
                  top: int = 10) -> alt.Chart:
     """Columns (rows of the grid, the `top` strongest) by segment: mean |SHAP| of the surrogate, as colour
     and number. A heatmap, so its size follows k and the number of columns, not their product."""
-    rows = [{"segment": seg_label(int(s), names, 24), "feature": labels.get(f, f), "value": v}
+    rows = [{"segment": seg_label(int(s), names), "name": seg_tooltip_name(int(s), names), "feature": labels.get(f, f),
+             "value": v}
             for s, feats in mean_abs_shap.items() for f, v in feats.items()]
     df = pd.DataFrame(rows)
     order = df.groupby("feature")["value"].mean().sort_values(ascending=False).index.tolist()[:top]
     df = df[df.feature.isin(order)]
-    seg_order = [seg_label(i, names, 24) for i in range(k)]
+    seg_order = [seg_label(i, names) for i in range(k)]
     base = alt.Chart(df).encode(
-        y=alt.Y("feature:N", sort=order, title=None),
-        x=alt.X("segment:N", sort=seg_order, title=None, axis=alt.Axis(labelAngle=-30, labelLimit=160)))
-    cell = max(34, min(70, 560 // max(k, 1)))
+        y=alt.Y("feature:N", sort=order, title=None, axis=alt.Axis(labelLimit=180)),
+        x=alt.X("segment:N", sort=seg_order, title=None, axis=alt.Axis(labelAngle=0, orient="top")))
+    cell = max(40, min(64, 480 // max(k, 1)))
     return (base.mark_rect().encode(
-                color=alt.Color("value:Q", scale=alt.Scale(scheme="oranges"), title="mean |SHAP|"),
-                tooltip=["segment", "feature", alt.Tooltip("value:Q", format=".3f", title="mean |SHAP|")])
+                color=alt.Color("value:Q", scale=alt.Scale(scheme="oranges"), title="log-odds",
+                                legend=alt.Legend(orient="bottom", gradientLength=160)),
+                tooltip=["segment", alt.Tooltip("name:N", title="persona"), "feature",
+                         alt.Tooltip("value:Q", format=".3f", title="mean |SHAP| (log-odds)")])
             + base.mark_text(fontSize=10).encode(
                 text=alt.Text("value:Q", format=".2f"),
                 color=alt.condition(f"datum.value > {0.6 * float(df['value'].max()):.6f}", alt.value("white"),
                                     alt.value("black")))
-            ).properties(title="What drives membership of each segment (mean |SHAP|)",
+            ).properties(title="What drives membership of each segment (mean |SHAP|, log-odds)",
                          width=cell * k, height=22 * len(order))
 
 
 def sizes_bar(cards: list[dict], k: int) -> alt.Chart:
     names = persona_names(cards)
-    df = pd.DataFrame([{"segment": seg_label(c["segment"], names), "share": c["share"], "size": c["size"]}
-                       for c in cards])
+    df = pd.DataFrame([{"segment": seg_label(c["segment"], names), "name": seg_tooltip_name(c["segment"], names),
+                        "share": c["share"], "size": c["size"]} for c in cards])
     return alt.Chart(df).mark_bar().encode(
         x=alt.X("share:Q", axis=alt.Axis(format="%"), title="share of customers"),
         y=alt.Y("segment:N", sort=[seg_label(i, names) for i in range(k)], title=None,
                 axis=alt.Axis(labelLimit=280)),
         color=alt.Color("segment:N", scale=segment_scale(k, names), legend=None),
-        tooltip=["segment", alt.Tooltip("size:Q", title="customers", format=","),
+        tooltip=["segment", alt.Tooltip("name:N", title="persona"), alt.Tooltip("size:Q", title="customers", format=","),
                  alt.Tooltip("share:Q", format=".1%")],
-    ).properties(width=WIDTH - 260, height=20 * k + 20)
+    ).properties(width=WIDTH - 240, height=22 * k + 20)
 
 
 def outcome_bars(cards: list[dict], k: int, outcome_label: str, population_rate: float) -> alt.Chart:
     """The outcome's rate per segment with its 95% interval, against the whole table's rate (dashed)."""
     names = persona_names(cards)
-    rows = [{"segment": seg_label(c["segment"], names), "rate": c["outcome"]["rate"],
+    rows = [{"segment": seg_label(c["segment"], names), "name": seg_tooltip_name(c["segment"], names),
+             "rate": c["outcome"]["rate"],
              "low": c["outcome"]["ci_low"], "high": c["outcome"]["ci_high"], "customers": c["size"]}
             for c in cards if c.get("outcome")]
     df = pd.DataFrame(rows)
@@ -147,13 +156,13 @@ def outcome_bars(cards: list[dict], k: int, outcome_label: str, population_rate:
     bars = alt.Chart(df).mark_bar(opacity=0.85).encode(
         x=alt.X("rate:Q", axis=alt.Axis(format="%"), title=outcome_label),
         y=y, color=alt.Color("segment:N", scale=segment_scale(k, names), legend=None),
-        tooltip=["segment", alt.Tooltip("rate:Q", format=".1%", title=outcome_label),
+        tooltip=["segment", alt.Tooltip("name:N", title="persona"), alt.Tooltip("rate:Q", format=".1%", title=outcome_label),
                  alt.Tooltip("low:Q", format=".1%", title="95% interval from"),
                  alt.Tooltip("high:Q", format=".1%", title="to"), alt.Tooltip("customers:Q", format=",")])
     err = alt.Chart(df).mark_rule(color="#333").encode(x="low:Q", x2="high:Q", y=y)
     avg = alt.Chart(pd.DataFrame({"rate": [population_rate]})).mark_rule(strokeDash=[4, 4], color="#555").encode(
         x="rate:Q")
-    return (bars + err + avg).properties(width=WIDTH - 260, height=22 * k + 20,
+    return (bars + err + avg).properties(width=WIDTH - 240, height=22 * k + 20,
                                          title=f"{outcome_label} per segment (dashed: all customers)")
 
 
@@ -167,7 +176,7 @@ def profile_heatmap(profile: dict, names: dict, labels: dict[str, str], units: d
     rows = []
     segs = [s for s in profile["segments"] if not s["suppressed"]]
     for seg in segs:
-        lab = seg_label(seg["segment"], names, 24)
+        lab = seg_label(seg["segment"], names)
         for c, v in seg["numeric"].items():
             rows.append({"segment": lab, "row": f"{labels.get(c, c)} (median)", "effect": v["cliff_delta"],
                          "text": format_value(v["median"], units.get(c)), "kind": 0})
@@ -181,21 +190,21 @@ def profile_heatmap(profile: dict, names: dict, labels: dict[str, str], units: d
     for _, c, lv in sorted(levels, key=lambda t: -t[0])[:max_levels]:
         for seg in segs:
             x = seg["categorical"][c][lv]
-            rows.append({"segment": seg_label(seg["segment"], names, 24), "row": f"{labels.get(c, c)}: {lv}",
+            rows.append({"segment": seg_label(seg["segment"], names), "row": f"{labels.get(c, c)}: {lv}",
                          "effect": x["effect"], "text": f"{x['share']:.0%}", "kind": 1})
     df = pd.DataFrame(rows)
     order = list(dict.fromkeys(df.sort_values("kind", kind="stable")["row"]))
-    seg_order = [seg_label(i, names, 24) for i in range(k)]
+    seg_order = [seg_label(i, names) for i in range(k)]
     base = alt.Chart(df).encode(
-        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
-        x=alt.X("segment:N", sort=seg_order, title=None, axis=alt.Axis(labelAngle=-30, labelLimit=160)))
-    cell = max(44, min(80, 600 // max(k, 1)))
+        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=200)),
+        x=alt.X("segment:N", sort=seg_order, title=None, axis=alt.Axis(labelAngle=0, orient="top")))
+    cell = max(40, min(64, 480 // max(k, 1)))
     return (base.mark_rect().encode(
                 color=alt.Color("effect:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
-                                title="vs the rest"),
+                                title="vs the rest", legend=alt.Legend(orient="bottom", gradientLength=160)),
                 tooltip=["segment", "row", alt.Tooltip("text:N", title="segment"),
                          alt.Tooltip("effect:Q", format="+.2f", title="difference (-1..1)")])
-            + base.mark_text(fontSize=9).encode(
+            + base.mark_text(fontSize=10).encode(
                 text="text:N", color=alt.condition("abs(datum.effect) > 0.55", alt.value("white"), alt.value("black")))
             ).properties(title="Each segment against the rest of the customers", width=cell * k,
                          height=18 * len(order))
@@ -213,20 +222,20 @@ def distributions(profile: dict, names: dict, labels: dict[str, str], units: dic
                 continue
             v = seg["numeric"][c]
             rows.append({"column": _unit_title(labels.get(c, c), units.get(c)),
-                         "segment": seg_label(seg["segment"], names, 30),
+                         "segment": seg_label(seg["segment"], names),
                          "q25": v["q25"], "median": v["median"], "q75": v["q75"]})
     df = pd.DataFrame(rows)
-    order = ["All customers"] + [seg_label(i, names, 30) for i in range(k)]
+    order = ["All customers"] + [seg_label(i, names) for i in range(k)]
     domain = order
     colors = ["#999999"] + [PALETTE[i % len(PALETTE)] for i in range(k)]
-    y = alt.Y("segment:N", sort=order, title=None, axis=alt.Axis(labelLimit=220))
+    y = alt.Y("segment:N", sort=order, title=None, axis=alt.Axis(labelLimit=120))
     box = alt.Chart().mark_bar(height=10, opacity=0.7).encode(
         x=alt.X("q25:Q", title=None), x2="q75:Q", y=y,
         color=alt.Color("segment:N", scale=alt.Scale(domain=domain, range=colors), legend=None),
         tooltip=["segment", alt.Tooltip("q25:Q", format=",.0f", title="lower quartile"),
                  alt.Tooltip("median:Q", format=",.0f"), alt.Tooltip("q75:Q", format=",.0f", title="upper quartile")])
     med = alt.Chart().mark_tick(color="black", thickness=2, size=14).encode(x="median:Q", y=y)
-    return alt.layer(box, med, data=df).properties(width=240, height=16 * (k + 1)).facet(
+    return alt.layer(box, med, data=df).properties(width=230, height=16 * (k + 1)).facet(
         facet=alt.Facet("column:N", title=None, header=alt.Header(labelFontSize=12, labelFontWeight="bold")),
         columns=2).resolve_scale(x="independent").properties(
         title="Middle half of each segment (bar: lower to upper quartile; tick: median)")
@@ -237,16 +246,24 @@ def _unit_title(label: str, unit: str | None) -> str:
 
 
 def agreement_heatmap(pairs: list[dict]) -> alt.Chart:
+    """ARI between the methods at their chosen k, both ways round; the diagonal is a method against itself
+    (1 by definition), drawn so the grid reads as a full matrix."""
     rows = []
     for p in pairs:
         rows.append({"a": p["a"], "b": p["b"], "ari": p["ari"]})
         rows.append({"a": p["b"], "b": p["a"], "ari": p["ari"]})
+    for name in dict.fromkeys([p["a"] for p in pairs] + [p["b"] for p in pairs]):
+        rows.append({"a": name, "b": name, "ari": 1.0})
     df = pd.DataFrame(rows)
-    base = alt.Chart(df).encode(x=alt.X("a:N", title=None), y=alt.Y("b:N", title=None))
+    base = alt.Chart(df).encode(x=alt.X("a:N", title=None, axis=alt.Axis(labelAngle=0, labelLimit=90)),
+                                y=alt.Y("b:N", title=None))
     return (base.mark_rect().encode(color=alt.Color("ari:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"),
                                                     title="ARI"))
-            + base.mark_text(fontSize=13).encode(text=alt.Text("ari:Q", format=".2f"))
-            ).properties(width=240, height=200, title="Agreement at each method's chosen k")
+            + base.mark_text(fontSize=13).encode(
+                text=alt.Text("ari:Q", format=".2f"),
+                color=alt.condition("datum.ari > 0.6", alt.value("white"), alt.value("black")))
+            ).properties(width=92 * df["a"].nunique(), height=46 * df["a"].nunique(),
+                         title="Agreement at each method's chosen k")
 
 
 def to_spec(chart) -> dict:

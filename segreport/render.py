@@ -106,6 +106,8 @@ def make_env(cache_dir: Path | None = None) -> jinja2.Environment:
     env.filters["times"] = lambda v: Markup("–" if v is None else f"{float(v):.1f}x")
     env.filters["secs"] = lambda v: Markup("–" if v is None else (f"{float(v):.1f} s" if v < 120 else f"{float(v) / 60:.1f} min"))
     env.filters["md"] = lambda v: Markup(md_escape(v))
+    env.filters["digest"] = lambda v: Markup(" ".join(str(v)[i:i + 8] for i in range(0, len(str(v)), 8)))  # wraps
+    env.filters["day"] = lambda v: Markup("–" if not v else md_escape(str(v)[:10]))  # an ISO time's date
     env.filters["seg"] = lambda s: Markup(F.seg_name(s))
     env.filters["code"] = lambda v: Markup("`" + str(v).replace("`", "") + "`")  # literal inside a code span
     env.filters["strip_comments"] = lambda s: re.sub(r"\{#.*?#\}\s*", "", str(s), flags=re.S).strip()
@@ -188,7 +190,8 @@ class FigureWriter:
         make_folder(self.dir)
         self.written: list[str] = []
 
-    def __call__(self, name: str, chart, caption: str) -> Markup:
+    def __call__(self, name: str, chart, caption: str, key: dict | None = None) -> Markup:
+        """`key`: segment number -> persona name, written under the figure (charts name segments by code)."""
         png_path = self.dir / f"{name}.png"
         stamp = self.dir / f"{name}.vl.json"
         inputs = self.dir / f"{name}.inputs.sha256"
@@ -218,13 +221,33 @@ class FigureWriter:
         self.written.append(name)
         cap = md_escape(caption)
         width = pdf_width_cm(png_path)
+        html_key, pdf_key = segment_key(key)
         block = (
             f"```{{=html}}\n<figure class=\"vega-figure\"><div class=\"vega-chart\" id=\"fig-{name}\"></div>"
             f"<script type=\"application/json\" class=\"vega-spec\" data-target=\"fig-{name}\">{spec_json}</script>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>\n```\n\n"
-            f"::: {{.content-visible when-format=\"pdf\"}}\n![{cap}](figures/{name}.png){{width={width:.1f}cm}}\n:::\n"
+            f"{html_key}<figcaption>{html.escape(caption)}</figcaption></figure>\n```\n\n"
+            f"::: {{.content-visible when-format=\"pdf\"}}\n![{cap}{pdf_key}](figures/{name}.png){{width={width:.1f}cm}}\n"
+            ":::\n"
         )
         return Markup(block)
+
+
+def segment_key(names: dict | None) -> tuple[str, str]:
+    """The key under a figure whose chart names segments by code: (HTML, markdown for the PDF's caption, which
+    travels with the figure). Each code with its colour and its full persona name, which may wrap: a name is
+    never cut."""
+    if not names:
+        return "", ""
+    items = sorted((int(s), str(n)) for s, n in names.items() if n)
+    if not items:
+        return "", ""
+    html_items = "".join(
+        f'<li><span class="swatch" style="display:inline-block;width:.8em;height:.8em;margin-right:.35em;'
+        f'background:{F.PALETTE[s % len(F.PALETTE)]}"></span><b>{F.seg_name(s)}</b> {html.escape(n)}</li>'
+        for s, n in items)  # inline styles: the key reads the same in Quarto's theme
+    pdf = "; ".join(f"**{F.seg_name(s)}** {md_escape(n)}" for s, n in items)
+    return (f'<ul class="segment-key" aria-label="segments" style="list-style:none;padding-left:0">{html_items}</ul>',
+            f" Segments: {pdf}.")
 
 
 # --------------------------------------------------------------------------- the view model
@@ -314,25 +337,26 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             m["fig_projections"] = fig(f"{method}-projections",
                                        partial(F.projections, coords, lab, k_star, n_fig, seed, names),
                                        f"{title}, k={k_star}: a seeded sample of {n_fig:,} customers "
-                                       "drawn on PCA, t-SNE and MCA coordinates, coloured by segment.")
+                                       "drawn on PCA, t-SNE and MCA coordinates, coloured by segment.", key=names)
             m["fig_shap"] = fig(f"{method}-shap", partial(F.shap_heatmap, chosen["shap"]["mean_abs_shap"], labels_of,
                                                           k_star, names),
                                 f"{title}, k={k_star}: mean |SHAP| of each column for the members "
-                                f"of each segment ({chosen['shap']['rows']:,} sampled rows; the ten strongest "
-                                "columns).")
+                                f"of each segment, in log-odds of the surrogate model ({chosen['shap']['rows']:,} "
+                                "sampled rows; the ten strongest columns).", key=names)
             m["fig_sizes"] = fig(f"{method}-sizes", partial(F.sizes_bar, chosen["personas"], k_star),
-                                 f"{title}, k={k_star}: segment sizes.")
+                                 f"{title}, k={k_star}: segment sizes.", key=names)
             prof = read_json(layout.cell(method, v_star, meth.grid) / PROFILE)
             units = ctx.get("units") or {}
             m["fig_profile"] = fig(f"{method}-profile", partial(F.profile_heatmap, prof, names, labels_of, units,
                                                                 k_star, binary=set(ctx["used"]["binary"])),
                                    f"{title}, k={k_star}: each segment against the rest of the customers. Red: "
-                                   "more than the rest, blue: less; the numbers are the segment's median or share.")
+                                   "more than the rest, blue: less; the numbers are the segment's median or share.",
+                                   key=names)
             if ctx["used"]["numeric"]:
                 m["fig_distributions"] = fig(f"{method}-distributions",
                                              partial(F.distributions, prof, names, labels_of, units, k_star),
                                              f"{title}, k={k_star}: the middle half of each segment on each "
-                                             "numeric column, beside all customers.")
+                                             "numeric column, beside all customers.", key=names)
         methods.append(m)
     ran = [m for m in methods if m["ran"]]
     common_fig = None
@@ -355,6 +379,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
         rates = {r["segment"]: r for r in (rates_of(m["key"], m["value"]) or [])}
         for card in (m["chosen"].get("personas") or []):
             card["outcome"] = rates.get(card["segment"])
+            relative_weights(card.get("drivers") or [])
     downloads = write_downloads(layout, report_dir, ctx, cells, outcome, rates_of,
                                 bool(params.get("publish_assignments")))
     for m in ran:
@@ -366,7 +391,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             m["fig_outcome"] = fig(f"{m['key']}-outcome", partial(F.outcome_bars, cards, m["k"], label,
                                                                   outcome["population_rate"]),
                                    f"{m['title']}, k={m['k']}: share of customers who {outcome['words']} in each segment, "
-                                   "with its 95% interval; dashed: all customers.")
+                                   "with its 95% interval; dashed: all customers.", key=F.persona_names(cards))
     rec_view = recommendation_view(comparison, cells, rates_of, downloads)
     view = {"rec_view": rec_view, "ctx": ctx, "params": params, "manifest": manifest, "data": ctx["data"], "methods": methods,
             "ran": ran, "comparison": comparison, "common_fig": common_fig, "agree_fig": agree_fig,
@@ -375,7 +400,8 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
             "titles": METHOD_TITLES, "metrics_rows": table.to_dict(orient="records"), "outcome": outcome,
             "downloads": downloads, "run_ref": run_ref(layout),
             "reused": sum(1 for c in manifest.get("cells", {}).values() if c.get("reused")),
-            "verdict_grid": verdict_grid((comparison.get("verdict") or {}).get("table") or [])}
+            "verdict_grid": verdict_grid((comparison.get("verdict") or {}).get("table") or []),
+            "verdict_reasons": split_reasons((comparison.get("verdict") or {}).get("reasons") or [])}
     pages = {}
     for page in PAGES:
         if page in REGISTRY:
@@ -386,10 +412,14 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
                 print(f"segreport: the {m['title']} page lacks a result ({exc.message}); written as a short note",
                       file=sys.stderr)
                 text = env.get_template("pages/method_error.qmd.j2").render(view, m=m, error=str(exc.message))
+            if not m["ran"]:  # written (a link to it still works), left out of the navigation and the PDF
+                text = text.replace("---\n", "---\nlisted: false\n", 1)
         else:
             text = env.get_template(f"pages/{page}.qmd.j2").render(view)
+        text = lists_apart(text)
         pages[page] = text
         atomic_write_text(page_path(report_dir, page), text)
+    atomic_write_text(page_path(report_dir, COVER), env.get_template("pages/cover.md.j2").render(view))
     from .track import write_page  # the tracking page, only when the run has snapshots (segreport track)
 
     if write_page(layout, report_dir, env, fig):
@@ -397,6 +427,24 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     export_csv(layout, report_dir, table)
     _clean_stale(report_dir / "figures", set(fig.written))
     return {"pages": list(pages), "figures": fig.written}
+
+
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)]) ")
+
+
+def lists_apart(text: str) -> str:
+    """A blank line before each list that follows a paragraph line: pandoc reads "- item" right after
+    a paragraph as part of that paragraph (the bullets then run on in one line). Fenced code is left as is."""
+    out, fence, prev = [], False, ""
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fence = not fence
+        elif (not fence and _LIST_ITEM.match(line) and prev.strip() and not _LIST_ITEM.match(prev)
+              and not prev.startswith((" ", "\t", "|", ":", "#", "<"))):
+            out.append("")
+        out.append(line)
+        prev = line
+    return "\n".join(out)
 
 
 def recommendation_view(comparison: dict, cells: dict, rates_of, downloads: dict) -> dict | None:
@@ -416,6 +464,20 @@ def recommendation_view(comparison: dict, cells: dict, rates_of, downloads: dict
         options.append({**o, "downloads": d})
     return {"personas": cards, "metrics": cell.get("metrics"),
             "downloads": downloads.get(f"{rec['method']}-{cell_id(rec['value'], grid)}"), "options": options}
+
+
+def relative_weights(drivers: list[dict]) -> None:
+    """Each driver's mean |SHAP| (log-odds, a unit no reader knows) as a weight relative to the segment's
+    strongest driver (100), which the persona card shows."""
+    top = max((float(d.get("mean_abs_shap") or 0) for d in drivers), default=0.0)
+    for d in drivers:
+        d["relative"] = round(100 * float(d.get("mean_abs_shap") or 0) / top) if top > 0 else None
+
+
+def split_reasons(reasons: list[str], longest: int = 200) -> dict:
+    """The verdict's reasons as the Comparison shows them: the short ones as bullets, the long ones (a
+    list of every criterion's winner) folded away under the table that holds the same facts."""
+    return {"short": [r for r in reasons if len(r) <= longest], "long": [r for r in reasons if len(r) > longest]}
 
 
 def verdict_grid(rows: list[dict]) -> dict:
@@ -563,8 +625,16 @@ function Link(el)
       local site = os.getenv("SEGREPORT_SITE_URL")
       if site and site ~= "" then
         el.target = site:gsub("/$", "") .. "/report/" .. el.target
+      elseif el.target:match("^#") or el.target:match("%.html$") or el.target:match("%.html#") then
+        return el.content  -- a page of the report: it is in this PDF too
       else
-        return el.content
+        -- a file beside the site (a download, a notebook): its name, found in the site's report/ folder
+        local out = el.content
+        table.insert(out, pandoc.Space())
+        table.insert(out, pandoc.Str("("))
+        table.insert(out, pandoc.Code(el.target))
+        table.insert(out, pandoc.Str(")"))
+        return out
       end
     end
   end
@@ -575,6 +645,17 @@ function Div(el)
     -- a persona card stays on one page
     return {pandoc.RawBlock("typst", "#block(breakable: false, width: 100%, inset: (x: 8pt, y: 6pt), "
                             .. "stroke: 0.5pt + luma(190), radius: 3pt)["), el, pandoc.RawBlock("typst", "]")}
+  end
+  if el.classes:includes("fold") then
+    -- folded details: a <details> on the site, the text under its summary in bold in the PDF
+    local summary = el.attributes["summary"] or "Details"
+    if matches("html") then
+      return {pandoc.RawBlock("html", "<details class=\"fold\"><summary>" .. summary .. "</summary>"), el,
+              pandoc.RawBlock("html", "</details>")}
+    end
+    local out = {pandoc.Para({pandoc.Strong({pandoc.Str(summary)})})}
+    for _, b in ipairs(el.content) do table.insert(out, b) end
+    return out
   end
   local when = el.attributes["when-format"]
   if when == nil then return nil end
@@ -642,27 +723,45 @@ class OutputCache:
 
 
 # the PDF as a document: A4, ragged right without hyphenation (narrow table cells stay whole words),
-# headings kept with what follows them, figures and tables not split, smaller type in tables
+# headings kept with what follows them, figures not split (a long table goes on over the page break), smaller
+# type in tables; a figure
+# floats to the top or bottom of a page where it fits, and the text flows on (no page left half blank
+# because the next figure did not fit under its paragraph)
 TYPST_STYLE = """
 #set page(paper: "a4", margin: (x: 2cm, top: 2.2cm, bottom: 2.6cm), numbering: "1")
 #set par(justify: false)
 #set text(hyphenate: false, size: 10pt)
 #show heading: set block(sticky: true)
-#show figure: set block(breakable: false)
+#show figure.where(kind: image): set block(breakable: false)
+#show figure.where(kind: image): set figure(placement: auto)
+#show figure.where(kind: table): set block(breakable: true)
 #show table: set text(size: 8pt)
 #show raw: set text(size: 8pt)
 """
 
 
+def pdf_cover(title: str, cover: Path) -> str:
+    """The PDF's first page (the report's title; the data, the date and the decision: report/_pages/cover.qmd),
+    then the contents on a page of their own, as markdown with raw typst for what markdown cannot say."""
+    lines = cover.read_text(encoding="utf-8") if Path(cover).exists() else ""
+    esc = title.replace("\\", "\\\\").replace("]", "\\]").replace("[", "\\[").replace("#", "\\#")
+    return ("```{=typst}\n#set document(title: \"" + title.replace('"', "'") + "\")\n"
+            "#page(numbering: none)[\n#v(5cm)\n#text(size: 26pt, weight: \"bold\", fill: rgb(\"#2c5d8f\"))["
+            + esc + "]\n#v(1.2cm)\n#set text(size: 12pt)\n```\n\n" + lines
+            + "\n\n```{=typst}\n]\n#page(numbering: none)[#outline(depth: 2)]\n#counter(page).update(1)\n```\n\n")
+
+
 def with_document_style(typ: str) -> str:
-    """pandoc's typst document with TYPST_STYLE set after its template's own rules (the later rule wins)."""
+    """pandoc's typst document with TYPST_STYLE in place of its template's `conf` (a title block, empty here,
+    and page rules after it: the page rules then began a second page and left the first one blank; the
+    report's own cover is its first page)."""
     anchor = "#show: doc => conf("
     i = typ.find(anchor)
     if i < 0:
         return TYPST_STYLE + typ
     end = typ.find("\n)\n", i)
     end = len(typ) if end < 0 else end + 3
-    return typ[:end] + TYPST_STYLE + typ[end:]
+    return typ[:i] + TYPST_STYLE + typ[end:]
 
 
 def vega_bundle(path: Path) -> None:
@@ -702,7 +801,7 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
             raise SegreportError(f"{src}: page listed in _quarto.yml is missing; run `segreport run` first")
         front, body = _split_front(src.read_text(encoding="utf-8"))
         pages.append({"src": project / ch, "rel": Path(ch).with_suffix(".html"), "title": front.get("title", src.stem),
-                      "body": body})
+                      "body": body, "listed": front.get("listed", True) is not False})
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
     layout = env.get_template("site/layout.html.j2")
     report_dir = pages[0]["src"].parent
@@ -710,14 +809,17 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
     # the finished site swapped in by one rename: readers never see a half-written _site, and a failed
     # write (a full disk) leaves the last site whole and no temporary folder
     with atomic_folder(site) as tmp_site:
-        for i, pg in enumerate(pages):
+        listed = [p for p in pages if p["listed"]]  # a method the run left out: its page, but not in the list
+        for pg in pages:
             html_body = _pandoc(pg["body"], "html5", cache=cache)
             nav = [{"title": p["title"], "href": os.path.relpath(p["rel"], pg["rel"].parent), "current": p is pg}
-                   for p in pages]
+                   for p in listed]
+            i = next((j for j, p in enumerate(listed) if p is pg), None)
+            before = nav[i - 1] if i else None
+            after = nav[i + 1] if i is not None and i + 1 < len(nav) else None
             atomic_write_text(tmp_site / pg["rel"],
                               layout.render(title=pg["title"], book=cfg["title"], nav=nav, body=Markup(html_body),
-                                            prev=nav[i - 1] if i > 0 else None,
-                                            next=nav[i + 1] if i + 1 < len(nav) else None,
+                                            prev=before, next=after,
                                             pdf=os.path.relpath(f"{cfg['output_file']}.pdf", pg["rel"].parent),
                                             assets=os.path.relpath("report/assets", pg["rel"].parent)))
         # resources next to the pages: figures, notebooks, downloads, the Vega bundle
@@ -731,9 +833,10 @@ def builtin_render(project: Path, site: Path, profiles: list[str] = ()) -> dict:
                 f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url={first}">'
                 f'<title>{html.escape(cfg["title"])}</title><a href="{first}">{html.escape(cfg["title"])}</a>\n')
         # one PDF of the whole report: pages concatenated, titles as level-1 headings
-        combined = "\n\n".join(f"# {md_escape(p['title'])}\n\n{p['body']}" for p in pages)
+        combined = pdf_cover(cfg["title"], page_path(report_dir, COVER)) + "\n\n".join(
+            f"# {md_escape(p['title'])}\n\n{p['body']}" for p in listed)
         os.environ["SEGREPORT_SITE_URL"] = cfg.get("site_url") or ""
-        typ = with_document_style(_pandoc(combined, "typst", ["--standalone", "--toc", f"--metadata=title:{cfg['title']}",
+        typ = with_document_style(_pandoc(combined, "typst", ["--standalone", f"--metadata=pagetitle:{cfg['title']}",
                                                              "--shift-heading-level-by=0"], cache=cache))
 
         def compile_pdf() -> bytes:
@@ -906,6 +1009,7 @@ def reusable_site(layout: RunLayout, site: Path, sk: str) -> dict | None:
 # that `segreport run` wrote in report/_pages/ (ignored by git). A run changes no tracked file.
 
 PAGES_DIR = "_pages"
+COVER = "cover"  # report/_pages/cover.qmd: the PDF's cover lines (data, date, decision), not a chapter
 PUBLISH_VERSION = "2"  # bump when publishable_notebook changes what it writes
 _STUB_CODE = '''```{{python}}
 #| echo: false

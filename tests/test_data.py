@@ -126,3 +126,15 @@ def test_reader_never_crashes_obscurely(tmp_path, rows, sep):
         assert not col.isna().any()
         if spec.kind == "numeric":
             assert col.dtype == float and np.isfinite(col).all()
+
+
+def test_the_columns_a_schema_leaves_out_are_listed_with_why():
+    """The report's Data section names the file's columns that were not used, and why (issue #26)."""
+    from segreport.data import left_out_columns
+
+    df = pd.DataFrame(columns=["age", "job", "duration", "poutcome", "note"])
+    got = left_out_columns(df, [{"column": "age"}, {"column": "job"}], preset=True)
+    assert [g["column"] for g in got] == ["duration", "poutcome", "note"]
+    assert "gives the outcome away" in got[0]["reason"] and "predictor of the outcome" in got[1]["reason"]
+    assert got[2]["reason"] == "not in the schema"
+    assert [g["reason"] for g in left_out_columns(df, [{"column": "age"}], preset=False)] == ["not in the schema"] * 4

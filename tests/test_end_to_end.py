@@ -97,7 +97,8 @@ def test_html_site_reads_well(demo_run):
         shown = "".join(pre.get_text() for pre in soup.find_all("pre"))  # the row-text template, shown as code
         visible = soup.get_text().replace(shown, "")
         assert "{{" not in visible and "{%" not in visible and "{#" not in visible, name
-        assert soup.select("nav.sidebar a") and len(soup.select("nav.sidebar li")) == len(pages)
+        listed = [a["href"].removesuffix(".html") for a in soup.select("nav.sidebar li a")]
+        assert sorted(listed) == sorted(set(pages) - {"famd", "hdbscan"}), listed  # the run's methods only
         for a in soup.select("a[href]"):
             href = a["href"].split("#")[0]
             if href and not re.match(r"^[a-z]+:", href):
@@ -146,3 +147,80 @@ def test_render_only_rebuilds_site_without_analysis(demo_run, capsys):
     run_inline(wd, "render", "--data", "data/demo.csv", "--k", "2-3")
     assert "report: " in capsys.readouterr().out
     assert (wd / "_site" / "report.pdf").exists()
+
+
+def test_pdf_cover_says_what_the_report_decides_and_has_no_dead_link(demo_run):
+    """The PDF travels alone: its cover names the data, the date and the decision in one sentence; a link
+    in it goes to a web address (the published site), never to a file beside a site the reader lacks (the
+    file's name is written out instead); no line runs past the right margin (where pdftotext is installed)."""
+    import shutil
+
+    from pypdf import PdfReader
+
+    wd, _, _ = demo_run
+    path = wd / "_site" / "report.pdf"
+    pdf = PdfReader(path)
+    cover = " ".join(pdf.pages[0].extract_text().split())
+    manifest = json.loads((wd / "results" / "demo" / "manifest.json").read_text())
+    assert cover.startswith("Customer segmentation report"), cover[:200]
+    assert "Data: 600 customers of demo.csv" in cover and f"Date: {manifest['finished'][:10]}" in cover, cover
+    decision = re.search(r"Decision: ([^.]*(?:\.\d[^.]*)*)\.", cover)
+    assert decision and re.search(r"(use|the most stable is|the filter) .* \d+ segments", decision.group(1)), cover
+    text = "\n".join(p.extract_text() for p in pdf.pages)
+    assert "downloads/metrics.csv" in text  # a file named where the site has a link to it
+    for number, page in enumerate(pdf.pages, 1):
+        for annot in page.get("/Annots") or []:
+            a = annot.get_object()
+            if a.get("/Subtype") != "/Link" or "/A" not in a:
+                continue
+            uri = a["/A"].get_object().get("/URI")
+            assert uri is None or re.match(r"^(https?|mailto):", str(uri)), f"page {number}: a link to {uri!r}"
+    if shutil.which("pdftotext"):
+        html = subprocess.run(["pdftotext", "-bbox", str(path), "-"], capture_output=True, text=True,
+                              check=True).stdout
+        soup = BeautifulSoup(html, "html.parser")
+        for number, page in enumerate(soup.select("page"), 1):
+            right = float(page["width"]) - 2 / 2.54 * 72 + 1  # the 2 cm margin, and 1 pt of rounding
+            past = [w.get_text() for w in page.select("word") if float(w["xmax"]) > right]
+            assert past == [], f"page {number}: past the right margin: {past[:5]}"
+
+
+# the words a manager may meet that need the glossary: (a pattern found on a page, the glossary entry)
+GLOSSARY_TERMS = [
+    (r"\bNMI\b|mutual information", "mutual information"), (r"Yeo-Johnson", "Yeo-Johnson"),
+    (r"k-means\+\+", "k-means++"), (r"clusterboot", "Clusterboot"), (r"gap statistic", "Gap statistic"),
+    (r"\bgamma\b", "Gamma"), (r"\bz\b(?= ?[=<>≥]|-score| \()", "z (standard deviations)"),
+    (r"adjusted Rand|\bARI\b", "Adjusted Rand index"), (r"silhouette", "Silhouette"),
+    (r"Davies-Bouldin", "Davies-Bouldin"), (r"Calinski-Harabasz", "Calinski-Harabasz"), (r"Jaccard", "Jaccard"),
+    (r"\bECOD\b", "ECOD"), (r"\bSHAP\b", "SHAP value"), (r"log-odds", "Log-odds"), (r"Cliff's delta", "Cliff's delta"),
+    (r"t-SNE|\bPCA\b|\bMCA\b", "PCA, t-SNE, MCA"), (r"Gower", "Gower distance"), (r"bootstrap", "Bootstrap"),
+    (r"\binertia\b", "Inertia"), (r"\blift\b", "Lift"), (r"LightGBM", "LightGBM surrogate"),
+    (r"\bfp32\b|\bbf16\b|\bint8\b", "fp32, bf16, int8"), (r"fidelity gate", "Fidelity gate"),
+    (r"HDBSCAN|UMAP", "HDBSCAN, UMAP"), (r"\bFAMD\b", "FAMD"), (r"MiniBatchKMeans|Lloyd", "Lloyd, MiniBatchKMeans"),
+    (r"Huang", "Huang's algorithm"), (r"\belbow\b", "Elbow"), (r"standard error|\bSE\b", "Standard error"),
+    (r"embedding", "Embedding"),
+]
+# what a manager's pages (the Overview, the personas) say only inside folded details, if at all
+TECHNICAL = r"(?<![\w-])--[a-z]|\bfp32\b|\bbf16\b|openvino|\bonnx\b|fidelity gate|sentence-transformers|\bpyod\b|" \
+            r"\bkmodes\b|papermill|\|SHAP\|"
+
+
+def test_every_term_a_page_uses_is_in_the_glossary_and_the_managers_pages_keep_to_plain_words(demo_run):
+    wd, _, _ = demo_run
+    report = wd / "_site" / "report"
+    appendix = BeautifulSoup((report / "appendix.html").read_text(), "html.parser")
+    defined = [dt.get_text(" ", strip=True).replace("\u2019", "'") for dt in appendix.select("dl dt")]  # pandoc's ’
+    assert len(defined) >= 25
+    for page in sorted(report.glob("*.html")):
+        soup = BeautifulSoup(page.read_text(), "html.parser")
+        for tag in soup.select("script, style, nav, pre, dl"):
+            tag.decompose()
+        text = soup.get_text(" ").replace("\u2019", "'")
+        for pattern, entry in GLOSSARY_TERMS:
+            if re.search(pattern, text, flags=re.I if pattern.islower() else 0):
+                assert any(entry.lower() in d.lower() for d in defined), f"{page.name} uses {pattern!r}: no glossary entry"
+        if page.stem in ("index", "personas"):
+            for tag in soup.select("details"):
+                tag.decompose()
+            found = re.findall(TECHNICAL, soup.get_text(" "), flags=re.I)
+            assert found == [], f"{page.name}: technical words outside folded details: {found}"

@@ -259,22 +259,33 @@ def browser() -> str:
 HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>harness</title></head><body>
 <script>
 // every page in an iframe of its own, loaded one after the other; once a page has loaded and its scripts
-// had time to draw, its DOM is copied into a textarea of this page, which Chromium then dumps
+// had time to draw, its DOM is copied into a textarea of this page, which Chromium then dumps, with what
+// the page measured as laid out (PROBE) in a second textarea
 const pages = %s;
 const width = %d;
+%s
 let i = 0;
 function next() {
   if (i >= pages.length) { document.body.setAttribute("data-done", "1"); return; }
-  const url = pages[i++];
+  const [url, w] = pages[i++];
   const frame = document.createElement("iframe");
-  frame.style.width = width + "px";
+  frame.style.width = (w || width) + "px";
   frame.style.height = "900px";
+  frame.style.border = "0";
   frame.onload = () => setTimeout(() => {
+    const key = w ? url + "@" + w : url;
     const box = document.createElement("textarea");
     box.className = "dom";
-    box.setAttribute("data-url", url);
+    box.setAttribute("data-url", key);
     box.textContent = "<!doctype html>" + frame.contentDocument.documentElement.outerHTML;
     document.body.appendChild(box);
+    const measured = document.createElement("textarea");
+    measured.className = "probe";
+    measured.setAttribute("data-url", key);
+    let found;
+    try { found = probe(frame.contentDocument, frame.contentWindow); } catch (err) { found = {error: String(err)}; }
+    measured.textContent = JSON.stringify(found);
+    document.body.appendChild(measured);
     frame.remove();
     next();
   }, 3000);
@@ -285,18 +296,68 @@ next();
 </script></body></html>"""
 
 
+# what a page measures as laid out in its iframe: how wide the document is against its viewport, every
+# element past the viewport's edges that no scrolling box holds (one that itself fits the screen), and chart
+# text drawn smaller than 10 px (its font size times the scale the SVG is drawn at)
+PROBE = """
+function probe(doc, win) {
+  const vw = doc.documentElement.clientWidth;
+  const out = {width: vw, scrollWidth: doc.documentElement.scrollWidth, overflow: [], small: [], texts: 0,
+               scrollers: 0, cues: doc.querySelectorAll(".scroll-cue").length};
+  const name = el => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+    (typeof el.className === "string" && el.className ? "." + el.className.trim().split(/\\s+/).join(".") : "");
+  function held(el) {
+    for (let p = el.parentElement; p && p !== doc.body; p = p.parentElement) {
+      const ox = win.getComputedStyle(p).overflowX;
+      if ((ox === "auto" || ox === "scroll" || ox === "hidden") && p.getBoundingClientRect().right <= vw + 1
+          && p.getBoundingClientRect().left >= -1) { return true; }
+    }
+    return false;
+  }
+  doc.querySelectorAll("body *").forEach(el => {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) { return; }
+    const ox = win.getComputedStyle(el).overflowX;
+    if (el.matches("table, .vega-chart") && el.scrollWidth > el.clientWidth + 1) { out.scrollers += 1; }
+    if ((r.right > vw + 1 || r.left < -1) && !held(el)) {
+      out.overflow.push(name(el) + " from " + Math.round(r.left) + " to " + Math.round(r.right) + ": " +
+                        (el.textContent || "").trim().slice(0, 60));
+    }
+  });
+  doc.querySelectorAll(".vega-chart svg text").forEach(t => {
+    if (!t.textContent.trim()) { return; }
+    const m = t.getScreenCTM();
+    const px = parseFloat(win.getComputedStyle(t).fontSize) * (m ? Math.hypot(m.a, m.b) : 1);
+    out.texts += 1;
+    if (px < 9.95) { out.small.push(t.textContent.trim().slice(0, 40) + " at " + px.toFixed(1) + " px"); }
+  });
+  return out;
+}
+"""
+
+
 def browse(root: Path, pages: list[str], tmp_path: Path, width: int = 1280) -> dict[str, str]:
-    """Each page's DOM after its scripts ran, from ONE headless Chromium (a dozen launches cost a minute):
-    `root` served over HTTP beside a harness page that opens every page (paths under root) in an iframe
-    in turn and copies its DOM out once it has drawn; Chromium dumps the harness after a virtual-time budget."""
+    """Each page's DOM after its scripts ran, from ONE headless Chromium (see browse_all)."""
+    return browse_all(root, pages, tmp_path, width)[0]
+
+
+def browse_all(root: Path, pages: list[str], tmp_path: Path, width: int = 1280,
+               narrow: dict[str, int] | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """Each page's DOM after its scripts ran and what it measured (PROBE), from ONE headless Chromium (a dozen
+    launches cost a minute): `root` served over HTTP beside a harness page that opens every page (paths under
+    root) in an iframe in turn and copies its DOM out once it has drawn; Chromium dumps the harness after a
+    virtual-time budget. `narrow`: pages opened once more at another width (a phone's), keyed "<page>@<width>"."""
     from bs4 import BeautifulSoup
+
+    opened = [[p, 0] for p in pages] + [[p, w] for p, w in (narrow or {}).items()]
+    keys = pages + [f"{p}@{w}" for p, w in (narrow or {}).items()]
 
     exe = browser()
 
     class Handler(QuietHandler):
         def do_GET(self):
             if self.path.split("?")[0] == "/__harness__.html":
-                body = (HARNESS % (json.dumps(["/" + p for p in pages]), width)).encode()
+                body = (HARNESS % (json.dumps([["/" + p, w] for p, w in opened]), width, PROBE)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -309,7 +370,7 @@ def browse(root: Path, pages: list[str], tmp_path: Path, width: int = 1280) -> d
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/__harness__.html"
-        flags = [f if not f.startswith("--virtual-time-budget") else f"--virtual-time-budget={8000 * len(pages) + 5000}"
+        flags = [f if not f.startswith("--virtual-time-budget") else f"--virtual-time-budget={8000 * len(opened) + 5000}"
                  for f in FLAGS]
         res = subprocess.run([exe, *flags, f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", url],
                              capture_output=True, text=True, timeout=600)
@@ -319,8 +380,9 @@ def browse(root: Path, pages: list[str], tmp_path: Path, width: int = 1280) -> d
     assert res.returncode == 0 and "<html" in res.stdout, res.stderr[-2000:]
     soup = BeautifulSoup(res.stdout, "html.parser")
     doms = {box["data-url"].lstrip("/"): box.get_text() for box in soup.select("textarea.dom")}
-    assert list(doms) == pages, f"the harness opened {list(doms)} of {pages}"
-    return doms
+    probes = {box["data-url"].lstrip("/"): json.loads(box.get_text()) for box in soup.select("textarea.probe")}
+    assert list(doms) == keys, f"the harness opened {list(doms)} of {keys}"
+    return doms, probes
 
 
 BROKEN = {"no-vega": "", "vega-rejects": "window.vegaEmbed = function () { return Promise.reject(new Error('x')); };",
@@ -338,7 +400,11 @@ def browsed(served, tmp_path_factory):
         (root / name / "report" / "assets" / "vega-bundle.js").write_text(bundle)
     pages = sorted(p.name for p in (served["site"] / "report").glob("*.html"))
     urls = [f"site/report/{p}" for p in pages] + [f"{name}/report/kmeans.html" for name in BROKEN]
-    return {"pages": pages, "root": root, "dom": browse(root, urls, root)}
+    doms, probes = browse_all(root, urls, root, narrow={f"site/report/{p}": PHONE for p in pages})
+    return {"pages": pages, "root": root, "dom": doms, "probe": probes}
+
+
+PHONE = 420  # px: a phone held upright
 
 
 @pytest.mark.slow
@@ -401,3 +467,40 @@ def test_published_files_are_world_readable_and_name_no_local_path(served):
         data = p.read_bytes()
         for needle in needles:
             assert needle.encode() not in data, f"{p.relative_to(repo)} names the local path {needle}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [PHONE, 1280])
+def test_every_page_fits_the_screen_and_chart_text_stays_readable(browsed, width):
+    """At 420 px (a phone) and 1280 px: no page is wider than the screen, anything wider (a table, a chart)
+    scrolls inside a box of its own, which says so, and no chart text is drawn under 10 px."""
+    texts = 0
+    for page in browsed["pages"]:
+        key = f"site/report/{page}" + (f"@{width}" if width != 1280 else "")
+        p = browsed["probe"][key]
+        assert "error" not in p, f"{page}: {p}"
+        assert p["scrollWidth"] <= p["width"], \
+            f"{page} at {width} px: the page is {p['scrollWidth']} px wide"
+        assert p["overflow"] == [], f"{page} at {width} px: past the screen, outside a scrolling box: {p['overflow'][:5]}"
+        assert p["small"] == [], f"{page} at {width} px: chart text under 10 px: {p['small'][:5]}"
+        assert p["cues"] >= p["scrollers"], \
+            f"{page} at {width} px: {p['scrollers']} boxes scroll sideways, {p['cues']} say so"
+        texts += p["texts"]
+    assert texts > 50  # the charts drew, and their text was measured
+
+
+@pytest.mark.slow
+def test_navigation_lists_only_the_methods_of_the_run(browsed):
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(browsed["dom"]["site/report/index.html"], "html.parser")
+    listed = [a["href"] for a in soup.select("nav.sidebar a")]
+    assert "kmeans.html" in listed and not {"famd.html", "hdbscan.html", "llm.html"} & set(listed), listed
+
+
+def test_a_list_after_a_paragraph_is_a_list():
+    """pandoc reads "- item" right after a paragraph line as the paragraph's text: the pages set lists apart."""
+    from segreport.render import lists_apart
+
+    assert lists_apart("Reasons:\n- one\n- two\n\n| a |\n- b\n") == "Reasons:\n\n- one\n- two\n\n| a |\n- b\n"
+    assert lists_apart("```\ncode\n- not a list\n```\n") == "```\ncode\n- not a list\n```\n"
