@@ -786,11 +786,15 @@ def decide_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, c
     elif plan["action"] == "check":
         chk = check_path(texts, model_name, plan["path"], ks, seed, n_init, cache_dir, batch_size, plan["sample"],
                          threads)
-        ok = chk["passed"]
-        out.update(chosen=plan["path"] if ok else base, check=chk, sample=chk["sample"],
-                   min_cosine=chk["min_cosine"], min_ari=chk["min_ari"], ari=chk["ari"],
-                   speedup_vs_baseline=plan["expected_gain"] if ok else 1.0,
-                   reason=plan["reason"] + ("" if ok else f", and failed there: {base} stays"))
+        if chk["passed"]:
+            out.update(chosen=plan["path"], check=chk, sample=chk["sample"], min_cosine=chk["min_cosine"],
+                       min_ari=chk["min_ari"], ari=chk["ari"], speedup_vs_baseline=plan["expected_gain"],
+                       reason=plan["reason"])
+        else:  # as the gate says a baseline kept: its own numbers (itself), the candidate's in `check`
+            out.update(chosen=base, check=chk, sample=chk["sample"], min_cosine=1.0, min_ari=1.0,
+                       ari={k: 1.0 for k in chk["ari"]}, speedup_vs_baseline=1.0,
+                       reason=f"{plan['reason']}, and failed there (min cosine {chk['min_cosine']:.5f}, "
+                              f"min ARI {chk['min_ari']}): {base} stays")
     elif plan["action"] == "use":
         v = verdict["paths"][plan["path"]]
         out.update(chosen=plan["path"], sample=v.get("sample"), min_cosine=v.get("min_cosine"),
