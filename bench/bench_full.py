@@ -3,6 +3,11 @@
     .venv/bin/python bench/bench_full.py [--data ../shared/data/bank-marketing/train.csv]
                                          [--ref-rows N] [--skip-runs [--cold-seconds S] | --runs-only]
                                          [--kmodes-k 2-8] [--cache DIR]
+    .venv/bin/python bench/bench_full.py --ratio [--rows 5000] [--data FILE]
+
+--ratio prints issue #27's measure alone: the cold run (empty caches) divided by the fp32 embedding of
+the data set's distinct texts, both measured in the same invocation, with the stage table, the gate's
+cost and gain and the CPU's flags.
 
 Prints, for each stage, the reference implementation's time (kmodes, fp32 embedding,
 scikit-learn t-SNE on every row, SHAP and silhouette on every row) and segreport's,
@@ -178,7 +183,9 @@ def run_cli(wd, *args):
     its grid workers and their kernels, summed; sampled every 0.2 s)."""
     from bench_memory import run_sampled
 
-    proc, _out, err, dt, peak = run_sampled([str(ROOT / ".venv" / "bin" / "segreport"), *args], wd)
+    exe = ROOT / ".venv" / "bin" / "segreport"  # a worktree without its own venv: this interpreter's segreport
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "segreport"]
+    proc, _out, err, dt, peak = run_sampled([*cmd, *args], wd)
     if proc.returncode != 0:
         print(err[-2000:])
         raise SystemExit(f"segreport {' '.join(args)} failed")
@@ -224,6 +231,75 @@ def stage_runs(data, cache=None):
     return cold
 
 
+def fp32_embedding(data: Path) -> tuple[int, float]:
+    """The PyTorch fp32 embedding of the data set's distinct row texts, as the run renders them, timed here
+    (model loaded and warmed up first): (distinct texts, seconds)."""
+    from segreport.config import Params
+    from segreport.embed import load_model, quantile_edges, row_texts
+    from segreport.embed_fast import get_encoder
+    from segreport.methods.llm import read_template
+    from segreport.data import load_table
+
+    import torch
+
+    table = load_table(data)
+    lp = Params().llm
+    text, _ = read_template(lp, table, ROOT)
+    texts = sorted(set(row_texts(table.frame, text, lp.numbers, quantile_edges(table.frame, table.numeric))))
+    load_model(lp.model)
+    enc = get_encoder(lp.model, "fp32", None, torch.get_num_threads())
+    enc(texts[:64], lp.batch_size)
+    _, dt = timed(enc, texts, lp.batch_size)
+    return len(texts), dt
+
+
+def ratio_run(data: Path, rows: int | None, ks: str = "2-8") -> None:
+    """Issue #27's measure: the whole cold run (prepare, grid, comparison, render; empty caches) against the
+    fp32 embedding of its distinct texts, both measured in this invocation on this machine."""
+    from segreport.embed_fast import cpu_flags
+
+    wd = Path(tempfile.mkdtemp(prefix="segreport-ratio-"))
+    (wd / "templates").symlink_to(ROOT / "templates")
+    shutil.copy(ROOT / "_quarto.yml", wd / "_quarto.yml")
+    if rows:  # a seeded slice of the table, said so
+        import pandas as pd
+
+        frame = pd.read_csv(data, sep=None, engine="python")
+        frame = frame.sample(n=min(rows, len(frame)), random_state=0).sort_index()
+        data = wd / f"{data.stem}-{len(frame)}.csv"
+        frame.to_csv(data, index=False)
+        print(f"data: a seeded slice of {len(frame):,} rows ({data.name})", flush=True)
+    flags = [f for f, on in cpu_flags().items() if on]
+    print(f"cpu: {os.cpu_count()} cores, flags {', '.join(flags) or 'none of ' + ', '.join(cpu_flags())}; "
+          f"load average before {os.getloadavg()[0]:.2f}", flush=True)
+    n, t_embed = fp32_embedding(data)
+    print(f"fp32 embedding of the distinct texts: {n:,} texts in {t_embed:.1f} s ({n / t_embed:.1f} rows/s)", flush=True)
+    cold, peak = run_cli(wd, "run", "-q", "--data", str(data), "--methods", "kmeans,kprototypes,llm", "--k", ks)
+    print(f"cold run (empty caches), k={ks}: {cold:.1f} s, peak {peak:.2f} GiB; load average after "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    print(f"ratio cold run / fp32 embedding: {cold / t_embed:.2f}x   (target 1.8x)", flush=True)
+    run = wd / "results" / data.stem
+    manifest = json.loads((run / "manifest.json").read_text())
+    ctx = json.loads((run / "context.json").read_text())
+    t = manifest["timings"]
+    print("stage table (s):")
+    for stage in ("prepare", "grid", "compare", "render"):
+        print(f"  {stage:<10}{t.get(stage, 0):8.1f}   {t.get(stage, 0) / t_embed:5.2f}x the fp32 embedding")
+    for name, sp in ctx["spaces"].items():
+        print(f"    space {name:<12}{sp.get('seconds', 0):8.1f}")
+    for name, pr in ctx["projections"].items():
+        print(f"    projection {name:<7}{pr.get('seconds', 0):8.1f}")
+    emb = (ctx["spaces"].get("llm") or {}).get("embedding") or {}
+    gate = emb.get("gate") or {}
+    plan = gate.get("plan") or {}
+    print(f"embedding in the run: {emb.get('unique_texts')} texts by {emb.get('precision')}, "
+          f"{emb.get('embed_seconds')} s ({emb.get('rows_per_second')} rows/s)")
+    print(f"gate: {plan.get('action')} ({plan.get('reason') or gate.get('reason')}); cost {gate.get('seconds', 0):.1f} s "
+          f"= {100 * gate.get('seconds', 0) / t_embed:.1f}% of the fp32 embedding; expected saving "
+          f"{plan.get('expected_saving_seconds')} s; measured gain of the path used {gate.get('speedup_vs_baseline', 1.0)}x")
+    shutil.rmtree(wd, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(BANK))
@@ -237,7 +313,12 @@ def main():
                                                        "for the whole-run ratio, when this invocation skips the runs")
     ap.add_argument("--cache", help="start the runs from this cache folder (exports, gate, embeddings) "
                                     "instead of an empty one")
+    ap.add_argument("--ratio", action="store_true", help="only issue #27's ratio: the cold run against the fp32 "
+                                                             "embedding of its distinct texts, the stage table, the gate")
+    ap.add_argument("--rows", type=int, help="with --ratio: a seeded slice of this many rows")
     ns = ap.parse_args()
+    if ns.ratio:
+        return ratio_run(Path(ns.data), ns.rows)
     from segreport.config import parse_k
     from segreport.data import load_table
     from segreport.features import fit_encoded

@@ -319,7 +319,8 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
     from .cell import fit_rows, segments
     from .config import params_of
     from .features import ecod_outliers, fit_common
-    from .methods import BuildEnv
+    from .data import sample_rows
+    from .methods import BuildEnv, Space
     from .verdict import null_reference, structure_call
 
     params = params_of(ctx)
@@ -328,10 +329,18 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
     inputs = (ctx.get("inputs") or {}).get(method) or {}
     mode, contamination = m.outlier_params(params)
 
+    n, seed, rows = int(params.null_references), int(params.seed), int(params.null_sample)
+    observed_rows = sample_rows(len(table.frame), rows, seed)  # the sample null_reference draws
+    observed = table.frame.iloc[observed_rows].reset_index(drop=True) if m.rowwise_space else None
+
     def fit_score(frame: pd.DataFrame, kk: int, seed: int) -> dict:
         t = replace(table, frame=frame.reset_index(drop=True))
-        sp = m.build_space(t, params, BuildEnv(inputs=inputs, cache_dir=params.cache_dir, progress=False, seed=seed,
-                                               k=[kk]))
+        if observed is not None and frame.equals(observed):  # the run's own rows: its space has them
+            X = np.load(layout.space(method) / "X.npy", mmap_mode="r")[observed_rows]
+            sp = Space({"X": X}, None, {}, outlier_X=X)
+        else:
+            sp = m.build_space(t, params, BuildEnv(inputs=inputs, cache_dir=params.cache_dir, progress=False,
+                                                   seed=seed, k=[kk]))
         space = {"X": sp.arrays["X"], "info": sp.info}
         if mode == "ecod" and sp.outlier_X is not None:
             space["outliers"] = ecod_outliers(sp.outlier_X, contamination, None, seed)[0]
@@ -341,7 +350,6 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
         sil = float(silhouette_score(common, labels)) if len(np.unique(labels)) > 1 else None
         return {"silhouette": sil, "ari": None}
 
-    n, seed, rows = int(params.null_references), int(params.seed), int(params.null_sample)
     shuffled = null_reference(fit_score, table.frame, [k], "shuffle", n, seed, rows)
     pca = null_reference(fit_score, table.frame, [k], "pca", n, seed, rows, table.numeric, table.categorical,
                          observed=False)

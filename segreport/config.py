@@ -113,11 +113,11 @@ class _Params(_Strict):
     workers: int = Field(0, ge=0)
     executor: Literal["local", "dask"] = "local"  # where grid cells run: a local process pool, or Dask
     scheduler: Optional[str] = None  # Dask scheduler address; None = a LocalCluster of `workers` processes
-    demo_rows: int = Field(5000, ge=10)
+    demo_rows: int = Field(600, ge=10)  # the first report's table: see the README's 'First report'
     outcome: Optional[str] = None
     min_segment_size: int = Field(20, ge=1)
     min_segment_share: float = Field(0.05, ge=0.0, lt=1.0)  # a recommendable segmentation's smallest segment
-    projection_sample: int = Field(5000, ge=100)
+    projection_sample: int = Field(3000, ge=100)  # t-SNE rows; the figures draw figure_sample of them
     figure_sample: int = Field(3000, ge=100)
     silhouette_sample: int = Field(5000, ge=100)
     shap_sample: int = Field(2000, ge=50)

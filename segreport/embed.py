@@ -335,16 +335,15 @@ def read_part(path: Path, texts: list[str]) -> np.ndarray:
 def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batch_size: int = 128,
                 normalize: bool = True, cache_dir: str | Path | None = None, progress: bool = True,
                 seed: int = 0, run_parts=None, part_rows: int | None = None, gate_k: list[int] | None = None,
-                gate_n_init: int = 10, gate_sample: int | None = None,
-                gate_min_texts: int | None = None) -> tuple[np.ndarray, dict]:
+                gate_n_init: int = 10, gate_sample: int | None = None) -> tuple[np.ndarray, dict]:
     """Embed texts (distinct ones once) through the partitioned parquet cache. Returns (n, d) float32
     and facts for the manifest.
 
     precision: "auto", or a path of embed_fast.PATHS. With "auto" and the run's k grid in `gate_k`,
-    the fastest path that passes the fidelity gate on a seeded sample of these texts is used
-    (embed_fast.choose_path; the gate's numbers go into the facts under "gate"); without `gate_k`,
-    or with fewer than `gate_min_texts` distinct texts, auto is bf16 where the CPU has native bf16,
-    else fp32.
+    embed_fast.decide_path picks the path for the distinct texts still to embed: the fidelity gate
+    runs only where it pays for itself, and this CPU's cached verdict is reused (the plan and the
+    numbers go into the facts under "gate"); without `gate_k`, auto is bf16 where the CPU has native
+    bf16, else fp32.
 
     Missing parts are embedded here one after another, or by `run_parts(plan, missing, progress)`
     (the Dask executor's: one task per part, spread over the workers). Either way each part
@@ -363,15 +362,15 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
 
         plan = EmbeddingPlan(texts, model_name, precision, Path(cache_dir) / "embeddings", part_rows)
         sample = ef.GATE_SAMPLE if gate_sample is None else int(gate_sample)
-        min_texts = ef.GATE_MIN_TEXTS if gate_min_texts is None else int(gate_min_texts)
         gate = None
         if precision == "auto" and gate_k:
-            if len(plan.texts) < min_texts:
-                gate = {"chosen": plan.precision, "skipped": f"{len(plan.texts)} distinct texts, fewer than {min_texts}: "
-                        "the gate would cost more than a faster path saves"}
-            else:
+            todo = [t for p in plan.missing() for t in plan.texts_of(p)]  # what the default path has not embedded yet
+            if todo:
                 load_model(model_name)  # fails early, before the gate
-                gate = ef.choose_path(plan.texts, model_name, gate_k, seed, gate_n_init, cache_dir, batch_size, sample)
+                gate = ef.decide_path(todo, model_name, gate_k, seed, gate_n_init, cache_dir, batch_size, sample)
+            else:
+                gate = {"chosen": plan.precision, "skipped": f"every part is embedded by {plan.precision} already",
+                        "reason": "nothing left to embed"}
         model_dir = None
         if plan.precision in ef.EXPORTED_PATHS or (gate and gate["chosen"] in ef.EXPORTED_PATHS):
             chosen = gate["chosen"] if gate else plan.precision

@@ -21,10 +21,12 @@ normalisation (where the model has a Normalize module) is done after, in numpy.
 The gate (`fidelity_gate`) compares a path with PyTorch fp32 on a seeded sample of the run's own
 texts: minimum cosine similarity >= 0.99 and, at every k of the run's grid, K-means labels (the
 run's seed and n_init, on the normalised vectors) with ARI >= 0.98 to the fp32 labels.
-`choose_path` runs every candidate through the gate on this machine, measures the rates of those
-that pass (interleaved rounds, median), and takes the fastest if it beats the default path
-(bf16 where the CPU has native bf16, else fp32) by MIN_GAIN. Its result is cached by model,
-candidates, CPU flags, sample hash and k grid.
+`decide_path` is what `precision: auto` calls: `gate_plan` weighs what measuring would cost against
+what a faster path could save on the texts still to embed (at most GATE_BUDGET of the embedding);
+`choose_path` measures the candidates (fidelity and rate on one interleaved pass over the sample) and
+takes the fastest if it beats the default path (bf16 where the CPU has native bf16, else fp32) by
+MIN_GAIN. What it measured is this CPU's verdict, cached per (model, CPU flags, threads, library
+versions) and reused by every later data set, where only a small check on the run's own texts is left.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from functools import lru_cache
@@ -53,10 +56,7 @@ GATE_VERSION = 1
 GATE_MIN_COSINE = 0.99
 GATE_MIN_ARI = 0.98
 GATE_SAMPLE = 1000  # distinct texts the gate compares on
-GATE_MIN_TEXTS = 4000  # fewer distinct texts than this: auto keeps the default path (the gate would cost more than it saves)
 MIN_GAIN = 1.1  # a faster path must be this much faster than the default path to replace it
-SPEED_ROUNDS = 3  # interleaved timing rounds per passing path, on SPEED_TEXTS texts, after the fidelity pass
-SPEED_TEXTS = 256
 CALIB_TEXTS = 256  # texts that calibrate static int8
 FLAG_NAMES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16")
 
@@ -276,13 +276,47 @@ def _build(st, path: str, out: Path, base: Path | None, calib: list[str] | None)
 
 @contextlib.contextmanager
 def _quiet():
-    """Python-level stdout/stderr (NNCF's rich progress bars, ONNX Runtime's logging advice) muted."""
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        yield
+    """The exporters' own output muted where it is written: file descriptors 1 and 2 (NNCF's progress bars,
+    ONNX Runtime's advice, C++ loggers alike). sys.stdout and sys.stderr stay the objects they were, so a
+    logging handler created meanwhile writes to the real stderr afterwards (one bound to a swapped-in file
+    that was then closed printed "--- Logging error ---" for every later warning); a handler that an
+    exporter adds to the root logger meanwhile (logging.basicConfig) is removed again."""
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    root = list(logging.root.handlers)
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):
+                        pass
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+        for h in logging.root.handlers[:]:
+            if h not in root:
+                logging.root.removeHandler(h)
 
 
 def _export_kind(path: str) -> str:
     return "openvino" if path in ("openvino-fp32", "openvino-bf16") else path  # bf16 is a compile-time hint
+
+
+def _export_folder(model_name: str, kind: str, cache_dir: str | Path, calib: list[str] | None) -> Path:
+    key = hashlib.sha256(json.dumps([model_fingerprint(model_name), kind, EXPORT_VERSION, _versions(),
+                                     texts_hash(calib) if calib else None]).encode()).hexdigest()[:20]
+    return Path(cache_dir) / "models" / key
 
 
 def exported_model(model_name: str, path: str, cache_dir: str | Path, calib_texts: list[str] | None = None) -> Path:
@@ -296,9 +330,8 @@ def exported_model(model_name: str, path: str, cache_dir: str | Path, calib_text
         if not calib_texts:
             raise SegreportError("openvino-int8 needs calibration texts")
         calib = list(calib_texts[:CALIB_TEXTS])
-    key = hashlib.sha256(json.dumps([model_fingerprint(model_name), kind, EXPORT_VERSION, _versions(),
-                                     texts_hash(calib) if calib else None]).encode()).hexdigest()[:20]
-    final = Path(cache_dir) / "models" / key
+    final = _export_folder(model_name, kind, cache_dir, calib)
+    key = final.name
     if (final / "export.json").exists():
         return final
     tmp = final.with_name(f".{key}.{os.getpid()}.tmp")
@@ -450,71 +483,236 @@ def fidelity_gate(ref: np.ndarray, cand: np.ndarray, ks, seed: int = 0, n_init: 
             "ari": ari, "min_ari": lowest, "passed": passed}
 
 
-def _rate(enc: Encoder, texts: list[str], batch_size: int) -> tuple[np.ndarray, float]:
+# --------------------------------------------------------------------------- the gate's economics
+#
+# The gate measures; measuring costs exports, model loads and a sample embedded once per path. It runs
+# only where what it can save (the distinct texts still to embed x the per-row gain of the best path)
+# exceeds what it costs, and never above GATE_BUDGET of the embedding it decides. What it measured on
+# this CPU (each path's rate and whether it kept fp32's geometry) is its verdict, cached per (model,
+# CPU flags, threads, library versions) and reused by every later data set: there, only the run's own
+# fidelity check on a small sample is left, where it is cheap.
+
+GATE_BUDGET = 0.10  # the gate's expected cost, at most this share of the embedding it decides
+GATE_MARGIN = 0.8  # a gate planned on priors spends at most this share of its budget (they are estimates)
+PRIOR_FP32_ROWS_PER_SECOND = 100.0  # fp32 rate before one was measured here (2 cores: 95 AVX2 EPYC, 190 VNNI Xeon)
+# gains expected over the default path before they were measured here: the best ones seen on our CPUs
+# (openvino-fp32 1.08-1.64x on AVX2 and VNNI; int8 only where VNNI is, and often failing the gate)
+PRIOR_GAIN = {"openvino-fp32": 1.3, "onnx-fp32": 1.2, "openvino-int8": 1.5, "onnx-int8": 1.4,
+              "bf16": 1.5, "openvino-bf16": 1.8}
+# seconds to build an export not yet cached (2 cores, AVX2 EPYC, load average 13: onnx-base 4.5, onnx-fp32 7.2,
+# openvino 12.9; each export.json records its own figure)
+PRIOR_EXPORT_SECONDS = {"onnx-base": 10.0, "onnx-fp32": 8.0, "openvino": 10.0, "onnx-int8": 15.0,
+                        "openvino-int8": 45.0}
+LOAD_SECONDS = 1.5  # loading or compiling one path's session and its warm-up
+CHECK_SAMPLE = 256  # the run's own fidelity check where a verdict exists
+MIN_SAMPLE = 200  # fewer sampled texts than this measure neither fidelity nor speed
+SAMPLE_STEPS = (GATE_SAMPLE, 500, 300, MIN_SAMPLE)
+TIMING_CHUNKS = 4  # the sample is embedded in this many chunks, paths interleaved (the machine may be shared)
+VERDICT_VERSION = 1
+
+
+def _needed_exports(path: str) -> list[str]:
+    return [] if path in TORCH_PATHS else ["onnx-base", _export_kind(path)]
+
+
+def export_seconds_left(model_name: str, paths, cache_dir: str | Path) -> dict[str, float]:
+    """What building each export these paths need would still cost here: 0 where it is cached, else its
+    prior (static int8 is calibrated on each run's own texts, so it is never counted as cached)."""
+    out = {}
+    for p in paths:
+        for kind in _needed_exports(p):
+            if kind in out:
+                continue
+            cached = kind != "openvino-int8" and (_export_folder(model_name, kind, cache_dir, None) / "export.json").exists()
+            out[kind] = 0.0 if cached else PRIOR_EXPORT_SECONDS.get(kind, 30.0)
+    return out
+
+
+def _export_cost(paths, left: dict[str, float]) -> float:
+    return float(sum(left.get(k, 0.0) for k in {k for p in paths for k in _needed_exports(p)}))
+
+
+def gate_plan(n_texts: int, candidates: list[str], base: str, verdict: dict | None,
+              exports_left: dict[str, float], sample_max: int = GATE_SAMPLE) -> dict:
+    """What the gate does for `n_texts` distinct texts still to embed: the decision rule, pure.
+
+    action  skip   keep `base` (nothing can pay for the gate, or this CPU's verdict says base is fastest)
+            check  use the verdict's best path once the run's own sample passes the fidelity check
+            use    use the verdict's best path (the check would cost more than GATE_BUDGET; every
+                   part is still checked against fp32 on 64 texts)
+            gate   measure `candidates` (the longest prefix by expected gain, and the largest sample,
+                   whose expected cost fits) on a sample of the run's texts
+
+    Costs are in seconds at the fp32 (base) rate measured here (the verdict's), else the prior one.
+    """
+    rates = (verdict or {}).get("rows_per_second") or {}
+    r_base = float(rates.get(base) or rates.get("fp32") or PRIOR_FP32_ROWS_PER_SECOND)
+    embed_s = n_texts / r_base
+    budget = GATE_BUDGET * embed_s
+    plan = {"texts": int(n_texts), "baseline": base, "baseline_rows_per_second": round(r_base, 1),
+            "embedding_seconds_expected": round(embed_s, 2), "budget_seconds": round(budget, 2)}
+
+    def done(action, reason, path=None, gain=1.0, saving=0.0, cost=0.0, **kw):
+        return {**plan, "action": action, "path": path or base, "expected_gain": round(gain, 3),
+                "expected_saving_seconds": round(saving, 2), "expected_cost_seconds": round(cost, 2),
+                "reason": reason, **kw}
+
+    if not candidates:
+        return done("skip", f"no candidate path on this CPU; {base} stays")
+    paths = (verdict or {}).get("paths") or {}
+    if verdict and all(c in paths for c in candidates):
+        passing = {c: paths[c]["rows_per_second"] / r_base for c in candidates
+                   if paths[c].get("passed") and paths[c].get("rows_per_second")}
+        if not passing:
+            return done("skip", f"measured on this CPU before: no path kept fp32's segments; {base} stays")
+        best = max(passing, key=passing.get)
+        g = passing[best]
+        if g < MIN_GAIN:
+            return done("skip", f"measured on this CPU before: the fastest path passing the gate, {best}, ran "
+                                f"{g:.2f}x {base}, below {MIN_GAIN}x; {base} stays", gain=g)
+        saving = embed_s * (1 - 1 / g)
+        use_cost = _export_cost([best], exports_left)
+        s = min(CHECK_SAMPLE, n_texts)
+        check_cost = LOAD_SECONDS + s / r_base + s / (r_base * g)
+        if use_cost + check_cost < saving and check_cost <= budget:
+            return done("check", f"measured on this CPU before: {best} ran {g:.2f}x {base}; checked on "
+                                 f"{s} of this run's texts", best, g, saving, check_cost, sample=s)
+        if use_cost < saving:
+            return done("use", f"measured on this CPU before: {best} ran {g:.2f}x {base} (a check on this run's "
+                               f"texts would cost {check_cost:.1f} s, over {budget:.1f} s)", best, g, saving, 0.0)
+        return done("skip", f"{best} would save {saving:.1f} s; building it costs {use_cost:.1f} s; {base} stays",
+                    gain=g, saving=saving, cost=use_cost)
+    order = sorted(candidates, key=lambda c: -PRIOR_GAIN.get(c, 1.0))
+    g = max(PRIOR_GAIN.get(c, 1.0) for c in order)
+    saving = embed_s * (1 - 1 / g)
+    limit = min(GATE_MARGIN * budget, saving)
+    steps = sorted({min(s, sample_max, n_texts) for s in SAMPLE_STEPS}, reverse=True)
+    for m in range(len(order), 0, -1):
+        cands = order[:m]
+        for s in steps:
+            if s < MIN_SAMPLE:
+                continue
+            cost = (_export_cost(cands, exports_left) + LOAD_SECONDS * (1 + m)
+                    + s / r_base * (1 + sum(1 / PRIOR_GAIN.get(c, 1.0) for c in cands)))
+            if cost <= limit:
+                return done("gate", f"not measured on this CPU yet: {', '.join(cands)} on {s} sampled texts "
+                                    f"(about {cost:.0f} s, against up to {saving:.0f} s saved)",
+                            None, g, saving, cost, candidates=cands, sample=s)
+    cheapest = (_export_cost(order[:1], exports_left) + 2 * LOAD_SECONDS
+                + min(MIN_SAMPLE, n_texts) / r_base * (1 + 1 / PRIOR_GAIN.get(order[0], 1.0)))
+    return done("skip", f"{n_texts} distinct texts: the gate would cost about {cheapest:.0f} s, more than the "
+                        f"{limit:.1f} s it may spend ({GATE_BUDGET:.0%} of the embedding less a margin, and no more "
+                        f"than the {saving:.1f} s a faster path could save); {base} stays",
+                gain=g, saving=saving, cost=cheapest)
+
+
+# --------------------------------------------------------------------------- the verdict, cached per CPU
+
+
+def verdict_file(model_name: str, cache_dir: str | Path, threads: int) -> Path:
+    """One file per (model, CPU flags, threads, library versions): reused by every data set on this CPU."""
+    src = {"model": model_fingerprint(model_name), "cpu_flags": cpu_flags(), "threads": int(threads),
+           "versions": _versions(), "gate": [VERDICT_VERSION, GATE_MIN_COSINE, GATE_MIN_ARI, MIN_GAIN]}
+    key = hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(cache_dir) / "gate" / f"verdict-{key}.json"
+
+
+def _body_hash(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_verdict(path: Path) -> dict | None:
+    """The cached verdict, or None where there is none; a damaged one is said so in one line and removed
+    (the next gate measures again)."""
+    from .store import say_damaged
+
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        body = data["verdict"]
+        ok = data.get("sha256") == _body_hash(body) and body.get("version") == VERDICT_VERSION
+        why = None if ok else "hash differs"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why, body = f"unreadable: {type(exc).__name__}", None
+    if why:
+        say_damaged(path, why, "the gate measures the paths again")
+        path.unlink(missing_ok=True)
+        return None
+    return body
+
+
+def write_verdict(path: Path, body: dict) -> None:
+    """Written whole or not at all (atomic rename), with the sha256 its reader checks."""
+    body = {**body, "version": VERDICT_VERSION}
+    atomic_write_text(path, json.dumps({"verdict": body, "sha256": _body_hash(body)}, indent=1, sort_keys=True))
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _prepared(model_name: str, c: str, cache_dir, texts_s, threads, batch_size) -> tuple[Encoder, float]:
     t0 = time.perf_counter()
-    e = enc(texts, batch_size)
-    return e, len(texts) / max(time.perf_counter() - t0, 1e-9)
+    folder = model_folder(model_name, c, cache_dir, texts_s)
+    enc = get_encoder(model_name, c, folder, threads)
+    enc(texts_s[:16], batch_size)  # warm-up: the first batch pays for thread pools and kernels
+    return enc, time.perf_counter() - t0
+
+
+def _measure(encs: dict[str, Encoder], texts: list[str], batch_size: int) -> tuple[dict, dict]:
+    """Every path embeds the same sample, in chunks, the paths interleaved (alternating order), so a
+    machine shared with other work slows them alike: (embeddings, median rows/s over the chunks)."""
+    chunks = [c for c in np.array_split(np.arange(len(texts)), TIMING_CHUNKS) if len(c)]
+    names = list(encs)
+    embs: dict[str, list] = {c: [] for c in names}
+    rates: dict[str, list] = {c: [] for c in names}
+    for i, idx in enumerate(chunks):
+        part = [texts[j] for j in idx]
+        for c in (names if i % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            embs[c].append(encs[c](part, batch_size))
+            rates[c].append(len(part) / max(time.perf_counter() - t0, 1e-9))
+    return ({c: np.concatenate(v) for c, v in embs.items()},
+            {c: float(np.median(v)) for c, v in rates.items()})
 
 
 def choose_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, cache_dir: str | Path,
                 batch_size: int = 128, sample: int = GATE_SAMPLE, candidates: list[str] | None = None,
                 threads: int | None = None) -> dict:
-    """The fastest path that passes the gate on this machine, with the numbers. Cached on disk."""
+    """Measure the candidates against PyTorch fp32 on a seeded sample of `texts`: the fastest that passes
+    the fidelity gate, with the numbers. What was measured becomes this CPU's verdict (write_verdict)."""
     import torch
 
     t_start = time.perf_counter()
     threads = threads or torch.get_num_threads()
     flags = cpu_flags()
     base = default_path()
-    cands = list(candidates) if candidates is not None else candidate_paths(flags)
-    cands = [c for c in cands if c != "fp32"]
+    cands = [c for c in (list(candidates) if candidates is not None else candidate_paths(flags)) if c != "fp32"]
     ks = sorted({int(k) for k in ks})
     texts_s = seeded_sample(texts, sample, seed)
-    key_src = {"model": model_fingerprint(model_name), "candidates": cands, "cpu_flags": flags, "threads": threads,
-               "sample": texts_hash(texts_s), "k": ks, "seed": seed, "n_init": n_init, "batch_size": batch_size,
-               "gate": [GATE_VERSION, GATE_MIN_COSINE, GATE_MIN_ARI, MIN_GAIN], "versions": _versions()}
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
-    gate_file = Path(cache_dir) / "gate" / f"gate-{key}.json"
-    if gate_file.exists():
-        out = json.loads(gate_file.read_text())
-        out["cached"] = True
-        return out
-
-    encs: dict[str, Encoder] = {"fp32": get_encoder(model_name, "fp32", None, threads)}
-    encs["fp32"](texts_s[:32], batch_size)  # warm-up
-    ref, ref_rate = _rate(encs["fp32"], texts_s, batch_size)
-    ref_labels = kmeans_labels(ref, ks, seed, n_init)
-    results: dict[str, dict] = {"fp32": {"reference": True, "passed": True, "min_cosine": 1.0,
-                                         "ari": {str(k): 1.0 for k in ref_labels}, "min_ari": 1.0 if ref_labels else None,
-                                         "rows_per_second_first_pass": round(ref_rate, 1)}}
-    folders: dict[str, str | None] = {"fp32": None}
+    encs: dict[str, Encoder] = {"fp32": _prepared(model_name, "fp32", cache_dir, texts_s, threads, batch_size)[0]}
+    results: dict[str, dict] = {}
     for c in cands:
         try:
-            t0 = time.perf_counter()
-            folders[c] = model_folder(model_name, c, cache_dir, texts_s)
-            prep = time.perf_counter() - t0
-            encs[c] = get_encoder(model_name, c, folders[c], threads)
-            encs[c](texts_s[:32], batch_size)
-            emb, rate = _rate(encs[c], texts_s, batch_size)
+            encs[c], prep = _prepared(model_name, c, cache_dir, texts_s, threads, batch_size)
         except Exception as exc:  # noqa: BLE001 - a path that cannot run here is simply not a candidate
             if isinstance(exc, WriteError):  # ... but a full disk is no property of the path: the gate stops
                 raise
             results[c] = {"passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
             continue
-        results[c] = {**fidelity_gate(ref, emb, ks, seed, n_init, ref_labels), "export_seconds": round(prep, 2),
-                      "rows_per_second_first_pass": round(rate, 1)}
-        results[c].pop("sample", None)
-
-    # the rates that decide: interleaved rounds (the machine may be shared), median with the first pass
+        results[c] = {"export_seconds": round(prep, 2)}
+    embs, rates = _measure(encs, texts_s, batch_size)
+    ref = embs["fp32"]
+    ref_labels = kmeans_labels(ref, ks, seed, n_init)
+    results["fp32"] = {"reference": True, "passed": True, "min_cosine": 1.0, "ari": {str(k): 1.0 for k in ref_labels},
+                       "min_ari": 1.0 if ref_labels else None}
+    for c in encs:
+        if c != "fp32":
+            g = fidelity_gate(ref, embs[c], ks, seed, n_init, ref_labels)
+            g.pop("sample", None)
+            results[c].update(g)
+        results[c]["rows_per_second"] = round(rates[c], 1)
     timed = [c for c in ["fp32"] + cands if results.get(c, {}).get("passed")]
-    rates = {c: [results[c]["rows_per_second_first_pass"]] for c in timed}
-    sub = texts_s[:SPEED_TEXTS]
-    for r in range(SPEED_ROUNDS if len(timed) > 1 else 0):
-        for c in (timed if r % 2 == 0 else timed[::-1]):
-            rates[c].append(_rate(encs[c], sub, batch_size)[1])
-    for c in results:
-        if c in rates:
-            results[c]["rows_per_second"] = round(float(np.median(rates[c])), 1)
     baseline = base if results.get(base, {}).get("passed") else "fp32"
     best = max(timed, key=lambda c: results[c]["rows_per_second"])
     base_rate = results[baseline]["rows_per_second"]
@@ -529,13 +727,80 @@ def choose_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, c
     else:
         reason = f"{chosen} passed the gate and ran {gain:.2f}x the speed of {baseline}"
     ch = results[chosen]
+    seconds = round(time.perf_counter() - t_start, 2)
     out = {"chosen": chosen, "baseline": baseline, "speedup_vs_baseline": round(ch["rows_per_second"] / base_rate, 3),
            "min_cosine": ch["min_cosine"], "min_ari": ch["min_ari"], "ari": ch["ari"], "reason": reason,
            "sample": len(texts_s), "k": ks, "seed": seed, "n_init": n_init, "threads": threads,
            "thresholds": {"min_cosine": GATE_MIN_COSINE, "min_ari": GATE_MIN_ARI, "min_gain": MIN_GAIN},
-           "cpu_flags": flags, "candidates": results, "model_dir": folders.get(chosen),
-           "seconds": round(time.perf_counter() - t_start, 2), "cached": False}
+           "cpu_flags": flags, "candidates": results, "seconds": seconds, "cached": False}
     encs.clear()
     get_encoder.cache_clear()  # every candidate's compiled model: the embedding builds the chosen one again
-    atomic_write_text(gate_file, json.dumps(out, indent=1))
+    vfile = verdict_file(model_name, cache_dir, threads)
+    old = read_verdict(vfile) or {}
+    body = {"model": model_name, "cpu_flags": flags, "threads": threads,
+            "rows_per_second": {**old.get("rows_per_second", {}),
+                                **{c: results[c]["rows_per_second"] for c in results if "rows_per_second" in results[c]}},
+            "paths": {**old.get("paths", {}),
+                      **{c: {k: results[c].get(k) for k in ("passed", "rows_per_second", "min_cosine", "min_ari", "error")}
+                         | {"sample": len(texts_s), "measured_on": texts_hash(texts_s)} for c in cands}},
+            "gate_seconds": seconds}
+    write_verdict(vfile, body)
+    return out
+
+
+def check_path(texts: list[str], model_name: str, path: str, ks, seed: int, n_init: int, cache_dir: str | Path,
+               batch_size: int = 128, sample: int = CHECK_SAMPLE, threads: int | None = None) -> dict:
+    """The run's own fidelity check of a path this CPU's verdict chose: fp32 and `path` on a seeded sample."""
+    import torch
+
+    t0 = time.perf_counter()
+    threads = threads or torch.get_num_threads()
+    texts_s = seeded_sample(texts, sample, seed)
+    encs = {"fp32": _prepared(model_name, "fp32", cache_dir, texts_s, threads, batch_size)[0],
+            path: _prepared(model_name, path, cache_dir, texts_s, threads, batch_size)[0]}
+    embs, _ = _measure(encs, texts_s, batch_size)
+    g = fidelity_gate(embs["fp32"], embs[path], ks, seed, n_init)
+    if path not in TORCH_PATHS:
+        get_encoder.cache_clear()
+    return {**g, "path": path, "k": sorted({int(k) for k in ks}), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def decide_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, cache_dir: str | Path,
+                batch_size: int = 128, sample: int = GATE_SAMPLE, threads: int | None = None) -> dict:
+    """`precision: auto` for `texts` (the distinct texts still to embed): the plan (gate_plan), then what
+    it called for. The result says the path (`chosen`), the plan, and what was measured."""
+    import torch
+
+    t0 = time.perf_counter()
+    threads = threads or torch.get_num_threads()
+    base = default_path()
+    cands = [c for c in candidate_paths() if c != "fp32"]
+    vfile = verdict_file(model_name, cache_dir, threads)
+    verdict = read_verdict(vfile)
+    plan = gate_plan(len(texts), cands, base, verdict, export_seconds_left(model_name, cands, cache_dir), sample)
+    out = {"plan": plan, "baseline": base, "k": sorted({int(k) for k in ks}), "verdict": vfile.name,
+           "cpu_flags": cpu_flags()}
+    if plan["action"] == "gate":
+        res = choose_path(texts, model_name, ks, seed, n_init, cache_dir, batch_size, plan["sample"],
+                          plan["candidates"], threads)
+        out.update(res)
+    elif plan["action"] == "check":
+        chk = check_path(texts, model_name, plan["path"], ks, seed, n_init, cache_dir, batch_size, plan["sample"],
+                         threads)
+        if chk["passed"]:
+            out.update(chosen=plan["path"], check=chk, sample=chk["sample"], min_cosine=chk["min_cosine"],
+                       min_ari=chk["min_ari"], ari=chk["ari"], speedup_vs_baseline=plan["expected_gain"],
+                       reason=plan["reason"])
+        else:  # as the gate says a baseline kept: its own numbers (itself), the candidate's in `check`
+            out.update(chosen=base, check=chk, sample=chk["sample"], min_cosine=1.0, min_ari=1.0,
+                       ari={k: 1.0 for k in chk["ari"]}, speedup_vs_baseline=1.0,
+                       reason=f"{plan['reason']}, and failed there (min cosine {chk['min_cosine']:.5f}, "
+                              f"min ARI {chk['min_ari']}): {base} stays")
+    elif plan["action"] == "use":
+        v = verdict["paths"][plan["path"]]
+        out.update(chosen=plan["path"], sample=v.get("sample"), min_cosine=v.get("min_cosine"),
+                   min_ari=v.get("min_ari"), speedup_vs_baseline=plan["expected_gain"], reason=plan["reason"])
+    else:
+        out.update(chosen=base, skipped=plan["reason"], reason=plan["reason"])
+    out["seconds"] = round(time.perf_counter() - t0, 3)
     return out

@@ -70,7 +70,6 @@ def chart(run_dir, method: str, value, metrics: dict):
     """Segment sizes beside the cell's scores (silhouette in both spaces, LightGBM accuracy, stability),
     as a PNG: it shows wherever the notebook is opened, offline included."""
     import altair as alt
-    from IPython.display import Image
 
     from . import figures as F
 
@@ -87,7 +86,25 @@ def chart(run_dir, method: str, value, metrics: dict):
     text = bars.mark_text(align="left", dx=3).encode(text=alt.Text("value:Q", format=".3f"))
     both = alt.hconcat(sizes, (bars + text).properties(width=220, height=18 * len(df) + 20,
                                                        title="Scores (higher is better)"))
-    return Image(data=F.to_png(F.to_spec(both), scale=1.5), format="png")
+    alt = (f"Segment sizes of {get(method).display} at k = {metrics['k']}, beside its scores: "
+           + "; ".join(f"{r.score} {r.value:.3f}" for r in df.itertuples()))
+    return Figure(F.to_png(F.to_spec(both), scale=1.5), alt)
+
+
+class Figure:
+    """A PNG with its alternative text: shown as an <img alt=...> in HTML (nbconvert's lab template gives a
+    bare PNG output no alt, and warns for each), as the PNG itself elsewhere."""
+
+    def __init__(self, png: bytes, alt: str):
+        self.png, self.alt = png, alt
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        import base64
+        import html
+
+        b64 = base64.b64encode(self.png).decode()
+        return {"image/png": b64, "text/plain": self.alt,
+                "text/html": f'<img src="data:image/png;base64,{b64}" alt="{html.escape(self.alt)}">'}
 
 
 def personas_table(run_dir, method: str, value: int) -> pd.DataFrame:

@@ -97,11 +97,20 @@ def test_paths_are_deterministic(texts, cache):
 
 def test_auto_records_the_chosen_path_and_the_gate(texts, cache, monkeypatch):
     monkeypatch.setattr(ef, "candidate_paths", lambda flags=None: ["openvino-fp32"])
-    monkeypatch.setattr(ef, "SPEED_ROUNDS", 1)
+    real_plan = ef.gate_plan
+
+    def forced(n, cands, base, verdict, left, sample_max=ef.GATE_SAMPLE):  # 160 texts never pay for a gate
+        plan = real_plan(n, cands, base, verdict, left, sample_max)
+        if verdict is None:  # ... measured here all the same; a verdict, once there, decides by the real rule
+            plan = {**plan, "action": "gate", "candidates": cands, "sample": min(sample_max, n)}
+        return plan
+
+    monkeypatch.setattr(ef, "gate_plan", forced)
     emb, info = embed_texts(texts, MODEL, "auto", cache_dir=cache, progress=False, seed=7, gate_k=[3, 4],
-                            gate_sample=100, gate_min_texts=100)
+                            gate_sample=100)
     gate = info["gate"]
-    assert info["precision"] == gate["chosen"] and gate["chosen"] in ("fp32", "bf16", "onnx-fp32", "openvino-fp32")
+    assert gate["plan"]["action"] == "gate" and gate["plan"]["candidates"] == ["openvino-fp32"]
+    assert info["precision"] == gate["chosen"] and gate["chosen"] in ("fp32", "bf16", "openvino-fp32")
     assert gate["baseline"] == ef.default_path() and gate["sample"] == 100 and gate["k"] == [3, 4]
     for c in ("fp32", "openvino-fp32"):
         r = gate["candidates"][c]
@@ -111,11 +120,22 @@ def test_auto_records_the_chosen_path_and_the_gate(texts, cache, monkeypatch):
     parts = list((cache / "embeddings").glob(f"part-{gate['chosen']}-*.parquet"))
     assert parts  # the part names carry the path
     again, info2 = embed_texts(texts, MODEL, "auto", cache_dir=cache, progress=False, seed=7, gate_k=[3, 4],
-                               gate_sample=100, gate_min_texts=100)
-    assert info2["gate"]["cached"] and info2["cache_hit"] and again.tobytes() == emb.tobytes()
-    # too few texts for the gate: auto keeps the default path and says why
-    _, small = embed_texts(texts[:20], MODEL, "auto", cache_dir=cache, progress=False, gate_k=[3], gate_min_texts=100)
+                               gate_sample=100)
+    assert info2["cache_hit"] and again.tobytes() == emb.tobytes()
+    # what was measured is this CPU's verdict: another table's texts are not measured again
+    import torch
+
+    verdict = ef.read_verdict(ef.verdict_file(MODEL, cache, torch.get_num_threads()))
+    assert verdict["paths"]["openvino-fp32"]["passed"] and verdict["rows_per_second"]["fp32"] > 0
+    _, other = embed_texts([t + " (again)" for t in texts], MODEL, "auto", cache_dir=cache, progress=False, seed=7,
+                           gate_k=[3, 4], gate_sample=100)
+    assert other["gate"]["plan"]["action"] in ("check", "use", "skip") and "candidates" not in other["gate"]
+    # by the real rule a table this small does not pay for a gate: the default path, nothing measured
+    monkeypatch.setattr(ef, "gate_plan", real_plan)
+    fresh = cache / "fresh"
+    _, small = embed_texts(texts[:40], MODEL, "auto", cache_dir=fresh, progress=False, gate_k=[3])
     assert small["precision"] == ef.default_path() and "skipped" in small["gate"]
+    assert small["gate"]["plan"]["action"] == "skip" and not (fresh / "gate").exists()
 
 
 def test_explicit_exported_precision_matches_fp32(texts, cache, ref):
@@ -131,3 +151,97 @@ def test_int8_paths_are_measured_by_the_gate(texts, cache, ref):
         folder = ef.model_folder(MODEL, path, cache, texts)
         g = ef.fidelity_gate(ref, ef.get_encoder(MODEL, path, folder, 2)(texts), [3, 5, 8], seed=42)
         assert 0.9 < g["min_cosine"] < 0.99999 and set(g["ari"]) == {"3", "5", "8"}
+
+
+# --------------------------------------------------------------------------- the gate's decision rule and verdict
+
+
+def _verdict(fp32=100.0, ov=130.0, passed=True):
+    return {"rows_per_second": {"fp32": fp32, "openvino-fp32": ov},
+            "paths": {"openvino-fp32": {"passed": passed, "rows_per_second": ov}, }}
+
+
+NO_EXPORTS = {"onnx-base": 15.0, "openvino": 5.0, "onnx-fp32": 6.0}
+
+
+def test_the_gate_runs_only_where_its_saving_exceeds_its_cost():
+    cands = ["openvino-fp32", "onnx-fp32"]
+    # the demo (a few thousand texts) on a fresh cache: the exports alone cost more than 10% of the embedding
+    demo = ef.gate_plan(5000, cands, "fp32", None, NO_EXPORTS)
+    assert demo["action"] == "skip" and demo["path"] == "fp32" and "distinct texts" in demo["reason"]
+    assert demo["expected_cost_seconds"] > demo["budget_seconds"]
+    # the bank data (41,048 texts): measured, within 10% of the expected embedding, on the largest sample that fits
+    bank = ef.gate_plan(41048, cands, "fp32", None, NO_EXPORTS)
+    assert bank["action"] == "gate" and bank["expected_cost_seconds"] <= 0.10 * bank["embedding_seconds_expected"]
+    assert bank["expected_cost_seconds"] < bank["expected_saving_seconds"]
+    assert bank["candidates"][0] == "openvino-fp32" and bank["sample"] >= ef.MIN_SAMPLE
+    # exports already built: more candidates and a larger sample fit the same budget
+    built = ef.gate_plan(41048, cands, "fp32", None, {k: 0.0 for k in NO_EXPORTS})
+    assert built["action"] == "gate" and built["candidates"] == cands and built["sample"] >= bank["sample"]
+    # no candidate (a CPU where nothing is offered): nothing to measure
+    assert ef.gate_plan(41048, [], "fp32", None, {})["action"] == "skip"
+
+
+def test_a_cached_verdict_decides_without_measuring_again():
+    cands = ["openvino-fp32"]
+    # the verdict's best path is fast enough: a check on the run's own sample where it is cheap ...
+    big = ef.gate_plan(41048, cands, "fp32", _verdict(), {"onnx-base": 0.0, "openvino": 0.0})
+    assert big["action"] == "check" and big["path"] == "openvino-fp32" and big["sample"] == ef.CHECK_SAMPLE
+    assert big["expected_cost_seconds"] <= big["budget_seconds"] and big["expected_gain"] == 1.3
+    # ... used without it where the check would cost more than 10% of the embedding but the path still saves
+    mid = ef.gate_plan(1500, cands, "fp32", _verdict(), {"onnx-base": 0.0, "openvino": 0.0})
+    assert mid["action"] == "use" and mid["path"] == "openvino-fp32" and mid["expected_cost_seconds"] == 0
+    # ... and not at all where building its export costs more than it saves
+    tiny = ef.gate_plan(100, cands, "fp32", _verdict(), NO_EXPORTS)
+    assert tiny["action"] == "skip" and tiny["path"] == "fp32"
+    # measured below MIN_GAIN, or failing fidelity: the default path, at no cost, whatever the table's size
+    slow = ef.gate_plan(10**6, cands, "fp32", _verdict(ov=105.0), NO_EXPORTS)
+    assert slow["action"] == "skip" and "below" in slow["reason"] and slow["expected_cost_seconds"] == 0
+    failed = ef.gate_plan(10**6, cands, "fp32", _verdict(passed=False), NO_EXPORTS)
+    assert failed["action"] == "skip" and failed["path"] == "fp32"
+    # a candidate the verdict never measured: measured now
+    assert ef.gate_plan(41048, cands + ["onnx-fp32"], "fp32", _verdict(), NO_EXPORTS)["action"] == "gate"
+
+
+def test_the_verdict_is_written_whole_and_a_damaged_one_is_rebuilt(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ef, "model_fingerprint", lambda name: "model")
+    path = ef.verdict_file("model", tmp_path, 2)
+    assert path.parent == tmp_path / "gate" and ef.read_verdict(path) is None
+    ef.write_verdict(path, _verdict())
+    assert ef.read_verdict(path)["paths"]["openvino-fp32"]["rows_per_second"] == 130.0
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # nothing temporary left beside it
+    # the same model on another CPU, or with other threads, has a verdict of its own
+    assert ef.verdict_file("model", tmp_path, 1) != path
+    monkeypatch.setattr(ef, "cpu_flags", lambda: {**{f: False for f in ef.FLAG_NAMES}, "avx512_vnni": True})
+    assert ef.verdict_file("model", tmp_path, 2) != path
+    # edited (its hash no longer matches) or cut: said in one line, removed, measured again
+    text = path.read_text()
+    path.write_text(text.replace("130.0", "999.0"))
+    assert ef.read_verdict(path) is None and not path.exists()
+    assert "damaged (hash differs)" in capsys.readouterr().err
+    path.write_text(text[: len(text) // 2])
+    assert ef.read_verdict(path) is None and not path.exists()
+    assert "damaged (unreadable" in capsys.readouterr().err
+
+
+def test_the_exporters_output_is_muted_without_breaking_logging_afterwards(capfd):
+    """A handler made while the exporters ran (logging.basicConfig in a library) must not be left bound to a
+    closed file: every later warning printed '--- Logging error ---' and a traceback."""
+    import logging
+    import os
+    import sys
+
+    before = list(logging.root.handlers)
+    with ef._quiet():
+        print("progress bar", file=sys.__stdout__, flush=True)  # what the process writes to its stdout ...
+        print("advice", file=sys.__stderr__, flush=True)  # ... and stderr, Python or C++ alike
+        os.write(2, b"a C++ logger\n")
+        logging.basicConfig()  # what an exporter may do
+        made = logging.StreamHandler()  # bound to sys.stderr now: the real one, not a sink
+    assert logging.root.handlers == before
+    logging.getLogger("after").addHandler(made)
+    logging.getLogger("after").warning("said")
+    logging.getLogger("after").removeHandler(made)
+    out, err = capfd.readouterr()
+    assert "progress bar" not in out and "advice" not in err and "C++" not in err
+    assert "said" in err and "Logging error" not in err

@@ -71,6 +71,16 @@ def test_every_cell_has_its_results(demo_run):
     assert comp["verdict"]["table"] and any("gower" == r["space"] for r in comp["verdict"]["table"])
 
 
+def test_the_run_prints_only_its_result_lines(demo_run):
+    """No traceback, no '--- Logging error ---', no library warning (nbconvert's 'Alternative text is missing'
+    went through a handler bound to a closed file: 18 logging errors on the demo)."""
+    _, _, first = demo_run
+    lines = (first.stdout + first.stderr).splitlines()
+    noise = [ln for ln in lines if re.search(r"Traceback|Logging error|warn|Alternative text", ln, re.I)]
+    assert not noise, "\n".join(noise[:20])
+    assert any(ln.startswith("results: ") for ln in lines) and any(ln.startswith("report: ") for ln in lines)
+
+
 def test_rerun_reuses_cells_and_is_byte_identical(demo_run):
     wd, args, _ = demo_run
     run = wd / "results" / "demo"

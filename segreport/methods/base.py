@@ -79,6 +79,10 @@ class Method:
     # its estimator's fit takes sample_weight with the meaning of repeated rows: a bootstrap resample's
     # distinct rows are fitted once each, weighted by their count (cell.stability)
     weighted_refit: ClassVar[bool] = False
+    # its space is computed row by row with nothing fitted on the table (the LLM's embedding): a sample of the
+    # table's rows has the rows of the table's space as its space, so the null reference's observed sample
+    # reads them instead of computing them again (compare.null_check)
+    rowwise_space: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- what it needs
 

@@ -72,6 +72,7 @@ class LLMMethod(Method):
     summary = "each customer written as a sentence, embedded by a sentence model, then K-means"
     builds_in_client = True  # the embedding's parts are the tasks (see dask_grid.DaskSession.run_parts)
     weighted_refit = True
+    rowwise_space = True  # each row's text is embedded alone (number words use edges fixed in the inputs)
 
     def prepare_inputs(self, params, table, root) -> dict:
         from ..embed import quantile_edges, resolve_model
