@@ -1,0 +1,52 @@
+"""The schema of a customer table: each column's kind and how the report names it.
+
+Below everything else (data, the parameters, the methods read it); `Strict` is the pydantic base
+that every parameter model shares: unknown keys are refused, assignments validated.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+KINDS = ("numeric", "categorical", "binary", "identifier", "date", "text")
+
+
+class Strict(BaseModel):
+    """Parameters: unknown keys are refused, assignments validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnSpec(Strict):
+    """One column of the schema: its kind, and how the report names it."""
+
+    name: str
+    kind: Literal["numeric", "categorical", "binary", "identifier", "date", "text"]
+    label: Optional[str] = None
+    unit: Optional[str] = None
+    encoding: Optional[Literal["ordinal", "onehot", "none"]] = None
+    order: Optional[list[str]] = None  # level order for ordinal encoding
+    use: bool = True
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+
+DEFAULT_SCHEMA = [
+    ColumnSpec(name="age", kind="numeric", label="Age", unit="years"),
+    ColumnSpec(name="job", kind="categorical", label="Job"),
+    ColumnSpec(name="marital", kind="categorical", label="Marital status"),
+    # no order: "unknown" is not a level of education, and either end of a scale would invent a distance
+    ColumnSpec(name="education", kind="categorical", label="Education"),
+    ColumnSpec(name="default", kind="binary", label="Credit in default"),
+    ColumnSpec(name="balance", kind="numeric", label="Balance", unit="EUR"),
+    ColumnSpec(name="housing", kind="binary", label="Housing loan"),
+    ColumnSpec(name="loan", kind="binary", label="Personal loan"),
+]
+
+# the bank preset's outcome, named in words wherever the report speaks of it (a schema column's `label`
+# does the same for any other table)
+PRESET_OUTCOME_LABELS = {"y": "Subscribed a term deposit"}
