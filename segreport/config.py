@@ -34,8 +34,8 @@ class ScaleParams(_Strict):
 
 
 class TrackingParams(_Strict):
-    """`segreport track`'s thresholds (see segreport/drift.py and the README's tracking section; the
-    defaults are calibrated by bench/bench_drift.py on the bank data)."""
+    """`segreport track`'s thresholds (see segreport/drift.py and docs/tracking.md; the defaults are
+    calibrated by bench/bench_drift.py on the bank data)."""
 
     # a column's distribution drifted when its effect size reaches the threshold and its test says so
     numeric_threshold: float = Field(0.1, gt=0)  # normed Wasserstein: distance / the baseline's SD
@@ -58,29 +58,29 @@ class RunParams(_Strict):
     run: Optional[str] = None
     results: str = "results"
     site: str = "_site"
-    cache_dir: str = ".segreport-cache"
-    schema_: Optional[list[ColumnSpec]] = Field(None, alias="schema")
-    methods: list[str] = Field(default_factory=list)  # the registry's names and defaults: parameters_model
+    cache_dir: str = ".segreport-cache"  # embeddings, exported models and the fidelity gate, shared by runs
+    schema_: Optional[list[ColumnSpec]] = Field(None, alias="schema")  # the columns used and their kinds
+    methods: list[str] = Field(default_factory=list)  # the methods that run, among the registered ones
     k: list[int] = Field(default_factory=lambda: list(range(3, 9)))
     seed: int = 42
     workers: int = Field(0, ge=0)
     executor: Literal["local", "dask"] = "local"  # where grid cells run: a local process pool, or Dask
     scheduler: Optional[str] = None  # Dask scheduler address; None = a LocalCluster of `workers` processes
-    demo_rows: int = Field(5000, ge=10)
+    demo_rows: int = Field(5000, ge=10)  # rows of the generated demo table (data: demo)
     outcome: Optional[str] = None
-    min_segment_size: int = Field(20, ge=1)
+    min_segment_size: int = Field(20, ge=1)  # smaller segments are not profiled in the report
     min_segment_share: float = Field(0.05, ge=0.0, lt=1.0)  # a recommendable segmentation's smallest segment
-    projection_sample: int = Field(5000, ge=100)
-    figure_sample: int = Field(3000, ge=100)
-    silhouette_sample: int = Field(5000, ge=100)
-    shap_sample: int = Field(2000, ge=50)
-    lgbm_folds: int = Field(3, ge=2)
+    projection_sample: int = Field(5000, ge=100)  # seeded rows of the t-SNE projection
+    figure_sample: int = Field(3000, ge=100)  # seeded rows a scatter figure draws
+    silhouette_sample: int = Field(5000, ge=100)  # seeded rows the silhouettes are computed on
+    shap_sample: int = Field(2000, ge=50)  # seeded rows whose SHAP values explain the segments
+    lgbm_folds: int = Field(3, ge=2)  # cross-validation folds of the LightGBM surrogate
     explain_rows: int = Field(10000, ge=100)  # LightGBM cross-validation on at most this many rows
     stability_resamples: int = Field(100, ge=0)  # clusterboot resamples (Hennig: at least 100)
-    stability_sample: int = Field(2000, ge=50)
+    stability_sample: int = Field(2000, ge=50)  # seeded rows each clusterboot resample is drawn from
     null_references: int = Field(3, ge=0)  # tables without segments per reference kind (shuffled, principal axes)
     null_sample: int = Field(1500, ge=100)  # rows of each null table (and of the observed sample they are set against)
-    render: bool = True
+    render: bool = True  # false: analysis only (`segreport run --no-render`); `segreport render` later
     # per-customer assignment files go into the published site only when asked (a public site carries no
     # customer rows by default); they are always written beside the results
     publish_assignments: bool = False

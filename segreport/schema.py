@@ -22,13 +22,15 @@ class Strict(BaseModel):
 class ColumnSpec(Strict):
     """One column of the schema: its kind, and how the report names it."""
 
-    name: str
+    name: str  # the column's name in the table
+    # identifier, date and text columns are read, never fitted
     kind: Literal["numeric", "categorical", "binary", "identifier", "date", "text"]
-    label: Optional[str] = None
-    unit: Optional[str] = None
+    label: Optional[str] = None  # how the report names it (default: the name, capitalised)
+    unit: Optional[str] = None  # of a number, e.g. EUR or years
+    # of a category: one-hot by default, ordinal where an `order` is given
     encoding: Optional[Literal["ordinal", "onehot", "none"]] = None
     order: Optional[list[str]] = None  # level order for ordinal encoding
-    use: bool = True
+    use: bool = True  # false: kept out of every fit
 
     @property
     def display(self) -> str:
