@@ -1,4 +1,5 @@
-"""The package's layers: no module imports, directly or through others, a module that imports it back.
+"""The package's layers: no module imports, directly or through others, a module that imports it back,
+and none imports from a floor above its own.
 
 The same check as ../shared/tools/import_cycles.py, in this file so that it runs wherever the tests do:
 every `import` of a package module counts, at module level or inside a function (a function-level import
@@ -17,6 +18,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "segreport"
 # issue #25's remaining step, done on another branch: the model loading shared by embed and embed_fast
 # moves to one module of its own. Until it lands, this pair (and only it) may import each other.
 ALLOWED = {frozenset({"segreport.embed", "segreport.embed_fast"})}
+# the floors, from the bottom up: a module imports from its own floor or those below (segreport/methods/*
+# is floor 2 whatever its name). A new module takes its place here.
+FLOORS = {
+    0: "segreport schema config store safe_csv number_format resources",  # facts every floor reads
+    # the libraries
+    1: "data features evaluate verdict recommend explain project personas drift embed embed_fast ecod demo",
+    2: "methods",  # the registry, the interface, one module per method
+    3: "prepare grid dask_grid cell compare assign track",  # the stages
+    4: "render tracking_page downloads figures notebook",  # the report
+    5: "runner cli __main__",  # the one place that sequences the stages; the command line
+}
 
 
 def _name(path: Path) -> str:
@@ -92,6 +104,22 @@ def _cycles(edges: dict[str, set[str]]) -> list[set[str]]:
         if v not in index:
             visit(v)
     return groups
+
+
+def _floor(mod: str) -> int | None:
+    if mod == "segreport.methods" or mod.startswith("segreport.methods."):
+        return 2
+    short = mod.removeprefix("segreport.") if mod != "segreport" else "segreport"
+    return next((f for f, names in FLOORS.items() if short in names.split()), None)
+
+
+def test_every_import_goes_down_the_floors():
+    edges = _graph()
+    unplaced = sorted({m for m in _modules() if _floor(m) is None})
+    assert not unplaced, f"modules on no floor (add them to FLOORS in {Path(__file__).name}): {unplaced}"
+    up = [f"{a} (floor {_floor(a)}) imports {b} (floor {_floor(b)})"
+          for a in sorted(edges) for b in sorted(edges[a]) if _floor(b) > _floor(a)]
+    assert not up, "imports up the floors:\n" + "\n".join(up)
 
 
 def test_no_module_imports_one_that_imports_it_back():
