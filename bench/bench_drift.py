@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segreport.assign import score_frame  # noqa: E402
-from segreport.store import RunLayout, read_json  # noqa: E402
-from segreport.track import chosen_segmentation, sentence, track  # noqa: E402
+from segreport.store import RunLayout, chosen_segmentation, read_json  # noqa: E402
+from segreport.track import sentence, track  # noqa: E402
 
 
 def planted(test: pd.DataFrame, train: pd.DataFrame, seg: np.ndarray, seed: int) -> dict[str, pd.DataFrame]:
@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--params", help="a params file whose tracking: block to use (default: the run's)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    from segreport.config import load_params
+    from segreport.methods import load_params
 
     tracking = load_params(a.params).tracking if a.params else None
     src = Path(a.run)

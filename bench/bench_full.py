@@ -234,7 +234,7 @@ def stage_runs(data, cache=None):
 def fp32_embedding(data: Path) -> tuple[int, float]:
     """The PyTorch fp32 embedding of the data set's distinct row texts, as the run renders them, timed here
     (model loaded and warmed up first): (distinct texts, seconds)."""
-    from segreport.config import Params
+    from segreport.methods import Params
     from segreport.embed import load_model, quantile_edges, row_texts
     from segreport.embed_fast import get_encoder
     from segreport.methods.llm import read_template

@@ -36,7 +36,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segreport.config import ColumnSpec  # noqa: E402
+from segreport.schema import ColumnSpec  # noqa: E402
 from segreport.data import Table  # noqa: E402
 from segreport.evaluate import bootstrap_stability, whole_method_refit  # noqa: E402
 from segreport.features import fit_common, fit_encoded, fit_mixed, sample_rows  # noqa: E402
@@ -402,7 +402,7 @@ def main(argv=None) -> None:
 
 def bank(args) -> None:
     """The verdict on real data: the default schema's 8 bank columns, a seeded sample of rows."""
-    from segreport.config import DEFAULT_SCHEMA
+    from segreport.schema import DEFAULT_SCHEMA
 
     t = time.perf_counter()
     raw = pd.read_csv(args.bank, sep=";")

@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .config import ColumnSpec, params_of
 from .data import _FALSE, _TRUE, MISSING_LEVEL, OTHER_LEVEL, parse_numeric, read_raw, resolve_schema
-from .methods import REGISTRY, get
+from .methods import REGISTRY, get, params_of
+from .methods.base import segments
+from .safe_csv import csv_safe
+from .schema import ColumnSpec
 from .store import LABELS, MODEL, OUTLIER_MODEL, PERSONAS, SPACE_INFO, RunLayout, atomic_write_text, read_json
 
 RESULT_COLUMNS = ("segment", "segment_name", "persona", "outlier", "distance")
@@ -195,52 +197,15 @@ def ecod_flags(det, X: np.ndarray) -> np.ndarray:
     return ecod_scores(det, X) > det.threshold_
 
 
-# --------------------------------------------------------------------------- spaces
-
-
-def column_transform(ct, frame: pd.DataFrame) -> np.ndarray:
-    """ct.transform(frame) of a fitted ColumnTransformer, step by step.
-
-    The common space's pipeline ends in features._Scale, which is not a scikit-learn
-    estimator: Pipeline.transform's fitted check (get_tags) refuses it in scikit-learn
-    1.6+, although fit_transform went through. Applying each fitted step in turn is
-    what ColumnTransformer.transform does, without that check.
-    """
-    from sklearn.pipeline import Pipeline
-
-    blocks = []
-    for _name, trans, cols in ct.transformers_:
-        if trans == "drop" or len(cols) == 0:
-            continue
-        part = frame[list(cols)] if not isinstance(cols, slice) else frame.iloc[:, cols]
-        if trans == "passthrough":
-            out = part.to_numpy()
-        else:
-            steps = [s for _, s in trans.steps] if isinstance(trans, Pipeline) else [trans]
-            out = part
-            for step in steps:
-                if step is not None and step != "passthrough":
-                    out = step.transform(out)
-        blocks.append(np.asarray(out, dtype=np.float64).reshape(len(frame), -1))
-    return np.hstack(blocks) if blocks else np.zeros((len(frame), 0))
-
-
 # --------------------------------------------------------------------------- output
-
-
-def _safe_cell(v):
-    """Spreadsheet formulas neutralised with a leading apostrophe; numbers such as -120 left as numbers."""
-    from .downloads import csv_safe
-
-    return csv_safe(v)
 
 
 def _to_csv(out: pd.DataFrame) -> str:
     out = out.copy()
     for c in out.columns:
         if not (pd.api.types.is_numeric_dtype(out[c]) or pd.api.types.is_bool_dtype(out[c])):
-            out[c] = out[c].astype(object).map(_safe_cell)
-    out.columns = [_safe_cell(str(c)) for c in out.columns]
+            out[c] = out[c].astype(object).map(csv_safe)
+    out.columns = [csv_safe(str(c)) for c in out.columns]
     return out.to_csv(index=False)
 
 
@@ -249,8 +214,6 @@ def _to_csv(out: pd.DataFrame) -> str:
 
 def label(run: _Run, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(segment, distance, outlier flag, facts) of normalised rows in the run's fitted pipeline."""
-    from .cell import segments
-
     X, facts = run.m.transform_new(run, frame)
     try:
         # the segment as cell.fit_method gives it to the run's own rows (closest centre, first on ties)

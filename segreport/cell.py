@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import params_of
-from .evaluate import validity
-from .explain import surrogate, surrogate_dask
-from .methods import get
+from .data import sample_rows
+from .evaluate import FixedRowsSilhouette, bootstrap_stability, ecod_refit, validity, whole_method_refit
+from .explain import rule_tree, shap_direction, surrogate, surrogate_dask
+from .methods import get, params_of
+from .methods.base import fit_rows, segments
 from .personas import personas, profile
 from .prepare import COMMON, load_space
 from .store import (LABELS, METRICS, MODEL, PERSONAS, PROFILE, RULES, SHAP, SHAP_SAMPLE, STABILITY, TIMINGS,
                     RunLayout, read_json)
+from .verdict import gower_silhouette
 
 
 class CellError(Exception):
@@ -32,30 +34,6 @@ class CellError(Exception):
 
 def _threads() -> int:
     return int(os.environ.get("SEGREPORT_THREADS", os.cpu_count() or 1))
-
-
-def fit_rows(method, model, space: dict, rows: np.ndarray):
-    """Fit `model` on the given rows of the space (the space's outliers among them left out)."""
-    outliers = space.get("outliers")
-    keep = rows if outliers is None else rows[~outliers[rows]]
-    if len(np.unique(keep)) < getattr(model, "n_clusters", 1):
-        keep = rows
-    X = space["X"]
-    if len(keep) == len(X) and np.array_equal(keep, np.arange(len(X))):
-        return model.fit(np.asarray(X), **method.fit_kwargs(space))  # every row: the (memory-mapped) space itself
-    return model.fit(np.asarray(X[keep]), **method.fit_kwargs(space))
-
-
-def segments(method, model, X) -> tuple[np.ndarray, np.ndarray]:
-    """(segment, distance to its centre) of rows under a fitted model: the closest centre, first on
-    ties, or the model's own prediction where its segments are not centre-based."""
-    X = np.asarray(X)
-    dist = np.asarray(model.transform(X))
-    if method.grid == "k":
-        lab = dist.argmin(axis=1).astype(np.int64)
-    else:
-        lab = np.asarray(model.predict(X), dtype=np.int64)
-    return lab, dist[np.arange(len(lab)), lab]
 
 
 def fit_method(method, value: int, space: dict, params, seed: int, scale: dict | None = None):
@@ -76,9 +54,6 @@ def stability(method, value: int, space: dict, params, seed: int, labels: np.nda
     """Clusterboot (Hennig 2007) on a seeded subsample: the whole method refitted in every bootstrap
     resample, its outlier step included (ECOD refitted on the resample), with the same number of
     starts as the fit; see evaluate.bootstrap_stability."""
-    from .evaluate import FixedRowsSilhouette, bootstrap_stability, ecod_refit, whole_method_refit
-    from .features import sample_rows
-
     B = int(params.stability_resamples)
     if B == 0:
         return None
@@ -146,8 +121,6 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         # Euclidean in every own space: on normalised embeddings it is what K-means minimises
         own = validity(np.asarray(X_own), labels, sil_n, seed)
     common_m = validity(common, labels, sil_n, seed)
-    from .verdict import gower_silhouette
-
     # Gower (1971): a neutral space no method optimises (range-scaled numbers, category mismatches)
     gower = {"silhouette": gower_silhouette(frame, ctx["used"]["numeric"], ctx["used"]["categorical"], labels,
                                             sample=min(2000, sil_n), seed=seed),
@@ -170,8 +143,6 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         ex = surrogate(frame, labels, ctx["used"]["categorical"], seed=seed, folds=int(params.lgbm_folds),
                        max_rows=int(params.explain_rows), shap_sample=int(params.shap_sample), threads=_threads())
     lap("surrogate")
-    from .explain import rule_tree, shap_direction
-
     tree = rule_tree(frame, labels, ctx["used"]["categorical"], max_depth=3, seed=seed)
     tree.pop("model", None)
     direction = shap_direction(ex["shap_sample"], frame, ctx["used"]["numeric"], ctx["used"]["categorical"])

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import signal
 import sys
 from pathlib import Path
 
 from . import SegreportError, __version__
+from .assign import assign
+from .data import detect_outcome, infer_schema, read_raw, resolve_schema
+from .demo import write_demo, write_snapshots
+from .downloads import campaign_list
 from .embed_fast import PATHS
-from .methods import DEFAULT_METHODS, REGISTRY
+from .methods import DEFAULT_METHODS, REGISTRY, load_params
+from .render import render
+from .resources import DEFAULT_PARAMS
+from .runner import run
+from .store import NoSpaceError, WriteError, no_space
+from .track import describe, track
 
 NO_SPACE = 4  # the exit status of a command stopped by a full disk or quota, or a file it could not write
 #              (bad input: 2, interrupted: 130)
@@ -71,14 +81,8 @@ RUN_KEYS = ["data", "run", "results", "site", "methods", "k", "seed", "workers",
 
 
 def _params(ns, extra: dict | None = None):
-    from .config import load_params
-
-    import os
-
     path = ns.params or os.environ.get("SEGREPORT_PARAMS") or None  # the variable: where a command is fixed
     if path is None:                                                  # (Quarto's pre-render, a CI job)
-        from .resources import DEFAULT_PARAMS
-
         path = "params.yml" if Path("params.yml").exists() else DEFAULT_PARAMS
     ov = _overrides(ns, RUN_KEYS)
     ov.update(extra or {})
@@ -86,10 +90,6 @@ def _params(ns, extra: dict | None = None):
 
 
 def cmd_run(ns) -> int:
-    import os
-
-    from .runner import run
-
     if ns.pages_only and os.environ.get("SEGREPORT_PAGES_READY"):
         return 0  # `segreport render` already wrote the pages and called quarto
     params = _params(ns, {"render": False} if ns.no_render else None)
@@ -99,8 +99,6 @@ def cmd_run(ns) -> int:
 
 
 def cmd_render(ns) -> int:
-    from .render import render
-
     params = _params(ns)
     out = render(params, quarto=ns.engine)
     print(f"report: {out['html']}" + (f" and {out['pdf']}" if out.get("pdf") else ""))
@@ -108,8 +106,6 @@ def cmd_render(ns) -> int:
 
 
 def cmd_demo(ns) -> int:
-    from .demo import write_demo, write_snapshots
-
     if ns.snapshots:
         paths = write_snapshots(ns.out, rows=ns.rows, seed=ns.seed, snapshots=ns.snapshots, drift=ns.drift)
         print(f"wrote the fitting table {paths[0]} ({ns.rows} demo customers with customer_id), "
@@ -122,8 +118,6 @@ def cmd_demo(ns) -> int:
 
 
 def cmd_inspect(ns) -> int:
-    from .data import infer_schema, read_raw, resolve_schema
-
     df, info = read_raw(ns.data)
     params = _params(ns) if ns.params else None
     specs, decisions = resolve_schema(df, params.schema if params else None, ns.data)
@@ -132,8 +126,6 @@ def cmd_inspect(ns) -> int:
         by = {d["column"]: d for d in inferred}
         for d in decisions:
             d.update({k: v for k, v in by.get(d["column"], {}).items() if k in ("missing", "distinct")})
-    from .data import detect_outcome
-
     outcome = detect_outcome(df, params.schema if params else None)
     decisions = [{**d, "used": False, "reason": "the outcome (detected by its name): compared per segment, never "
                   "fitted; --outcome none keeps it as an input"} if d["column"] == outcome else d for d in decisions]
@@ -150,28 +142,18 @@ def cmd_inspect(ns) -> int:
 
 
 def cmd_assign(ns) -> int:
-    from .assign import assign
-
     n, facts = assign(ns.run_dir, ns.method, ns.k, ns.data, ns.out)
     print(f"wrote {n} labelled rows to {ns.out}" + (f" ({facts})" if facts else ""))
     return 0
 
 
 def cmd_list(ns) -> int:
-    from .downloads import campaign_list
-
     n, which = campaign_list(ns.run_dir, ns.segment, ns.out, method=ns.method, k=ns.k)
     print(f"wrote {n} customers of {', '.join(ns.segment)} ({which}) to {ns.out}")
     return 0
 
 
 def cmd_track(ns) -> int:
-    from .track import describe, track
-
-    import os
-
-    from .config import load_params
-
     # the thresholds: params.yml's `tracking:` block (--params, $SEGREPORT_PARAMS, ./params.yml), else the run's
     path = ns.params or os.environ.get("SEGREPORT_PARAMS") or ("params.yml" if Path("params.yml").exists() else None)
     tracking = load_params(path).tracking if path else None
@@ -306,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
         print("segreport: interrupted; finished cells are kept and the next run resumes", file=sys.stderr)
         return 130
     except OSError as exc:
-        from .store import NoSpaceError, WriteError, no_space
-
         if not isinstance(exc, WriteError):
             if not no_space(exc):
                 raise  # not a write the store made: a bug, with its traceback

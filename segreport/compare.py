@@ -19,16 +19,22 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .methods import REGISTRY, get
+from .data import Table, sample_rows
+from .evaluate import agreement, elbow_k, recommend_k
+from .methods import REGISTRY, BuildEnv, Space, get, params_of
+from .methods.base import fit_rows, segments
+from .recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
+from .schema import ColumnSpec
 from .store import (DONE, STABILITY, RunLayout, atomic_write_json, atomic_write_parquet, cell_name, file_record, key,
                     read_json, read_json_or_empty, say_damaged, sha256_file, to_json, verify)
+from .verdict import choose_k, fair_verdict, null_reference, recommendation, structure_call
 
 PACKAGE = Path(__file__).resolve().parent
 # the modules compare() runs (besides methods/*.py): its null references refit each method's whole
 # pipeline (cell, features, evaluate), its verdict (verdict) and the LLM's numbers experiment (embed)
-COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "features.py", "cell.py", "explain.py",
-                   "personas.py", "prepare.py", "notebook.py", "config.py", "data.py", "store.py", "embed.py",
-                   "embed_fast.py", "recommend.py")
+COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "features.py", "explain.py",
+                   "personas.py", "prepare.py", "notebook.py", "schema.py", "config.py", "data.py", "store.py",
+                   "embed.py", "embed_fast.py", "recommend.py")
 # parameters that change where or how a run works, never what the comparison computes
 NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor", "scheduler", "cache_dir",
                 "figure_sample", "publish_assignments", "tracking")
@@ -93,8 +99,6 @@ def compare(layout: RunLayout, ctx: dict, statuses: dict) -> tuple[dict, bool]:
 
 def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     """Metrics table over all cells, agreement between methods, recommended grid value per method."""
-    from .evaluate import agreement, elbow_k, recommend_k
-
     methods = ctx["methods"]
     rows, labels = [], {}
     for method in methods:
@@ -147,8 +151,6 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     verdict = fair(layout, recommended, table, ctx)
     rec = None
     if verdict is not None and choices:
-        from .verdict import recommendation
-
         rec = recommendation(choices, verdict, structure or {m: {} for m in choices})
         if rec.get("method"):
             rec["value"] = recommended[rec["method"]]["value"] if rec["k"] == recommended[rec["method"]]["k"] \
@@ -262,9 +264,6 @@ def choose(layout: RunLayout, method: str, table: pd.DataFrame, ctx: dict) -> tu
     clusterboot, silhouette in the common space within one bootstrap standard error of the best,
     then the more stable, then the smaller k. A method whose grid is not k is judged on the k it
     found (the most stable grid value where several found the same k)."""
-    from .evaluate import elbow_k, recommend_k
-    from .verdict import choose_k
-
     m = get(method)
     sub = table[(table.method == method) & (table.status == "done")]
     per_k, value_of = {}, {}
@@ -300,9 +299,6 @@ def choose(layout: RunLayout, method: str, table: pd.DataFrame, ctx: dict) -> tu
 
 
 def _table_of(layout: RunLayout, ctx: dict):
-    from .config import ColumnSpec
-    from .data import Table
-
     frame = pd.read_parquet(layout.table)
     schema = [ColumnSpec.model_validate(s) for s in ctx["schema"]]
     return Table(frame=frame, schema=schema, path=ctx["data"]["path"], file_sha256=ctx["data"]["file_sha256"])
@@ -316,12 +312,7 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
 
     from sklearn.metrics import silhouette_score
 
-    from .cell import fit_rows, segments
-    from .config import params_of
-    from .features import ecod_outliers, fit_common
-    from .data import sample_rows
-    from .methods import BuildEnv, Space
-    from .verdict import null_reference, structure_call
+    from .features import ecod_outliers, fit_common  # scikit-learn: only where the null references are fitted
 
     params = params_of(ctx)
     m = get(method)
@@ -364,8 +355,6 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
 def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -> dict | None:
     """verdict.fair_verdict over the neutral spaces (common, Gower) at each method's k and at the
     other methods' k, and on stability."""
-    from .verdict import fair_verdict
-
     scores = {}
     done = table[table.status == "done"]
     for method, rec in recommended.items():
@@ -396,8 +385,6 @@ def candidate_cells(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: d
     Jaccard, its rule equivalent (the best rule of at most two columns), its outcome separation (chosen on
     one seeded half of the customers, reported on the other) and its distinctness (common-space
     silhouette and bootstrap SE)."""
-    from .recommend import outcome_halves, outcome_spread, rule_equivalent
-
     seed = int(ctx["params"].get("seed", 0))
     frame = pd.read_parquet(layout.table)
     numeric = [c for c in ctx["used"]["numeric"] if c in frame.columns]
@@ -455,8 +442,6 @@ def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, cho
     """The recommendation for use (verdict.recommend) in place of the stability one, where a candidate
     passes the bars; else the stability recommendation stays, labelled as it was. Adds options,
     rule_equivalent, basis, structure_kind (natural | reproducible | constructive) and the rule."""
-    from .recommend import recommend, structure_kind
-
     # the verdict's own last step (the most stable, then the simplest) no longer decides: say what it is
     verdict["reasons"] = [r.replace("recommended by stability, then simplicity:",
                                     "the most stable, then simplest (shown for reference; stability is a bar here, "

@@ -2,12 +2,16 @@
 
 pydantic does the validation so that every bad value is reported with its key,
 its value and why; unknown keys get the closest valid name suggested.
+
+This module holds the run-wide keys; each method's own parameters live with the method, and the
+registry (`segreport.methods`) composes both into the run's `Params` with `parameters_model`.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -15,59 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from . import SegreportError
-from .methods import DEFAULT_METHODS, REGISTRY
-from .methods import Strict as _Strict
-
-METHODS = tuple(REGISTRY)
-MethodName = Literal[METHODS]  # type: ignore[valid-type]
-KINDS = ("numeric", "categorical", "binary", "identifier", "date", "text")
-
-
-class ColumnSpec(_Strict):
-    """One column of the schema: its kind, and how the report names it."""
-
-    name: str
-    kind: Literal["numeric", "categorical", "binary", "identifier", "date", "text"]
-    label: Optional[str] = None
-    unit: Optional[str] = None
-    encoding: Optional[Literal["ordinal", "onehot", "none"]] = None
-    order: Optional[list[str]] = None  # level order for ordinal encoding
-    use: bool = True
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name.replace("_", " ").capitalize()
-
-
-DEFAULT_SCHEMA = [
-    ColumnSpec(name="age", kind="numeric", label="Age", unit="years"),
-    ColumnSpec(name="job", kind="categorical", label="Job"),
-    ColumnSpec(name="marital", kind="categorical", label="Marital status"),
-    # no order: "unknown" is not a level of education, and either end of a scale would invent a distance
-    ColumnSpec(name="education", kind="categorical", label="Education"),
-    ColumnSpec(name="default", kind="binary", label="Credit in default"),
-    ColumnSpec(name="balance", kind="numeric", label="Balance", unit="EUR"),
-    ColumnSpec(name="housing", kind="binary", label="Housing loan"),
-    ColumnSpec(name="loan", kind="binary", label="Personal loan"),
-]
-
-# the bank-marketing table's other columns, which the preset leaves out, and why: the report's Data section
-# lists them (data.left_out_columns), so an analyst knows they were left out on purpose
-PRESET_LEFT_OUT = {
-    "contact": "how the bank last reached the customer (a campaign detail, not who the customer is)",
-    "day": "the day of the month of the last contact (a campaign detail)",
-    "month": "the month of the last contact (a campaign detail)",
-    "duration": "the length of the last call, known only once the call is over: it gives the outcome away",
-    "campaign": "the number of contacts in this campaign (the bank's effort, not the customer)",
-    "pdays": "days since the customer was last contacted by an earlier campaign (the bank's history)",
-    "previous": "the number of contacts before this campaign (the bank's history)",
-    "poutcome": "the result of the previous campaign: a strong predictor of the outcome, kept out so that the "
-                "segments describe the customers, not how earlier campaigns went",
-}
-
-# the bank preset's outcome, named in words wherever the report speaks of it (a schema column's `label`
-# does the same for any other table)
-PRESET_OUTCOME_LABELS = {"y": "Subscribed a term deposit"}
+from .schema import ColumnSpec
+from .schema import Strict as _Strict
 
 
 class ScaleParams(_Strict):
@@ -81,8 +34,8 @@ class ScaleParams(_Strict):
 
 
 class TrackingParams(_Strict):
-    """`segreport track`'s thresholds (see segreport/drift.py and the README's tracking section; the
-    defaults are calibrated by bench/bench_drift.py on the bank data)."""
+    """`segreport track`'s thresholds (see segreport/drift.py and docs/tracking.md; the defaults are
+    calibrated by bench/bench_drift.py on the bank data)."""
 
     # a column's distribution drifted when its effect size reaches the threshold and its test says so
     numeric_threshold: float = Field(0.1, gt=0)  # normed Wasserstein: distance / the baseline's SD
@@ -98,36 +51,36 @@ class TrackingParams(_Strict):
     ari_drop: float = Field(0.15, gt=0, le=1)
 
 
-class _Params(_Strict):
-    """Everything a run depends on but the methods' own parameters (see `Params`)."""
+class RunParams(_Strict):
+    """Everything a run depends on but the methods' own parameters (see `parameters_model`)."""
 
     data: str = "demo"
     run: Optional[str] = None
     results: str = "results"
     site: str = "_site"
-    cache_dir: str = ".segreport-cache"
-    schema_: Optional[list[ColumnSpec]] = Field(None, alias="schema")
-    methods: list[MethodName] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    cache_dir: str = ".segreport-cache"  # embeddings, exported models and the fidelity gate, shared by runs
+    schema_: Optional[list[ColumnSpec]] = Field(None, alias="schema")  # the columns used and their kinds
+    methods: list[str] = Field(default_factory=list)  # the methods that run, among the registered ones
     k: list[int] = Field(default_factory=lambda: list(range(3, 9)))
     seed: int = 42
     workers: int = Field(0, ge=0)
     executor: Literal["local", "dask"] = "local"  # where grid cells run: a local process pool, or Dask
     scheduler: Optional[str] = None  # Dask scheduler address; None = a LocalCluster of `workers` processes
-    demo_rows: int = Field(600, ge=10)  # the first report's table: see the README's 'First report'
+    demo_rows: int = Field(600, ge=10)  # rows of the generated demo table (data: demo): the first report
     outcome: Optional[str] = None
-    min_segment_size: int = Field(20, ge=1)
+    min_segment_size: int = Field(20, ge=1)  # smaller segments are not profiled in the report
     min_segment_share: float = Field(0.05, ge=0.0, lt=1.0)  # a recommendable segmentation's smallest segment
-    projection_sample: int = Field(3000, ge=100)  # t-SNE rows; the figures draw figure_sample of them
-    figure_sample: int = Field(3000, ge=100)
-    silhouette_sample: int = Field(5000, ge=100)
-    shap_sample: int = Field(2000, ge=50)
-    lgbm_folds: int = Field(3, ge=2)
+    projection_sample: int = Field(3000, ge=100)  # seeded rows of the t-SNE projection (figures draw figure_sample of them)
+    figure_sample: int = Field(3000, ge=100)  # seeded rows a scatter figure draws
+    silhouette_sample: int = Field(5000, ge=100)  # seeded rows the silhouettes are computed on
+    shap_sample: int = Field(2000, ge=50)  # seeded rows whose SHAP values explain the segments
+    lgbm_folds: int = Field(3, ge=2)  # cross-validation folds of the LightGBM surrogate
     explain_rows: int = Field(10000, ge=100)  # LightGBM cross-validation on at most this many rows
     stability_resamples: int = Field(100, ge=0)  # clusterboot resamples (Hennig: at least 100)
-    stability_sample: int = Field(2000, ge=50)
+    stability_sample: int = Field(2000, ge=50)  # seeded rows each clusterboot resample is drawn from
     null_references: int = Field(3, ge=0)  # tables without segments per reference kind (shuffled, principal axes)
     null_sample: int = Field(1500, ge=100)  # rows of each null table (and of the observed sample they are set against)
-    render: bool = True
+    render: bool = True  # false: analysis only (`segreport run --no-render`); `segreport render` later
     # per-customer assignment files go into the published site only when asked (a public site carries no
     # customer rows by default); they are always written beside the results
     publish_assignments: bool = False
@@ -169,10 +122,21 @@ class _Params(_Strict):
         return self.schema_
 
 
-# each registered method's parameters live under its name (methods/<name>.py declares the model)
-Params = create_model("Params", __base__=_Params, __doc__="Everything a run depends on. Every key can be set "
-                      "in params.yml or on the CLI; each method's parameters under its name.",
-                      **{name: (m.Params, Field(default_factory=m.Params)) for name, m in REGISTRY.items()})
+def parameters_model(method_params: dict[str, type[BaseModel]], default_methods: list[str]) -> type[RunParams]:
+    """The run's parameters: the run-wide keys, `methods` among the given names, and each method's
+    parameters under its name (the registry calls this once with every registered method)."""
+    names = tuple(method_params)
+    return create_model(
+        "Params", __base__=RunParams, __doc__="Everything a run depends on. Every key can be set "
+        "in params.yml or on the CLI; each method's parameters under its name.",
+        methods=(list[Literal[names]],  # type: ignore[valid-type]
+                 Field(default_factory=lambda: list(default_methods))),
+        **{name: (model, Field(default_factory=model)) for name, model in method_params.items()})
+
+
+def method_names(model: type[RunParams]) -> tuple[str, ...]:
+    """The method names a parameters model accepts (its `methods` literal)."""
+    return typing.get_args(typing.get_args(model.model_fields["methods"].annotation)[0])
 
 
 def parse_k(v) -> list[int]:
@@ -209,9 +173,12 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items()]
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+def _model_at(params_model: type[RunParams], loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the key at `loc` (for suggestions)."""
-    model: type[BaseModel] = Params
+    model: type[BaseModel] = params_model
+    own = [f.annotation for f in params_model.model_fields.values()
+           if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+           and f.annotation not in (ScaleParams, TrackingParams)]  # each method's parameters
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -219,7 +186,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        for cand in (ColumnSpec, ScaleParams, TrackingParams, *(m.Params for m in REGISTRY.values())):
+        for cand in (ColumnSpec, ScaleParams, TrackingParams, *own):
             if ann is cand or cand.__name__ in str(ann):
                 model = cand
                 break
@@ -228,13 +195,13 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def explain_validation_error(err: ValidationError, source: str) -> str:
+def explain_validation_error(err: ValidationError, source: str, params_model: type[RunParams]) -> str:
     """One line: which key, which value, why (and the closest valid key for a typo)."""
     e = err.errors()[0]
     loc = tuple(e["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if e["type"] == "extra_forbidden":
-        model = _model_at(loc)
+        model = _model_at(params_model, loc)
         names = _field_names(model) if model else []
         close = difflib.get_close_matches(str(loc[-1]), names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
@@ -242,9 +209,10 @@ def explain_validation_error(err: ValidationError, source: str) -> str:
     value = e.get("input")
     msg = e["msg"]
     if e["type"] == "literal_error" and loc and loc[0] == "methods":
-        close = difflib.get_close_matches(str(value), METHODS, n=1)
+        names = method_names(params_model)
+        close = difflib.get_close_matches(str(value), names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{source}: unknown method {value!r} in 'methods' (valid: {', '.join(METHODS)}){hint}"
+        return f"{source}: unknown method {value!r} in 'methods' (valid: {', '.join(names)}){hint}"
     msg = msg.removeprefix("Value error, ")
     return f"{source}: invalid value for '{key}': {value!r} ({msg})"
 
@@ -265,8 +233,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_params(path: str | Path | None, overrides: dict | None = None) -> Params:
-    """Read params.yml (if any), apply CLI overrides (non-None values), validate."""
+def read_params(params_model: type[RunParams], path: str | Path | None, overrides: dict | None = None) -> RunParams:
+    """Read params.yml (if any), apply CLI overrides (non-None values), validate as `params_model`
+    (`segreport.methods.load_params`: the registry's)."""
     raw: dict = {}
     source = "parameters"
     if path is not None:
@@ -296,19 +265,14 @@ def load_params(path: str | Path | None, overrides: dict | None = None) -> Param
         else:
             merged[key] = value
     try:
-        return Params.model_validate(merged)
+        return params_model.model_validate(merged)
     except ValidationError as err:
         top = str(err.errors()[0]["loc"][0]) if err.errors()[0]["loc"] else ""
         given = {k.split(".")[0] for k, v in (overrides or {}).items() if v is not None}
         where = "command line" if top in given else source
-        raise SegreportError(explain_validation_error(err, where)) from None
+        raise SegreportError(explain_validation_error(err, where, params_model)) from None
 
 
-def params_to_dict(params: Params) -> dict:
+def params_to_dict(params: RunParams) -> dict:
     """The parameters as plain JSON-able data, with 'schema' under its public name."""
     return params.model_dump(mode="json", by_alias=True)
-
-
-def params_of(ctx: dict) -> Params:
-    """The typed parameters of a run, validated back from its context.json."""
-    return Params.model_validate(ctx["params"])

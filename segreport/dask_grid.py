@@ -56,6 +56,7 @@ from pathlib import Path
 from uuid import uuid4
 
 from . import SegreportError
+from .embed import embed_part
 from .grid import _execute, ensure_kernel, record_cell, start_grid
 from .methods import get
 from .store import RunLayout, WriteError, cell_name, sweep_partial
@@ -114,8 +115,6 @@ class DaskSession:
 
     def run_parts(self, plan, missing: list[dict], progress: bool, batch_size: int, seed: int) -> None:
         """Embed the missing parts of `plan` as Dask tasks; each writes its own parquet file."""
-        from .embed import embed_part
-
         # the part's path as this process sees it: a worker's working directory need not be this process's
         futures = {self.submit(embed_part, plan.texts_of(p), plan.model, plan.precision, batch_size,
                                str(Path(p["path"]).resolve()),

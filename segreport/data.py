@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
-from .config import DEFAULT_SCHEMA, PRESET_LEFT_OUT, PRESET_OUTCOME_LABELS, ColumnSpec
+from .schema import DEFAULT_SCHEMA, PRESET_LEFT_OUT, PRESET_OUTCOME_LABELS, ColumnSpec
 
 MISSING_LEVEL = "missing"
 OTHER_LEVEL = "other"

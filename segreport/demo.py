@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import SegreportError
 from .store import atomic_write_bytes, atomic_write_json
 
 DEMO_MARKER_SUFFIX = ".demo.json"
@@ -152,8 +153,6 @@ def generate_snapshots(rows: int = 5000, seed: int = 0, snapshots: int = 3,
     in step t, and the shifts applied. Deterministic for (rows, seed, snapshots, drift).
     """
     if not 0 <= drift <= 1:
-        from . import SegreportError
-
         raise SegreportError(f"--drift {drift}: must be between 0 and 1")
     base, stage = _generate(rows, seed)
     rng = np.random.default_rng([seed, 20261])  # a stream of its own: the fitting table is the demo table

@@ -20,21 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import SegreportError, safe_csv
+from .data import read_raw
+from .methods import get
+from .safe_csv import csv_safe
 from .store import (LABELS, PERSONAS, PROFILE, RunLayout, atomic_copy, atomic_write_bytes, atomic_write_text, cell_id,
-                    key, read_json, sha256_file)
+                    chosen_segmentation, key, read_json, sha256_file)
 
 FIXED_TIME = datetime(2000, 1, 1)  # spreadsheet document dates: the same bytes for the same results
-
-
-_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
-
-
-def csv_safe(v):
-    """Neutralise spreadsheet formulas: cells starting with = + - @ get a leading apostrophe; a number
-    written as text (-1, +3.5) stays a number."""
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER.match(v):
-        return "'" + v
-    return v
 
 
 def csv_text(frame: pd.DataFrame) -> str:
@@ -165,10 +158,11 @@ def run_ref(layout: RunLayout) -> str:
 
 @lru_cache(maxsize=None)
 def _code() -> str:
-    """What a profile file's bytes depend on besides its inputs: this module, pandas and openpyxl."""
+    """What a profile file's bytes depend on besides its inputs: this module, safe_csv, pandas and openpyxl."""
     from importlib import metadata
 
-    return "|".join([sha256_file(__file__)] + [metadata.version(p) for p in ("pandas", "openpyxl")])
+    return "|".join([sha256_file(__file__), sha256_file(safe_csv.__file__)]
+                    + [metadata.version(p) for p in ("pandas", "openpyxl")])
 
 
 def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict, outcome: dict | None,
@@ -177,8 +171,6 @@ def write_downloads(layout: RunLayout, report_dir: Path, ctx: dict, cells: dict,
     (and report/downloads/assignments/ when published). `cells`: render's cell views; `rates_of(method,
     value)`: the outcome's per-segment rates or None. Returns {cell name: {profile_csv, profile_xlsx,
     assignments}} for the pages."""
-    from .methods import get
-
     prof_dir = report_dir / "downloads" / "profiles"
     pub_dir = report_dir / "downloads" / "assignments"
     ids = pd.read_parquet(layout.ids) if layout.ids.exists() else None
@@ -234,11 +226,6 @@ def campaign_list(run_dir: str | Path, segments: list[str], out: str | Path, met
     """The customers of one or more segments with every column of the table the run read, plus their
     segment and persona name: a list to act on. Segments by code (S3), number (3) or persona name.
     Returns (rows written, "method k=K")."""
-    from . import SegreportError
-    from .data import read_raw
-    from .methods import get
-    from .track import chosen_segmentation
-
     layout = RunLayout(run_dir)
     if not layout.context.exists():
         raise SegreportError(f"{run_dir}: not a finished run (no context.json); run `segreport run` first")

@@ -260,7 +260,7 @@ def ecod_refit(X: np.ndarray, contamination: float):
     ECOD's tail probabilities depend on the empirical distribution it is fitted on, so it is
     refitted inside every resample (not the full-data flags reused).
     """
-    from .features import ecod_outliers
+    from .features import ecod_outliers  # scikit-learn and pyod: only where ECOD is refitted
 
     def detect(rows):
         flags, _, _ = ecod_outliers(np.asarray(X[rows]), contamination)

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, PowerTransformer
 
-from .data import Table, sample_rows  # noqa: F401  (sample_rows: imported from here by the cells)
+from .data import Table, sample_rows
 
 
 def _levels(table: Table, col: str) -> list[str]:
@@ -161,6 +161,31 @@ def fit_mixed(table: Table) -> tuple[np.ndarray, np.ndarray, MixedEncoder]:
     return xn, xc, enc
 
 
+def column_transform(ct, frame: pd.DataFrame) -> np.ndarray:
+    """ct.transform(frame) of a fitted ColumnTransformer, step by step.
+
+    The common space's pipeline ends in features._Scale, which is not a scikit-learn
+    estimator: Pipeline.transform's fitted check (get_tags) refuses it in scikit-learn
+    1.6+, although fit_transform went through. Applying each fitted step in turn is
+    what ColumnTransformer.transform does, without that check.
+    """
+    blocks = []
+    for _name, trans, cols in ct.transformers_:
+        if trans == "drop" or len(cols) == 0:
+            continue
+        part = frame[list(cols)] if not isinstance(cols, slice) else frame.iloc[:, cols]
+        if trans == "passthrough":
+            out = part.to_numpy()
+        else:
+            steps = [s for _, s in trans.steps] if isinstance(trans, Pipeline) else [trans]
+            out = part
+            for step in steps:
+                if step is not None and step != "passthrough":
+                    out = step.transform(out)
+        blocks.append(np.asarray(out, dtype=np.float64).reshape(len(frame), -1))
+    return np.hstack(blocks) if blocks else np.zeros((len(frame), 0))
+
+
 def ecod_outliers(X: np.ndarray, contamination: float, sample: int | None = None, seed: int = 0):
     """ECOD (pyod) outlier flags on a feature space; returns (flags, scores, fitted detector).
 
@@ -168,7 +193,7 @@ def ecod_outliers(X: np.ndarray, contamination: float, sample: int | None = None
     set the threshold, and every row is scored block by block: ECOD holds several float64
     copies of what it scores (four float64 arrays of its size: 12 GB for a million 384-dimensional embeddings).
     """
-    from .ecod import ColumnwiseECOD
+    from .ecod import ColumnwiseECOD  # pyod: only where outliers are flagged
 
     det = ColumnwiseECOD(contamination=contamination)
     if not sample or sample >= len(X):

@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from .personas import format_value
+
 
 class _Altair:
     """altair, imported on first use: a render whose figures are all reused (render.FigureWriter)
@@ -171,8 +173,6 @@ def profile_heatmap(profile: dict, names: dict, labels: dict[str, str], units: d
     """Segment against all customers, per column: colour = how far the segment sits from the rest
     (numbers: Cliff's delta; a category level: its share in the segment minus in the rest, both -1..1),
     text = the segment's median or share. Category levels shown: those that differ most somewhere."""
-    from .personas import format_value
-
     rows = []
     segs = [s for s in profile["segments"] if not s["suppressed"]]
     for seg in segs:

@@ -33,8 +33,9 @@ KERNEL = "segreport"
 PACKAGE = Path(__file__).resolve().parent
 # the modules a grid cell runs (besides its method's module): a change elsewhere (the renderer,
 # the CLI, ...) does not invalidate the cells
-CELL_MODULES = ("cell.py", "evaluate.py", "explain.py", "personas.py", "features.py", "store.py", "config.py",
-                "data.py", "prepare.py", "notebook.py", "verdict.py", "methods/__init__.py", "methods/base.py")
+CELL_MODULES = ("cell.py", "evaluate.py", "explain.py", "personas.py", "features.py", "store.py", "schema.py",
+                "config.py", "data.py", "prepare.py", "notebook.py", "number_format.py", "verdict.py",
+                "methods/__init__.py", "methods/base.py")
 
 
 def ensure_kernel() -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import figures as F
 from .methods import get
+from .number_format import num
 from .store import PERSONAS, SHAP, RunLayout, read_json
 
 
@@ -31,12 +33,6 @@ def quiet() -> None:
 quiet()
 
 
-def _num(v) -> str:
-    from .render import num
-
-    return num(v)
-
-
 def _table(rows: list[tuple[str, str]], label: str = "value"):
     df = pd.DataFrame(rows, columns=["", label]).set_index("")
     df.index.name = None
@@ -48,8 +44,8 @@ def parameters(run_dir, method: str, value) -> "pd.io.formats.style.Styler":
     m = get(method)
     ctx = read_json(RunLayout(run_dir).context)
     data = ctx.get("data") or {}
-    rows = [("method", f"{m.display} ({method})"), (m.grid_label, _num(value)),
-            ("run", Path(run_dir).name), ("customers", _num(data.get("rows"))),
+    rows = [("method", f"{m.display} ({method})"), (m.grid_label, num(value)),
+            ("run", Path(run_dir).name), ("customers", num(data.get("rows"))),
             ("seed", str(ctx.get("params", {}).get("seed", "")))]
     return _table(rows)
 
@@ -62,7 +58,7 @@ def metrics_table(metrics: dict):
         for m in ("silhouette", "davies_bouldin", "calinski_harabasz"):
             rows.append((f"{m.replace('_', '-')} ({space} space)", metrics[space].get(m)))
     fmt = [(name, f"{100 * v:.1f}%" if name.startswith("LightGBM") and v is not None
-            else ("–" if v is None else _num(v))) for name, v in rows]
+            else ("–" if v is None else num(v))) for name, v in rows]
     return _table(fmt)
 
 
@@ -70,8 +66,6 @@ def chart(run_dir, method: str, value, metrics: dict):
     """Segment sizes beside the cell's scores (silhouette in both spaces, LightGBM accuracy, stability),
     as a PNG: it shows wherever the notebook is opened, offline included."""
     import altair as alt
-
-    from . import figures as F
 
     cards = RunLayout(run_dir).read_cell(method, value, PERSONAS, get(method).grid)
     sizes = F.sizes_bar(cards, metrics["k"]).properties(width=300, title="Segment sizes")
@@ -109,7 +103,7 @@ class Figure:
 
 def personas_table(run_dir, method: str, value: int) -> pd.DataFrame:
     cards = RunLayout(run_dir).read_cell(method, value, PERSONAS, get(method).grid)
-    return pd.DataFrame([{"segment": c["segment"] + 1, "customers": _num(c["size"]), "share": f"{100 * c['share']:.1f}%",
+    return pd.DataFrame([{"segment": c["segment"] + 1, "customers": num(c["size"]), "share": f"{100 * c['share']:.1f}%",
                           "persona": c["name"]} for c in cards]).set_index("segment")
 
 

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError, __version__
-from .config import Params, params_to_dict
+from .config import params_to_dict
 from .data import Table, check_k, load_table, sample_rows
 from .demo import is_demo, write_demo
-from .methods import BuildEnv, get
+from .methods import BuildEnv, Params, Space, get
 from .store import (OUTLIER_MODEL, OUTLIERS, SPACE_INFO, TRANSFORMER, RunLayout, atomic_write_joblib,
                     atomic_write_json, atomic_write_npy, atomic_write_parquet, damage, file_record, key, make_folder,
                     read_json, read_json_or_empty, say_damaged, verify)
@@ -221,7 +221,6 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
             return old
         say_damaged(*bad, "rebuilding that feature space")
     from . import features  # scikit-learn: only where a space is built
-    from .methods import Space
 
     t0 = time.perf_counter()
     if name == COMMON:

@@ -29,15 +29,18 @@ import pandas as pd
 import yaml
 from markupsafe import Markup
 
-from . import SegreportError
+from . import SegreportError, __version__, personas, tracking_page
 from . import figures as F
+from .compare import segment_rates
+from .config import params_to_dict
 from .downloads import csv_text, run_ref, write_downloads
 from .methods import REGISTRY, get
+from .number_format import num
 from .prepare import projection_space, run_dir
 from .resources import QUARTO_PROJECT, TEMPLATES
-from .store import (LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_folder,
+from .store import (DONE, LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_folder,
                     atomic_write_bytes, atomic_write_json, atomic_write_text, cell_id, copy_tree, file_record, key,
-                    make_folder, read_json, sha256_file, writing)
+                    make_folder, read_json, read_json_or_empty, say_damaged, sha256_file, verify, writing)
 
 METHOD_TITLES = {name: m.display for name, m in REGISTRY.items()}
 PAGES = ["index", *REGISTRY, "personas", "comparison", "appendix"]
@@ -59,21 +62,6 @@ def _finalize(value):
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         return Markup(num(value))
     return Markup(md_escape(value))
-
-
-def num(v, digits: int | None = None) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "–"
-    v = float(v)
-    if digits is not None:
-        return f"{v:,.{digits}f}"
-    if v.is_integer() and abs(v) < 1e12:
-        return f"{int(v):,}"
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 1:
-        return f"{v:,.2f}"
-    return f"{v:.3f}"
 
 
 class _BytecodeCache(jinja2.FileSystemBytecodeCache):
@@ -172,8 +160,7 @@ def _figure_code() -> str:
     """What a figure's spec and PNG depend on besides its inputs: figures.py and the drawing packages."""
     from importlib import metadata
 
-    from . import personas  # format_value: the numbers a heatmap writes
-
+    # personas.format_value: the numbers a heatmap writes
     return "|".join([sha256_file(F.__file__), sha256_file(personas.__file__)]
                     + [metadata.version(p) for p in ("altair", "vl-convert-python")])
 
@@ -420,9 +407,7 @@ def build_pages(layout: RunLayout, report_dir: Path) -> dict:
         pages[page] = text
         atomic_write_text(page_path(report_dir, page), text)
     atomic_write_text(page_path(report_dir, COVER), env.get_template("pages/cover.md.j2").render(view))
-    from .track import write_page  # the tracking page, only when the run has snapshots (segreport track)
-
-    if write_page(layout, report_dir, env, fig):
+    if tracking_page.write_page(layout, page_path(report_dir, "tracking"), env, fig):  # only with snapshots
         pages["tracking"] = True
     export_csv(layout, report_dir, table)
     _clean_stale(report_dir / "figures", set(fig.written))
@@ -532,8 +517,6 @@ def _rates_reader(layout: RunLayout, outcome: dict | None, comparison: dict | No
             return None
         if (method, value) in known:
             return known[(method, value)]
-        from .compare import segment_rates
-
         return segment_rates(positive(), pd.read_parquet(path, columns=["segment"])["segment"].to_numpy())
     return rates
 
@@ -927,10 +910,6 @@ def site_key(params, layout: RunLayout, project: Path, site: Path, engine: str) 
     parameters, the run's context and manifest (less the times of each run), its comparison and its
     cells' files (the sha256 their done.json recorded), the outcome, identifiers and tracking files,
     the engine and where the site goes."""
-    from . import __version__
-    from .config import params_to_dict
-    from .store import DONE, read_json_or_empty
-
     h = hashlib.sha256()
     package = Path(__file__).resolve().parent
     for f in sorted(package.rglob("*.py")):
@@ -990,8 +969,6 @@ def reusable_site(layout: RunLayout, site: Path, sk: str) -> dict | None:
     """What render returned when it built the site, where the site is still that one: the same key, and
     every file it wrote (and the run's assignment files) as they were. A missing or changed file is said
     in one line; None then (the site is built again)."""
-    from .store import read_json_or_empty, say_damaged, verify
-
     rec = read_json_or_empty(layout.root / SITE_RECORD)
     if rec.get("key") != sk or rec.get("site") != str(site) or not rec.get("files"):
         return None

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import SegreportError
 from .compare import compare
-from .config import Params, params_to_dict
+from .config import params_to_dict
+from .dask_grid import DaskSession, run_grid_dask
+from .embed import release_models
 from .grid import failed_cells, require_some, run_grid, write_manifest
-from .methods import get
+from .methods import Params, get
 from .prepare import prepare
-from .store import RunLayout, RunLock, cell_name, read_json, sweep_partial
+from .render import render
+from .store import RunLayout, RunLock, WriteError, cell_name, read_json, sweep_partial
 
 
 def _now() -> str:
@@ -35,8 +38,6 @@ def run(params: Params, progress: bool = True, root: Path = Path("."), build_sit
 
         if params.executor != "dask":
             return _run(params, progress, root, build_site, workers, None, lock)
-        from .dask_grid import DaskSession
-
         with DaskSession(params.scheduler, workers) as session:  # one cluster for spaces, embedding and cells
             return _run(params, progress, root, build_site, workers, session, stack.enter_context, wait)
 
@@ -103,8 +104,6 @@ def _prepare_child(conn, params: Params, root: str, progress: bool, facts: dict,
 
     from multiprocessing.reduction import send_handle
 
-    from .dask_grid import DaskSession
-
     warnings.filters[:] = filters  # the CLI's (FutureWarnings not shown)
     parent = os.getppid()
 
@@ -127,9 +126,6 @@ def _prepare_child(conn, params: Params, root: str, progress: bool, facts: dict,
             layout, ctx = prepare(params, root=Path(root), progress=progress, session=session, lock=lock)
         conn.send(("done", str(layout.root), ctx))
     except BaseException as exc:  # noqa: BLE001  (raised again in the CLI)
-        from . import SegreportError
-        from .store import WriteError
-
         if not isinstance(exc, (SegreportError, KeyboardInterrupt, WriteError)):  # those are one line
             traceback.print_exc()
         try:
@@ -139,11 +135,8 @@ def _prepare_child(conn, params: Params, root: str, progress: bool, facts: dict,
 
 
 def _release(session=None) -> None:
-    if "segreport.embed" in sys.modules:  # only where something was embedded (no torch import otherwise)
-        sys.modules["segreport.embed"].release_models()
+    release_models()  # imports nothing: the models this process loaded, if any, go
     if session is not None:
-        from .embed import release_models
-
         # the Dask workers built the spaces and embedded the parts; they run the cells next: their models
         # and the heap those tasks freed go back to the OS (seen at 1,000,000 rows: one worker 0.68 -> 0.34 GiB)
         session.client.run(release_models)
@@ -180,8 +173,6 @@ def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: 
     try:
         t1 = time.perf_counter()
         if params.executor == "dask":
-            from .dask_grid import run_grid_dask
-
             statuses = run_grid_dask(layout, ctx, cells, workers, manifest, progress=progress, project=root,
                                      session=session)
         else:
@@ -218,8 +209,6 @@ def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: 
     for m, why in ctx["skipped"].items():
         summary.append(f"left out: {get(m).display} ({why})")
     if params.render:
-        from .render import render
-
         t3 = time.perf_counter()
         out = render(params, layout=layout, project=root, build_site=build_site, reuse=True)
         manifest["timings"]["render"] = round(time.perf_counter() - t3, 3)

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import SegreportError
+
 # --------------------------------------------------------------------------- the names, once
 
 LABELS = "labels.parquet"
@@ -518,8 +520,6 @@ class RunLock:
     def acquire(self, wait: bool = True) -> "RunLock":
         import fcntl
 
-        from . import SegreportError
-
         make_folder(self.folder)
         with writing(self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
@@ -659,3 +659,38 @@ class RunLayout:
     @property
     def metrics_table(self) -> Path:
         return self.comparison / "metrics.parquet"
+
+
+# --------------------------------------------------------------------------- the chosen segmentation
+
+
+def chosen_segmentation(layout: RunLayout, method: str | None = None, k: int | None = None) -> tuple[str, int]:
+    """The (method, k) a command acts on (`track`, `list`): as given, else comparison.json's "recommendation", else its first
+    "recommended" method and that method's k. A method without k takes the method's recommended k."""
+    if method is not None and k is not None:
+        return method, int(k)
+    path = layout.comparison_json
+    if not path.exists():
+        raise SegreportError(f"{path}: missing, so the recommended segmentation is unknown; "
+                             "give --method and --k, or finish the run with `segreport run`")
+    try:
+        comp = read_json(path)
+    except ValueError:
+        raise SegreportError(f"{path}: cannot be read (not JSON); rerun `segreport run`") from None
+    recommended = comp.get("recommended") or {}
+    if method is None:
+        rec = comp.get("recommendation")
+        if isinstance(rec, dict) and rec.get("method") and rec.get("k") is not None:
+            value = int(rec.get("value", rec["k"]))  # the cell: k, or a method's own grid value
+            if k is None or int(k) == value:
+                return str(rec["method"]), value
+        if k is not None:
+            raise SegreportError(f"--k {k} without --method: name the method too (--method kmeans, ...)")
+        done = [m for m, r in recommended.items() if (r or {}).get("k") is not None]
+        if not done:
+            raise SegreportError(f"{path}: no method has a recommended k; give --method and --k")
+        method = done[0]
+    rec = recommended.get(method) or {}
+    if rec.get("k") is None:
+        raise SegreportError(f"{path}: no recommended k for method '{method}'; give --k")
+    return method, int(rec.get("value", rec["k"]))

@@ -48,9 +48,15 @@ import numpy as np
 import pandas as pd
 
 from . import SegreportError
+from .assign import _Run, normalise_new, score_frame
+from .config import TrackingParams
+from .dask_grid import DaskSession
+from .data import MISSING_LEVEL, infer_schema, read_raw, to_binary
+from .drift import CATEGORICAL, MEASURES, NUMERIC, TESTS, agreement, by_segment, decide, measure_table
 from .drift import bin_counts, decile_edges, psi  # noqa: F401  (this module's names before drift.py)
-from .store import (RunLayout, RunLock, atomic_folder, atomic_write_json, atomic_write_parquet, read_json,
-                    read_json_or_empty, sha256_file, sweep_partial)
+from .methods.base import fit_rows, segments
+from .store import (RunLayout, RunLock, atomic_folder, atomic_write_json, atomic_write_parquet, chosen_segmentation,
+                    read_json, read_json_or_empty, sha256_file, sweep_partial)
 
 SNAPSHOTS = "snapshots"
 BASELINE = "baseline"
@@ -86,38 +92,6 @@ def parse_as_of(value: str | None) -> tuple[str, str]:
             raise SegreportError(f"--as-of {value!r}: no such day") from None
         label = f"{int(day)} {label}"
     return m.group(0), label
-
-
-def chosen_segmentation(layout: RunLayout, method: str | None = None, k: int | None = None) -> tuple[str, int]:
-    """The (method, k) to track: as given, else comparison.json's "recommendation", else its first
-    "recommended" method and that method's k. A method without k takes the method's recommended k."""
-    if method is not None and k is not None:
-        return method, int(k)
-    path = layout.comparison / "comparison.json"
-    if not path.exists():
-        raise SegreportError(f"{path}: missing, so the recommended segmentation is unknown; "
-                             "give --method and --k, or finish the run with `segreport run`")
-    try:
-        comp = read_json(path)
-    except ValueError:
-        raise SegreportError(f"{path}: cannot be read (not JSON); rerun `segreport run`") from None
-    recommended = comp.get("recommended") or {}
-    if method is None:
-        rec = comp.get("recommendation")
-        if isinstance(rec, dict) and rec.get("method") and rec.get("k") is not None:
-            value = int(rec.get("value", rec["k"]))  # the cell: k, or a method's own grid value
-            if k is None or int(k) == value:
-                return str(rec["method"]), value
-        if k is not None:
-            raise SegreportError(f"--k {k} without --method: name the method too (--method kmeans, ...)")
-        done = [m for m, r in recommended.items() if (r or {}).get("k") is not None]
-        if not done:
-            raise SegreportError(f"{path}: no method has a recommended k; give --method and --k")
-        method = done[0]
-    rec = recommended.get(method) or {}
-    if rec.get("k") is None:
-        raise SegreportError(f"{path}: no recommended k for method '{method}'; give --k")
-    return method, int(rec.get("value", rec["k"]))
 
 
 def psi_reading(value: float | None) -> str | None:
@@ -194,8 +168,6 @@ def binomial_excess(x: int, n: int, p0: float) -> float:
 
 def _outcome_values(s: pd.Series) -> pd.Series:
     """As the run read its outcome column (data.load_table): yes/no where boolean-like, else text."""
-    from .data import to_binary
-
     b = to_binary(s)
     return (b if b is not None else s.astype(str)).reset_index(drop=True).astype(str)
 
@@ -248,8 +220,6 @@ def find_identifier(df: pd.DataFrame, schema: list, given: str | None, path: str
     for spec in schema:
         if spec.kind == "identifier" and spec.name in df.columns:
             return spec.name
-    from .data import infer_schema
-
     used = {s.name for s in schema if s.use}
     rest = df[[c for c in df.columns if c not in used]]
     if rest.shape[1] == 0:
@@ -263,12 +233,8 @@ def score(run_dir: Path, method: str, k: int, df: pd.DataFrame, path: str, execu
           workers: int = 0, scheduler: str | None = None, part_rows: int = PART_ROWS,
           progress: bool = False) -> tuple[pd.DataFrame, int]:
     """assign.score_frame on the rows: in this process, or cut into row parts, one Dask task each."""
-    from .assign import score_frame
-
     if executor != "dask":
         return score_frame(run_dir, method, k, df, path), 1
-    from .dask_grid import DaskSession
-
     n_workers = workers or (os.cpu_count() or 1)
     size = max(1, min(int(part_rows), math.ceil(len(df) / n_workers)))
     bounds = [(lo, min(lo + size, len(df))) for lo in range(0, len(df), size)]
@@ -289,8 +255,6 @@ def check_snapshot(df: pd.DataFrame, run, frame: pd.DataFrame, path: str, id_col
     refuses: a fitted column missing, text in a numeric column): a category column holding none of the
     levels it was fitted on (a column of another type), an outcome value the run never had. Returns the
     columns the run never used, which are ignored."""
-    from .data import MISSING_LEVEL
-
     for col in run.train.columns:
         if pd.api.types.is_numeric_dtype(run.train[col]):
             continue
@@ -325,8 +289,6 @@ def baseline_missing(run) -> dict[str, float]:
 
 
 def _kinds(run) -> dict[str, str]:
-    from .drift import CATEGORICAL, NUMERIC
-
     return {c: NUMERIC if pd.api.types.is_numeric_dtype(run.train[c]) else CATEGORICAL for c in run.train.columns}
 
 
@@ -336,9 +298,6 @@ def _refit_draws(run, frame: pd.DataFrame, saved: np.ndarray, outlier: np.ndarra
     bootstrap resamples of the rows; each refit assigns every row, and its segments are set against
     `saved` (ARI, matched share)."""
     import warnings
-
-    from .cell import fit_rows, segments
-    from .drift import agreement
 
     with warnings.catch_warnings():  # levels never seen: counted in the drift, as scoring counts them
         warnings.filterwarnings("ignore", message="Found unknown categories", category=UserWarning)
@@ -411,9 +370,6 @@ def track(run_dir, data_path, method: str | None = None, k: int | None = None, a
 
 def _track(root: Path, data_path, method, k, as_of, id_column, executor, workers, scheduler, replace, part_rows,
            progress, tracking) -> dict:
-    from .assign import _Run, normalise_new
-    from .data import read_raw
-
     layout = RunLayout(root)
     past = history(layout)
     if method is None and k is None and past:  # the history goes on with the segmentation it follows
@@ -471,8 +427,6 @@ def _track(root: Path, data_path, method, k, as_of, id_column, executor, workers
         labels["outcome"] = _outcome_values(df[outcome_col]).to_numpy()
     else:
         outcome_col = None
-    from .drift import by_segment, measure_table
-
     kinds = _kinds(run)
     base_missing = baseline_missing(run)
     new_missing = {c: df[c].isna().to_numpy() for c in run.train.columns}
@@ -546,8 +500,6 @@ def _baseline_ids(layout: RunLayout, ctx: dict, id_column: str) -> pd.Series | N
     path = Path(ctx["data"]["path"])
     if not path.is_file() or sha256_file(path) != sha:
         return None
-    from .data import read_raw
-
     df, _ = read_raw(path)
     if id_column not in df.columns:
         return None
@@ -561,8 +513,6 @@ def _baseline_ids(layout: RunLayout, ctx: dict, id_column: str) -> pd.Series | N
 def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot], th=None) -> tuple[dict, dict[str, pd.DataFrame]]:
     """tracking.json and its tables from the fitting table's labels and the scored snapshots, the drift
     decisions under thresholds `th` (config.TrackingParams; default: the run's)."""
-    from .drift import MEASURES, TESTS, decide
-
     th = th if th is not None else run.params.tracking
     ctx, params = run.ctx, run.params
     method, k = run.method, run.k
@@ -777,8 +727,6 @@ def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dic
     segment, or those two shares rose significantly but less: the customers changed, the segments
     hold. **Keep** otherwise. Size changes beyond noise are listed to watch, but alone they do not
     turn keep into watch (with several segments, one of them passes a 95 % test by chance often)."""
-    from .config import TrackingParams
-
     th = th if th is not None else TrackingParams()
     name = {s["segment"]: s for s in segments}
     reasons, watch = [], []
@@ -857,7 +805,7 @@ def recommend(latest: str, sizes: pd.DataFrame, drift: pd.DataFrame, health: dic
                       "min_segment_size": fit["min_segment_size"]}}
 
 
-def _names(items: list[str]) -> str:
+def name_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
 
 
@@ -880,7 +828,7 @@ def describe(result: dict) -> str:
 
 def sentence(rec: dict) -> str:
     """The recommendation in one sentence naming the columns and segments (the CLI's; the page words its own)."""
-    cols, segs, r = _names(rec.get("columns") or []), _names(rec.get("segment_codes") or []), rec.get("refit")
+    cols, segs, r = name_list(rec.get("columns") or []), name_list(rec.get("segment_codes") or []), rec.get("refit")
     drift = ((f"{cols} drifted" + (f", also within {segs}" if segs else "")) if cols else
              f"columns drifted within {segs}, though not in the whole table")
     agree = (f"refits on the snapshot give a median ARI of {r['ari']:.2f} with the saved segments "
@@ -908,153 +856,3 @@ def _reason_text(r: dict) -> str:
     if r["kind"] == "far":
         return f"{r['share']:.1%} far from every centre against {r['fit_share']:.1%} when fitted"
     return f"{r['share']:.1%} outliers against {r['fit_share']:.1%} when fitted"
-
-
-# --------------------------------------------------------------------------- the report page
-
-
-def write_page(layout: RunLayout, report_dir: Path, env, fig) -> bool:
-    """report/_pages/tracking.qmd from tracking.json (and its figures), when the run has snapshots scored with
-    its current fit; else no tracking page (a stale one is removed). True if the page was written."""
-    from .render import page_path
-
-    page = page_path(report_dir, "tracking")
-    view = page_view(layout, fig)
-    if view is None:
-        page.unlink(missing_ok=True)
-        return False
-    from markupsafe import Markup
-
-    env.filters.setdefault("pts", lambda v: Markup("–" if v is None else f"{100 * float(v):+.1f} pts"))
-    env.filters.setdefault("f2", lambda v: Markup("–" if v is None else f"{float(v):.2f}"))
-    env.filters.setdefault("names", lambda v: Markup(_names([str(x) for x in v])))
-    text = env.get_template("pages/tracking.qmd.j2").render(view)
-    from .store import atomic_write_text
-
-    atomic_write_text(page, text)
-    return True
-
-
-def page_view(layout: RunLayout, fig) -> dict | None:
-    """What the tracking page shows, read from tracking.json and tracking/*.parquet (no new numbers)."""
-    import functools
-    import warnings
-
-    from . import figures as F
-
-    t = read_json_or_empty(layout.root / "tracking.json")
-    if not t.get("periods") or not (layout.root / SNAPSHOTS).is_dir():
-        return None
-    from .methods import get
-
-    model = layout.cell(t["method"], t["k"], get(t["method"]).grid) / "model.joblib"
-    if not model.exists() or sha256_file(model) != t["model_sha256"]:
-        warnings.warn(f"{layout.root / 'tracking.json'}: the snapshots were scored with an earlier fit of "
-                      f"{t['method']} k={t['k']}; the tracking page is left out until they are tracked again")
-        return None
-    k = t["k"]
-    label = {p["key"]: p["label"] for p in t["periods"]}
-    order = [p["label"] for p in t["periods"]]
-    segs = {s["segment"]: s for s in t["segments"]}
-    sizes = pd.DataFrame(t["sizes"])
-    sizes["segment_code"] = sizes["segment"].map(lambda s: segs[s]["code"])
-    latest = t["latest"]
-    table = []
-    for s in t["segments"]:
-        rows = {r["period"]: r for r in t["sizes"] if r["segment"] == s["segment"]}
-        table.append({**s, "cells": [rows[p["key"]] for p in t["periods"]], "latest": rows[latest]})
-    chart_data = sizes.assign(period=sizes["period"].map(label), name=sizes["segment"].map(lambda s: segs[s]["name"]),
-                              segment=sizes["segment_code"])[
-        ["period", "segment", "name", "customers", "share", "beyond_noise"]]
-    from .render import METHOD_TITLES
-
-    view = {"t": t, "titles": METHOD_TITLES, "segments": t["segments"], "periods": t["periods"],
-            "snapshots": t["periods"][1:],
-            "latest_label": label[latest], "size_rows": table, "label": label,
-            "fig_sizes": fig("tracking-sizes", F.shares_over_time(chart_data, order, k),
-                             "Each segment's share of customers, baseline and snapshots; solid points: a change "
-                             "against the baseline beyond sampling noise (95 %).")}
-    # moves between periods
-    mig = t["migration"]
-    view["transitions"] = [{**tr, "from_label": label[tr["from"]], "to_label": label[tr["to"]]}
-                           for tr in mig["transitions"]]
-    if mig["transitions"]:
-        last = view["transitions"][-1]
-        m = pd.read_parquet(layout.root / "tracking" / "migration.parquet")
-        m = m[(m["from_period"] == last["from"]) & (m["to_period"] == last["to"])]  # (DataFrame.to_period is a method)
-        codes = [s["code"] for s in t["segments"]]
-        rows_, cols_ = codes + ["new"], codes + ["left"]
-        grid = pd.DataFrame([(a, b) for a in range(-1, k) for b in range(-1, k) if not (a < 0 and b < 0)],
-                            columns=["from_segment", "to_segment"])
-        grid = grid.merge(m[["from_segment", "to_segment", "customers"]], how="left").fillna({"customers": 0})
-        grid["customers"] = grid["customers"].astype(int)
-        name = lambda s, none: none if s < 0 else segs[s]["code"]  # noqa: E731
-        cells = pd.DataFrame({"from": [name(s, "new") for s in grid.from_segment],
-                              "to": [name(s, "left") for s in grid.to_segment],
-                              "customers": grid.customers, "dark_from": grid.customers.max() / 2})
-        view["fig_migration"] = fig("tracking-migration", F.migration_heatmap(
-            cells, rows_, cols_, f"{last['from_label']} to {last['to_label']}"),
-            f"Customers by their segment in {last['from_label']} (rows) and in {last['to_label']} (columns); "
-            "'new': not in the earlier table, 'left': not in the later one.")
-        matrix = []
-        for a in list(range(k)) + [-1]:
-            row = {"from": segs[a] if a >= 0 else None, "counts": []}
-            for b in list(range(k)) + [-1]:
-                hit = grid[(grid.from_segment == a) & (grid.to_segment == b)]
-                row["counts"].append(None if (a < 0 and b < 0) else int(hit.customers.iloc[0]))
-            matrix.append(row)
-        view["matrix"] = matrix
-        view["last_transition"] = last
-    # drift: per column, within each segment; does it change the segments
-    d_latest = pd.DataFrame(t["drift"]["latest"])
-    th = t.get("thresholds") or {}
-    measured = "drifted" in d_latest.columns and d_latest["drifted"].notna().all()
-    view["measured"] = measured
-    if measured:
-        limits = {"numbers": th["numeric_threshold"], "categories": th["categorical_threshold"]}
-        view["fig_drift"] = fig("tracking-drift", functools.partial(
-            F.drift_bars, d_latest[["label", "measure", "effect", "drifted"]], limits),
-            f"Drift of each column in {label[latest]} against the baseline: normed Wasserstein for numbers, "
-            f"Jensen-Shannon distance for categories; dashed: the threshold"
-            f"{'s' if len(set(limits.values())) > 1 else ''}; red: drifted (its distribution, missing share or "
-            "new values).")
-        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -((r["effect"] or 0) / r["threshold"]))
-        segs_latest = [r for r in t["drift"].get("segments_latest") or [] if r["period"] == latest]
-        cells = pd.DataFrame([{"segment": f"{segs[r['segment']]['code']} · {segs[r['segment']]['name']}",
-                               "label": r["label"], "effect": r["effect"], "ratio": r["effect"] / r["threshold"],
-                               "text": f"{r['effect']:.2f}", "drifted": bool(r["drifted"])}
-                              for r in segs_latest if r["measured"] and r.get("effect") is not None])
-        view["fig_segments"] = None  # no segment with enough customers on both sides: the page says so
-        if len(cells):
-            rows_ = list(dict.fromkeys(cells["segment"]))
-            cols_ = list(dict.fromkeys(cells["label"]))
-            view["fig_segments"] = fig("tracking-segment-drift", functools.partial(
-                F.segment_drift_heatmap, cells, rows_, cols_),
-                f"Effect size of each column's drift within each segment, {label[latest]} against the baseline; "
-                "bold: drifted.")
-        view["segments_unmeasured"] = [
-            {**segs[s_], "rows": next(r["rows"] for r in segs_latest if r["segment"] == s_),
-             "baseline_rows": next(r["baseline_rows"] for r in segs_latest if r["segment"] == s_)}
-            for s_ in sorted({r["segment"] for r in segs_latest if not r["measured"]})]
-        view["segments_drifted"] = [w for w in t["recommendation"]["watch"] if w["kind"] == "segment_drift"]
-        view["refit"] = (t.get("refit") or {}).get(latest)
-    else:  # snapshots tracked before effect sizes were measured
-        view["fig_drift"] = fig("tracking-drift", F.psi_bars(d_latest[["label", "psi", "reading"]],
-                                                             t["drift"]["thresholds"]["moderate"],
-                                                             t["drift"]["thresholds"]["large"]),
-                                f"Population stability index of each column in {label[latest]} against the baseline.")
-        view["drift_rows"] = sorted(t["drift"]["latest"], key=lambda r: -r["psi"])
-    view["th"] = th
-    view["drift_by_period"] = t["drift"]["by_period"]
-    view["effect_by_period"] = t["drift"].get("effect_by_period") or {}
-    view["ignored"] = (t.get("ignored_columns") or {}).get(latest) or []
-    # outcome
-    if t.get("outcome"):
-        rates = {(r["period"], r["segment"]): r for r in t["outcome_rates"]}
-        view["outcome_periods"] = [p for p in t["periods"] if p["key"] in t["outcome"]["periods"]]
-        view["outcome_rows"] = [{"segment": s, "cells": [rates.get((p["key"], s["segment"])) for p in
-                                                         view["outcome_periods"]]} for s in t["segments"]]
-        view["outcome_total"] = [rates.get((p["key"], -1)) for p in view["outcome_periods"]]
-    view["health"] = [{**h, "label": label[h["period"]]} for h in t["health"]]
-    view["rec"] = t["recommendation"]
-    return view

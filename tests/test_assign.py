@@ -11,7 +11,8 @@ import pytest
 from segreport import SegreportError
 from segreport.assign import assign, ecod_scores, normalise_new
 from segreport.cli import main
-from segreport.config import ColumnSpec, Params
+from segreport.methods import Params
+from segreport.schema import ColumnSpec
 from segreport.demo import write_demo
 from segreport.store import read_json
 

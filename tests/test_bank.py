@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from segreport.cell import run_cell
-from segreport.config import load_params
+from segreport.methods import load_params
 from segreport.prepare import prepare
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it

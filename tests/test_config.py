@@ -1,7 +1,8 @@
 import pytest
 
 from segreport import SegreportError
-from segreport.config import load_params, parse_k
+from segreport.config import parse_k
+from segreport.methods import load_params
 
 
 def test_parse_k_ranges_and_lists():

@@ -106,7 +106,7 @@ def test_dask_matches_local_executor(tmp_path, cluster):
 
 
 def test_a_killed_worker_does_not_lose_its_cell(workdir, cluster):
-    from segreport.config import Params
+    from segreport.methods import Params
     from segreport.dask_grid import run_grid_dask
     from segreport.prepare import prepare
 
@@ -224,7 +224,7 @@ def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_ove
     strings through the grid: 1.1 GiB at 1,000,000 rows). That process takes the run folder's lock and
     hands it over: through the grid the CLI's process holds it, and it is released at the end."""
     from segreport import SegreportError, dask_grid, runner
-    from segreport.config import Params
+    from segreport.methods import Params
     from segreport.store import RunLock
 
     write_demo(workdir / "data" / "demo.csv", rows=300, seed=14)

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segreport import SegreportError
-from segreport.config import ColumnSpec
+from segreport.schema import ColumnSpec
 from segreport.data import infer_schema, load_table, read_raw, to_binary, to_number
 from segreport.demo import generate, is_demo, write_demo
 

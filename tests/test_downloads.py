@@ -35,7 +35,7 @@ def test_no_outcome_where_the_name_or_the_values_do_not_say_so():
     df = pd.DataFrame({"age": range(10), "churn": ["yes", "no"] * 5, "response": ["yes", "no"] * 5})
     assert detect_outcome(df) is None  # two candidates: none is guessed
     # a column an explicit schema uses as an input is never taken
-    from segreport.config import ColumnSpec
+    from segreport.schema import ColumnSpec
     df = pd.DataFrame({"age": range(10), "churn": ["yes", "no"] * 5})
     assert detect_outcome(df, [ColumnSpec(name="churn", kind="binary")]) is None
 

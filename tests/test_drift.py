@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from segreport import SegreportError
-from segreport.config import TrackingParams, load_params
+from segreport.config import TrackingParams
+from segreport.methods import load_params
 from segreport.drift import (CATEGORICAL, NUMERIC, UNSEEN_BUCKET, agreement, by_segment, decide, js_distance,
                              measure, psi)
 from segreport.track import recommend, sentence

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segreport import SegreportError
-from segreport.config import DEFAULT_SCHEMA
+from segreport.schema import DEFAULT_SCHEMA
 from segreport.demo import generate
 from segreport.embed import cpu_has_bf16, embed_texts, render_texts, resolve_model, schema_template
 

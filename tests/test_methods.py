@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import check_estimator
 
-from segreport.config import Params
+from segreport.methods import Params
 from segreport.methods import REGISTRY
 from segreport.methods.hdbscan import HDBSCANSegmenter
 from segreport.methods.kmeans import KMeansSegmenter

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from segreport.config import Params
+from segreport.methods import Params
 from segreport.features import ecod_outliers
 from segreport.methods.kmeans import KMeansSegmenter
 from segreport.prepare import scale_plan

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from segreport.config import load_params
+from segreport.methods import load_params
 
 from .conftest import BANK, LIGHT, ROOT, make_workdir, run_inline
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,9 +20,8 @@ from segreport import SegreportError
 from segreport.assign import score_frame
 from segreport.cli import main
 from segreport.demo import NEW_JOB, generate, generate_snapshots, write_demo, write_snapshots
-from segreport.store import RunLayout, atomic_write_json, read_json
-from segreport.track import (bin_counts, chosen_segmentation, column_drift, decile_edges, migration, parse_as_of,
-                             psi, psi_reading, size_test)
+from segreport.store import RunLayout, atomic_write_json, chosen_segmentation, read_json
+from segreport.track import bin_counts, column_drift, decile_edges, migration, parse_as_of, psi, psi_reading, size_test
 
 from .conftest import ROOT, make_workdir, run_inline, snapshot
 

@@ -305,7 +305,7 @@ def test_shap_direction_reads_the_sign():
 
 
 def test_nominal_columns_are_one_hot_unless_ordered():
-    from segreport.config import ColumnSpec
+    from segreport.schema import ColumnSpec
     from segreport.data import Table
     from segreport.features import fit_encoded
 

@@ -1,7 +1,11 @@
-"""The registry of segmentation methods: one line per method (see base.Method for the interface)."""
+"""The registry of segmentation methods: one line per method (see base.Method for the interface),
+and the run's parameters it composes: config's run-wide keys with each method's own under its name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..config import parameters_model, read_params
 from .base import BuildEnv, Method, Space, Strict  # noqa: F401
 from .famd import FAMDMethod
 from .hdbscan import HDBSCANMethod
@@ -18,6 +22,18 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
 )}
 DEFAULT_METHODS = ["kmeans", "kprototypes", "llm"]
 
+Params = parameters_model({name: m.Params for name, m in REGISTRY.items()}, DEFAULT_METHODS)
+
 
 def get(name: str) -> Method:
     return REGISTRY[name]
+
+
+def load_params(path: str | Path | None, overrides: dict | None = None) -> Params:
+    """Read params.yml (if any), apply CLI overrides (non-None values), validate (config.read_params)."""
+    return read_params(Params, path, overrides)
+
+
+def params_of(ctx: dict) -> Params:
+    """The typed parameters of a run, validated back from its context.json."""
+    return Params.model_validate(ctx["params"])

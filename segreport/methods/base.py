@@ -20,6 +20,10 @@ A method declares:
   `fit_kwargs(space)`: extra arguments of its fit (K-Prototypes: `categorical=`);
 - `own_space(space)`: the matrix its own-space metrics are computed in (None: no Euclidean
   geometry), and `projection`: whose projections the report draws its segments on.
+
+What every method shares sits at the end: `fit_rows` (a fit on some rows, the outliers left out)
+and `segments` (each row's segment and distance under a fitted model), used alike by the cell, the
+comparison's null references, `assign` and `track`.
 """
 
 from __future__ import annotations
@@ -29,13 +33,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-
-class Strict(BaseModel):
-    """Parameters: unknown keys are refused, assignments validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from ..schema import Strict  # noqa: F401  (every method's Params derives from it)
 
 
 @dataclass
@@ -153,3 +152,30 @@ class Method:
     def extra_comparison(self, layout, ctx: dict, value: int) -> dict | None:
         """A method's own experiment for the comparison page (the LLM's numbers-as-words)."""
         return None
+
+
+# ---------------------------------------------------------------------------- what every method shares
+
+
+def fit_rows(method, model, space: dict, rows: np.ndarray):
+    """Fit `model` on the given rows of the space (the space's outliers among them left out)."""
+    outliers = space.get("outliers")
+    keep = rows if outliers is None else rows[~outliers[rows]]
+    if len(np.unique(keep)) < getattr(model, "n_clusters", 1):
+        keep = rows
+    X = space["X"]
+    if len(keep) == len(X) and np.array_equal(keep, np.arange(len(X))):
+        return model.fit(np.asarray(X), **method.fit_kwargs(space))  # every row: the (memory-mapped) space itself
+    return model.fit(np.asarray(X[keep]), **method.fit_kwargs(space))
+
+
+def segments(method, model, X) -> tuple[np.ndarray, np.ndarray]:
+    """(segment, distance to its centre) of rows under a fitted model: the closest centre, first on
+    ties, or the model's own prediction where its segments are not centre-based."""
+    X = np.asarray(X)
+    dist = np.asarray(model.transform(X))
+    if method.grid == "k":
+        lab = dist.argmin(axis=1).astype(np.int64)
+    else:
+        lab = np.asarray(model.predict(X), dtype=np.int64)
+    return lab, dist[np.arange(len(lab)), lab]

@@ -25,7 +25,7 @@ from .base import Method, Space, Strict
 def __getattr__(name: str):
     """`HDBSCANSegmenter` (in _hdbscan.py: it needs scikit-learn), imported on first use."""
     if name == "HDBSCANSegmenter":
-        from ._hdbscan import HDBSCANSegmenter
+        from ._hdbscan import HDBSCANSegmenter  # scikit-learn: on first use
 
         return HDBSCANSegmenter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -47,7 +47,7 @@ class DenseEmbedding:
         self.encoder, self.index, self.embedding = encoder, index, embedding
 
     def transform(self, frame):
-        from ..assign import column_transform
+        from ..features import column_transform  # scikit-learn (features imports it): only where new rows are placed
 
         Z = column_transform(self.encoder, frame)
         _, nearest = self.index.kneighbors(Z, n_neighbors=1)
@@ -76,7 +76,7 @@ class HDBSCANMethod(Method):
         import umap
         from sklearn.neighbors import NearestNeighbors
 
-        from ..features import fit_common, sample_rows
+        from ..features import fit_common, sample_rows  # scikit-learn: only where a space is built
 
         mp = params.hdbscan
         Z, ct = fit_common(table)
@@ -101,7 +101,7 @@ class HDBSCANMethod(Method):
         return Space({"X": E}, tr, info, outlier_X=None)
 
     def estimator(self, value, params, seed, scale, n_init=None):
-        from ._hdbscan import HDBSCANSegmenter
+        from ._hdbscan import HDBSCANSegmenter  # scikit-learn: only where a model is fitted
 
         return HDBSCANSegmenter(min_cluster_size=value, min_samples=params.hdbscan.min_samples, random_state=seed)
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     """`KMeansSegmenter` (in _kmeans.py: it needs scikit-learn), imported on first use."""
     if name == "KMeansSegmenter":
-        from ._kmeans import KMeansSegmenter
+        from ._kmeans import KMeansSegmenter  # scikit-learn: on first use
 
         return KMeansSegmenter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -39,7 +39,7 @@ class KMeansParams(Strict):
 
 def kmeans_estimator(k: int, mp, seed: int, scale: dict, n_init: int | None = None) -> KMeansSegmenter:
     """K-means with a method's n_init / max_iter and the run's scale path (see prepare.scale_plan)."""
-    from ._kmeans import KMeansSegmenter
+    from ._kmeans import KMeansSegmenter  # scikit-learn: only where a model is fitted
 
     return KMeansSegmenter(n_clusters=k, n_init=n_init or mp.n_init, max_iter=mp.max_iter, random_state=seed,
                            algorithm=(scale or {}).get("centroids") or "lloyd",
@@ -56,7 +56,7 @@ class KMeansMethod(Method):
     weighted_refit = True
 
     def build_space(self, table, params, env) -> Space:
-        from ..features import fit_encoded
+        from ..features import fit_encoded  # scikit-learn: only where a space is built
 
         X, ct, names = fit_encoded(table, params.kmeans.power_transform)
         return Space({"X": X}, ct, {"dims": int(X.shape[1]), "features": names}, outlier_X=X)

@@ -19,7 +19,7 @@ def __getattr__(name: str):
     """The estimator module's names (KPrototypesSegmenter, initial_prototypes, ...), imported on first use."""
     if name.startswith("__"):
         raise AttributeError(name)
-    from . import _kprototypes
+    from . import _kprototypes  # scikit-learn and numba: on first use
 
     try:
         return getattr(_kprototypes, name)
@@ -58,7 +58,7 @@ class KPrototypesMethod(Method):
         return None
 
     def build_space(self, table, params, env) -> Space:
-        from ..features import fit_common, fit_mixed
+        from ..features import fit_common, fit_mixed  # scikit-learn: only where a space is built
 
         xn, xc, enc = fit_mixed(table)
         X = np.hstack([xn, xc.astype(np.float64)])
@@ -73,7 +73,7 @@ class KPrototypesMethod(Method):
         return {"categorical": space["info"]["categorical_index"]}
 
     def estimator(self, value, params, seed, scale, n_init=None):
-        from ._kprototypes import KPrototypesSegmenter
+        from ._kprototypes import KPrototypesSegmenter  # scikit-learn and numba: only where a model is fitted
 
         mp = self.params(params)
         return KPrototypesSegmenter(n_clusters=value, gamma=mp.gamma, init=mp.init, n_init=n_init or mp.n_init,
@@ -102,7 +102,7 @@ class KPrototypesMethod(Method):
         return np.hstack([xn, xc.astype(np.float64)]), {}
 
     def outlier_input_new(self, run, frame, X):
-        from ..assign import column_transform
+        from ..features import column_transform  # scikit-learn (features imports it): only where new rows are placed
 
         ct = run.file(run.layout.space("common") / "transformer.joblib", "the common-space transformer")
         return column_transform(ct, frame)

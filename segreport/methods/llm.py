@@ -15,7 +15,11 @@ import numpy as np
 from pydantic import Field
 
 from .. import SegreportError
+from ..data import sample_rows
+from ..embed import embed_texts, quantile_edges, render_texts, resolve_model, row_texts, schema_template, strip_comments
 from ..embed_fast import PATHS
+from ..evaluate import bootstrap_stability
+from ..resources import resource
 from .base import Method, Space, Strict
 from .kmeans import kmeans_estimator
 
@@ -41,14 +45,10 @@ class LLMParams(Strict):
 def read_template(lp: LLMParams, table, root: Path) -> tuple[str, str]:
     """The row-to-text template: the configured file if it fits the table, else one from the schema.
     Template comments ({# ... #}) are dropped: the report shows the template as it renders."""
-    from ..embed import render_texts, schema_template, strip_comments
-
     path = Path(lp.template)
     if not path.is_absolute():
         path = root / path
         if not path.exists():
-            from ..resources import resource
-
             path = resource(lp.template)
     if path.exists():
         text = strip_comments(path.read_text(encoding="utf-8"))
@@ -75,8 +75,6 @@ class LLMMethod(Method):
     rowwise_space = True  # each row's text is embedded alone (number words use edges fixed in the inputs)
 
     def prepare_inputs(self, params, table, root) -> dict:
-        from ..embed import quantile_edges, resolve_model
-
         resolve_model(params.llm.model)  # a bad model path fails here, before anything is written
         text, source = read_template(params.llm, table, root)
         return {"text": text, "source": source, "numbers": params.llm.numbers,
@@ -87,8 +85,6 @@ class LLMMethod(Method):
 
     def build_space(self, table, params, env) -> Space:
         import time
-
-        from ..embed import embed_texts, row_texts
 
         lp = params.llm
         t0 = time.perf_counter()
@@ -107,8 +103,6 @@ class LLMMethod(Method):
 
     def transform_new(self, run, frame):
         """Texts seen in training reuse the stored embeddings; new texts are embedded (and cached)."""
-        from ..embed import embed_texts, row_texts
-
         inputs = run.inputs
         if not inputs.get("text"):
             raise SegreportError(f"{run.layout.context}: no row-text template recorded; rerun `segreport run`")
@@ -154,10 +148,7 @@ def numbers_experiment(layout, ctx: dict, k: int, max_rows: int = 3000) -> dict:
     import pandas as pd
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-    from ..embed import embed_texts, row_texts
-    from ..evaluate import bootstrap_stability
-    from ..features import sample_rows
-    from .kmeans import KMeansSegmenter
+    from ._kmeans import KMeansSegmenter  # scikit-learn, as above
 
     p, lp = ctx["params"], ctx["params"]["llm"]
     seed = int(p["seed"])

@@ -1,0 +1,158 @@
+"""Write docs/parameters.md, the reference of every params.yml key, from the pydantic parameter models.
+
+    python scripts/parameters_doc.py [--out docs/parameters.md] [--check]
+
+Each key's default and allowed values come from its model (`segreport.methods.Params`: config's run-wide
+keys, each method's own under its name; `schema:` entries are `segreport.schema.ColumnSpec`); what it
+does, from the comment beside the field in the source, else the `segreport run --help` text of its option.
+`--check` writes nothing and exits 1 where the file differs (tests/test_parameters_doc.py does the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import io
+import json
+import sys
+import tokenize
+import types
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from segreport.cli import build_parser  # noqa: E402
+from segreport.config import RunParams, ScaleParams, TrackingParams  # noqa: E402
+from segreport.methods import REGISTRY, Params  # noqa: E402
+from segreport.schema import ColumnSpec  # noqa: E402
+
+OUT = ROOT / "docs" / "parameters.md"
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment on each field's line in the class source (or the comment lines just above it)."""
+    src = inspect.getsource(cls)
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT]
+    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens}
+    alone = {t.start[0] for t in tokens if t.line.strip().startswith("#")}  # a comment line of its own
+    out = {}
+    for node in ast.parse(src).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            line = node.end_lineno
+            if line in comments:
+                out[node.target.id] = comments[line]
+            else:
+                above, i = [], node.lineno - 1
+                while i in alone:
+                    above.insert(0, comments[i])
+                    i -= 1
+                if above:
+                    out[node.target.id] = " ".join(above)
+    return out
+
+
+def cli_help() -> dict[str, str]:
+    """`segreport run`'s help per params key (the option's dest)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    run = sub.choices["run"]
+    return {a.dest: " ".join(a.help.split()) for a in run._actions if a.help and a.dest != "help"}
+
+
+def kind(ann) -> str:
+    """An annotation as a reader of params.yml sees it."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if isinstance(ann, types.UnionType):
+        origin = typing.Union
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return "a list of mappings: the section below"
+    if origin is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        return " \\| ".join(kind(a) for a in rest) + " or empty"
+    if origin in (list, tuple):
+        return f"list of {kind(args[0])}" if args else "list"
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return "a mapping: its section below"
+    return getattr(ann, "__name__", str(ann))
+
+
+def limits(field) -> str:
+    said = []
+    for m in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                said.append(f"{sign} {getattr(m, attr)}")
+    return ", ".join(said)
+
+
+def default(field) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        value = field.default_factory()
+    else:
+        value = field.get_default()
+    if isinstance(value, BaseModel):
+        return ""
+    return "" if value is None else f"`{json.dumps(value)}`"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def table(model: type[BaseModel], prefix: str, comments: dict[str, str], helps: dict[str, str]) -> list[str]:
+    rows = ["| key | default | values | what |", "|---|---|---|---|"]
+    for name, f in model.model_fields.items():
+        key = f.alias or name
+        values = kind(f.annotation) + (f" ({limits(f)})" if limits(f) else "")
+        what = comments.get(name) or helps.get(f"{prefix}{key}") or ""
+        rows.append(f"| `{key}` | {default(f)} | {values} | {cell(what)} |")
+    return rows
+
+
+def text() -> str:
+    helps = cli_help()
+    run_comments = field_comments(RunParams)
+    lines = ["# Parameters", "",
+             "Every key of `params.yml`; `segreport run --help` gives the command-line option of those that have",
+             "one (the command line wins over the file). Unknown keys are refused, with the closest valid name.",
+             "", "<!-- generated by scripts/parameters_doc.py from the pydantic models: edit those, then run it -->",
+             "", "## The run", ""]
+    lines += table(Params, "", run_comments, helps)
+    lines += ["", "## `schema:` entries", "",
+              "A list of columns, each a mapping; without it, the bank preset's columns where the table has them,",
+              "else each column's kind inferred (`segreport inspect --data FILE` shows how).", ""]
+    lines += table(ColumnSpec, "schema.", field_comments(ColumnSpec), helps)
+    for key, model in (("scale", ScaleParams), ("tracking", TrackingParams)):
+        doc = " ".join((model.__doc__ or "").split())
+        lines += ["", f"## `{key}:`", "", doc, ""] + table(model, f"{key}.", field_comments(model), helps)
+    for name, method in REGISTRY.items():
+        lines += ["", f"## `{name}:` ({method.display})", ""]
+        lines += table(method.Params, f"{name}.", field_comments(method.Params), helps)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--check", action="store_true", help="exit 1 where the file is not current; write nothing")
+    ns = ap.parse_args(argv)
+    out, new = Path(ns.out), text()
+    if ns.check:
+        current = out.exists() and out.read_text(encoding="utf-8") == new
+        print(f"{out}: {'current' if current else 'out of date: run python scripts/parameters_doc.py'}")
+        return 0 if current else 1
+    out.write_text(new, encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
