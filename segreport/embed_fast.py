@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from . import SegreportError
-from .store import WriteError, atomic_write_text, make_folder, no_space, write_failure
+from .sentence_model import encode, load_model, resolve_model
+from .store import WriteError, atomic_write_text, make_folder, no_space, say_damaged, write_failure
 
 TORCH_PATHS = ("fp32", "bf16")
 EXPORTED_PATHS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
@@ -123,7 +124,6 @@ def _versions() -> dict[str, str]:
 @lru_cache(maxsize=8)
 def model_fingerprint(model_name: str) -> str:
     """Hash of the model's files (the bundled folder), so an export is rebuilt if the model changes."""
-    from .embed import resolve_model
 
     h = hashlib.sha256(model_name.encode())
     p = Path(resolve_model(model_name))
@@ -321,7 +321,6 @@ def _export_folder(model_name: str, kind: str, cache_dir: str | Path, calib: lis
 
 def exported_model(model_name: str, path: str, cache_dir: str | Path, calib_texts: list[str] | None = None) -> Path:
     """The folder of `path`'s exported model, built on first use and reused after (atomic rename into place)."""
-    from .embed import load_model
 
     kind = _export_kind(path)
     base = None if kind == "onnx-base" else exported_model(model_name, "onnx-base", cache_dir)
@@ -377,7 +376,6 @@ class Encoder:
     """One path's encoder: texts -> (n, d) float32 in input order, as SentenceTransformer.encode would give."""
 
     def __init__(self, model_name: str, path: str, folder: Path | None, threads: int):
-        from .embed import load_model
 
         if path not in PATHS:
             raise SegreportError(f"unknown embedding precision '{path}'; one of {', '.join(('auto',) + PATHS)}")
@@ -409,10 +407,9 @@ class Encoder:
             self.queue = ov.AsyncInferQueue(self.compiled, self.threads)
 
     def __call__(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        from .embed import _encode
 
         if self.path in TORCH_PATHS:
-            return _encode(self.st, texts, batch_size, self.path == "bf16", False)
+            return encode(self.st, texts, batch_size, self.path == "bf16", False)
         out = np.empty((len(texts), self.dim), dtype=np.float32) if texts else np.empty((0, 0), np.float32)
         if not texts:
             return out
@@ -624,8 +621,6 @@ def _body_hash(body: dict) -> str:
 def read_verdict(path: Path) -> dict | None:
     """The cached verdict, or None where there is none; a damaged one is said so in one line and removed
     (the next gate measures again)."""
-    from .store import say_damaged
-
     if not path.exists():
         return None
     try:

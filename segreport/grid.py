@@ -25,7 +25,7 @@ from pathlib import Path
 from . import SegreportError, __version__
 from .methods import get
 from .resources import ANALYSIS
-from .store import (CELL_HASHED, CELL_RECORDS, CELL_VERIFIED, DONE, KERNEL_LOG, METRICS, NOTEBOOK, NoSpaceError,
+from .store import (CELL_HASHED, CELL_RECORDS, CELL_VERIFIED, DONE, KERNEL_LOG, NOTEBOOK, NoSpaceError,
                     RunLayout, atomic_output, atomic_write_json, cell_name, file_record, key, make_folder, no_space,
                     read_json_or_empty, say_damaged, sha256_file, sweep_partial, verify, writing)
 

@@ -315,7 +315,7 @@ def reference_frame(frame: pd.DataFrame, numeric: list[str], categorical: list[s
     """
     from sklearn.preprocessing import PowerTransformer
 
-    blocks, parts = [], []
+    parts = []
     pt = None
     if numeric:
         raw = frame[numeric].to_numpy(np.float64)

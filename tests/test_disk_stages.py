@@ -321,7 +321,7 @@ def test_the_embedding_cache_the_exported_models_and_the_gate_s_record_on_a_full
         embed.embed_part(["a", "bb"], "model", "fp32", 8, part)
     assert info.value.path == part and _leftovers(tmp_path) == []
     # an exported model: the exporter's own write fails (its error, its errno); the folder is removed
-    monkeypatch.setattr(embed, "load_model", lambda name: None)
+    monkeypatch.setattr(ef, "load_model", lambda name: None)
 
     def exporter(st, kind, out, base, calib):
         (out / "model.onnx").write_bytes(b"\0" * 100)

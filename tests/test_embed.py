@@ -8,7 +8,8 @@ import pytest
 from segreport import SegreportError
 from segreport.schema import DEFAULT_SCHEMA
 from segreport.demo import generate
-from segreport.embed import cpu_has_bf16, embed_texts, render_texts, resolve_model, schema_template
+from segreport.embed import cpu_has_bf16, embed_texts, render_texts, schema_template
+from segreport.sentence_model import resolve_model
 
 TEXTS = ["Age: 58, Job: management, Marital: married", "Age: 23, Job: student, Marital: single",
          "Age: 58, Job: management, Marital: married", "Age: 70, Job: retired, Marital: divorced"]

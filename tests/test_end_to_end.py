@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import nbformat
 import pandas as pd

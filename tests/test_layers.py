@@ -15,15 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "segreport"
-# issue #25's remaining step, done on another branch: the model loading shared by embed and embed_fast
-# moves to one module of its own. Until it lands, this pair (and only it) may import each other.
-ALLOWED = {frozenset({"segreport.embed", "segreport.embed_fast"})}
+ALLOWED: set[frozenset] = set()  # cycles allowed: none (embed and embed_fast share sentence_model, below both)
 # the floors, from the bottom up: a module imports from its own floor or those below (segreport/methods/*
 # is floor 2 whatever its name). A new module takes its place here.
 FLOORS = {
     0: "segreport schema config store safe_csv number_format resources",  # facts every floor reads
     # the libraries
-    1: "data features evaluate verdict recommend explain project personas drift embed embed_fast ecod demo",
+    1: "data features evaluate verdict recommend explain project personas drift sentence_model embed embed_fast ecod demo",
     2: "methods",  # the registry, the interface, one module per method
     3: "prepare grid dask_grid cell compare assign track",  # the stages
     4: "render tracking_page downloads figures notebook",  # the report

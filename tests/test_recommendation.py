@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from segreport.personas import personas, profile
 from segreport.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind

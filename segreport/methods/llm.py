@@ -16,7 +16,8 @@ from pydantic import Field
 
 from .. import SegreportError
 from ..data import sample_rows
-from ..embed import embed_texts, quantile_edges, render_texts, resolve_model, row_texts, schema_template, strip_comments
+from ..embed import embed_texts, quantile_edges, render_texts, row_texts, schema_template, strip_comments
+from ..sentence_model import resolve_model
 from ..embed_fast import PATHS
 from ..evaluate import bootstrap_stability
 from ..resources import resource
