@@ -77,3 +77,12 @@ def test_a_key_given_twice_is_refused_with_its_line_and_the_shipped_files_have_n
         load_params(f)
     for shipped in [ROOT / "params.yml", *sorted((ROOT / "params").glob("*.yml"))]:
         load_params(shipped)
+
+
+def test_the_parameters_pickle_as_a_prepare_process_and_dask_send_them():
+    import pickle
+
+    from segreport.methods import load_params as load
+
+    p = load(None, {"k": "2-3", "methods": "kmeans,llm"})
+    assert pickle.loads(pickle.dumps(p)) == p

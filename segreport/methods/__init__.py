@@ -23,6 +23,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
 DEFAULT_METHODS = ["kmeans", "kprototypes", "llm"]
 
 Params = parameters_model({name: m.Params for name, m in REGISTRY.items()}, DEFAULT_METHODS)
+Params.__module__ = __name__  # made by pydantic's create_model in config: pickled (a prepare process, Dask) by this name
 
 
 def get(name: str) -> Method:
