@@ -239,7 +239,7 @@ def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_ove
         seen["built_by"] = {m: ctx["spaces"][m]["built_by"] for m in ("kmeans", "llm")}
         return real(layout, ctx, *args, **kwargs)
 
-    monkeypatch.setattr(dask_grid, "run_grid_dask", grid)
+    monkeypatch.setattr(runner, "run_grid_dask", grid)  # the name the runner calls
     out = runner.run(params, progress=False, root=workdir)
     assert "(2/2 cells done" in out
     host = f"{os.uname().nodename}:"
