@@ -34,7 +34,7 @@ PACKAGE = Path(__file__).resolve().parent
 # pipeline (cell, features, evaluate), its verdict (verdict) and the LLM's numbers experiment (embed)
 COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "features.py", "explain.py",
                    "personas.py", "prepare.py", "notebook.py", "schema.py", "config.py", "data.py", "store.py",
-                   "embed.py", "embed_fast.py", "recommend.py")
+                   "sentence_model.py", "embed.py", "embed_fast.py", "recommend.py")
 # parameters that change where or how a run works, never what the comparison computes
 NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor", "scheduler", "cache_dir",
                 "figure_sample", "publish_assignments", "tracking")
