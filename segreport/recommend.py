@@ -384,8 +384,8 @@ def _option(c: dict, role: str, min_jaccard: float) -> dict:
             "min_share": (min(c["sizes"]) / c["n"]) if c.get("sizes") and c.get("n") else None,
             "weakest_jaccard": min(jac.values()) if jac and all(v is not None for v in jac.values()) else None,
             "commonsense": bool(c.get("commonsense")),
-            "rule_equivalent": ({"rule": c["rule"]["rule"], "agreement": c["rule"]["agreement"]}
-                                if c.get("rule") else None),
+            "rule_equivalent": ({"rule": c["rule"]["rule"], "agreement": c["rule"]["agreement"],
+                                 "unreached": c["rule"].get("unreached", [])} if c.get("rule") else None),
             "outcome": ({"spread": o["spread"], "ci_low": o["ci_low"], "ci_high": o["ci_high"],
                          "report_spread": o["report"]["spread"]} if o else None),
             "distinct": (c.get("distinct") or {}).get("value")}
