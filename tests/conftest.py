@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BANK = ROOT.parent / "shared" / "data" / "bank-marketing" / "train.csv"
-LIGHT = "stability_resamples: 10\nnull_references: 1\nnull_sample: 300\n"
+LIGHT = "stability_resamples: 10\nnull_references: 1\nnull_sample: 300\nprojection_sample: 200\n"
 
 
 def pytest_addoption(parser):
@@ -80,8 +80,9 @@ def make_workdir(path: Path, bundle: bool = True) -> Path:
     if bundle:
         (path / "report" / "assets").mkdir(exist_ok=True)
         shutil.copy(vega_bundle_once(), path / "report" / "assets" / "vega-bundle.js")
-    # runs in a test check behaviour, not the defaults' sample sizes: fewer bootstrap refits and a
-    # single small null reference keep the grid quick (a file given with --params replaces this one)
+    # runs in a test check behaviour, not the defaults' sample sizes: fewer bootstrap refits, a single
+    # small null reference and t-SNE on 200 rows (a quarter of a small run's time at 3,000) keep the grid
+    # quick (a file given with --params replaces this one)
     (path / "params.yml").write_text(LIGHT)
     return path
 
