@@ -33,19 +33,24 @@ def test_preset_runs_on_a_bank_slice(tmp_path, rows):
     if not BANK.exists():
         pytest.skip(f"the real bank data is not here ({BANK}): ../shared is absent")
     wd = make_workdir(tmp_path / "project")
-    pd.read_csv(BANK, sep=";").sample(rows, random_state=1).to_csv(wd / "bank.csv", sep=";", index=False)
+    table = pd.read_csv(BANK, sep=";").sample(rows, random_state=1)
+    table.to_csv(wd / "bank.csv", sep=";", index=False)
     # the preset as it is, with the test's lighter bootstrap and null reference (keys added at the end)
     (wd / "preset.yml").write_text((ROOT / "params" / "seed-2023.yml").read_text() + "\n" + LIGHT)
     run_inline(wd, "run", "-q", "--pages-only", "--params", "preset.yml", "--data", "bank.csv", "--k", "5")
     run = wd / "results" / "seed-2023"
     ctx = json.loads((run / "context.json").read_text())
-    # one-hot (first level dropped) of job (12 levels) + marital (3) + 3 binaries, education ordinal, age, balance
-    assert ctx["spaces"]["kmeans"]["dims"] == 2 + 1 + 11 + 2 + 1 + 1 + 1
+    # one-hot (first level dropped) of job (the 12 levels, or those the slice holds) + marital (3) + 3 binaries,
+    # education ordinal, age, balance
+    jobs, maritals = table.job.nunique(), table.marital.nunique()
+    assert rows < 1500 or jobs == 12
+    assert ctx["spaces"]["kmeans"]["dims"] == (jobs - 1) + (maritals - 1) + 1 + 1 + 1 + 1 + 2
     assert "y" not in pd.read_parquet(run / "table.parquet").columns
     km = json.loads((run / "cells" / "kmeans" / "k5" / "metrics.json").read_text())
     assert km["fitted_rows"] == rows * 9 // 10 and km["own_fitted_rows"]["silhouette"] is not None
     llm = json.loads((run / "cells" / "llm" / "k5" / "metrics.json").read_text())
-    assert llm["outliers"] == rows // 10
+    # ECOD at contamination 0.1 on the embedding: the rows scored above its 90th percentile (on 500 rows, 49)
+    assert rows // 10 - 1 <= llm["outliers"] <= rows // 10
     assert "Age: {{ row['age'] | fmt }}, housing loan: {{ row['housing'] }}, Job:" in ctx["inputs"]["llm"]["text"]
     comp = json.loads((run / "comparison" / "comparison.json").read_text())
     assert set(comp["outcome"]["methods"]) == {"kmeans", "kprototypes", "llm"}
