@@ -41,7 +41,11 @@ def one_run(folder: Path, policy: str) -> tuple[float, float]:
     env = dict(os.environ, OMP_WAIT_POLICY=policy)  # "" is libgomp's default (segreport keeps a value set)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(SEGREPORT, cwd=folder, env=env, check=True)
+    res = subprocess.run(SEGREPORT, cwd=folder, env=env, capture_output=True, text=True)
+    said = [line for line in res.stderr.splitlines() if line.strip() and "OMP_WAIT_POLICY" not in line]
+    if res.returncode or said:  # (libgomp says once that "" is no value: it keeps its default)
+        print("\n".join(said), file=sys.stderr)
+        res.check_returncode()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -26,7 +26,21 @@ def pytest_addoption(parser):
                           "that the README's test command and CI leave out")
 
 
+# the test modules that take longest, longest first (their tests' seconds in `--durations`, 2026-12-04): the
+# two workers (`-n 2 --dist loadscope --no-loadscope-reorder`) each take a whole module, these first, and the many
+# short modules fill in at the end, instead of one long module starting last while the other worker idles
+LONGEST_FIRST = ("test_reliability", "test_dask", "test_end_to_end", "test_reuse", "test_any_table", "test_methods",
+                 "test_track", "test_assign", "test_bank", "test_downloads", "test_seed_preset", "test_embed",
+                 "test_embed_fast", "test_site")
+
+
+def _cost_rank(item) -> int:
+    name = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_cost_rank)  # stable: a module's tests keep their order
     if config.getoption("--deep"):
         return
     skip = pytest.mark.skip(reason="a long variant: run it with `pytest --deep`")
