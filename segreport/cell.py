@@ -1,6 +1,6 @@
 """One grid cell: fit one method at one grid value on its feature space and write its results.
 
-Called by the thin notebook analysis/<method>.ipynb (which papermill executes), and
+Called by the thin notebook analysis/segment.ipynb (which papermill executes per cell), and
 usable directly. Writes, in results/<run>/cells/<method>/<k or grid value>/, the
 artifacts named in store (labels, metrics, profile, personas, SHAP, stability, the
 fitted model that `assign` needs). Only the method interface is used: no method name

@@ -855,6 +855,7 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
     if not (project / "_quarto.yml").exists():  # a folder outside the repository: the packaged Quarto project
         for f in QUARTO_PROJECT.parent.glob("_quarto*.yml"):
             atomic_copy(f, project / f.name)
+    write_chapters(project)  # the chapters the registry makes (committed in the repository: unchanged there)
     use_quarto = bool(quarto == "quarto" or (quarto == "auto" and shutil.which("quarto")))
     if use_quarto:
         site = project / read_quarto(project)["output_dir"]
@@ -1037,6 +1038,31 @@ def write_stubs(report_dir: Path) -> None:
         text = stub_text(page)
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
+
+
+def chapters() -> list[str]:
+    """The book's chapters before its appendices, as _quarto.yml lists them: the overview, one chapter per
+    method of the registry, the personas and the comparison (the tracking page and the appendix are added
+    by _quarto-tracking.yml and `appendices`)."""
+    return [f"report/{page}.qmd" for page in PAGES if page != "appendix"]
+
+
+_CHAPTERS = re.compile(r"(?m)^(  chapters:\n)((?:    - .*\n)+)")
+
+
+def quarto_text(text: str) -> str:
+    """_quarto.yml's text with its chapter list written from the registry (`chapters`), all else as it is."""
+    lines = "".join(f"    - {c}\n" for c in chapters())
+    return _CHAPTERS.sub(lambda m: m.group(1) + lines, text, count=1)
+
+
+def write_chapters(project: Path) -> None:
+    """The chapters of the project's _quarto.yml, where they differ from the registry's (in the repository
+    they are committed, and _quarto.yml is a link to the package's: unchanged there)."""
+    path = (Path(project) / "_quarto.yml").resolve()
+    text = path.read_text(encoding="utf-8")
+    if quarto_text(text) != text:
+        atomic_write_text(path, quarto_text(text))
 
 
 def chapter_source(project: Path, chapter: str) -> Path:

@@ -64,6 +64,10 @@ class HDBSCANMethod(Method):
     grid_label = "minimum segment size"
     algorithm = "HDBSCAN on a UMAP embedding per data type"
     summary = "UMAP of numbers and of categories, intersected, then HDBSCAN: finds its own number of segments"
+    notebook_title = "Density segments (HDBSCAN)"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("Numbers and categories each get a UMAP map, intersected into one embedding; HDBSCAN finds "
+                      "the dense regions in it. This cell's parameter is the minimum segment size: the number of "
+                      "segments is found, not given; customers in no dense region are noise, flagged as outliers.")
 
     def grid_values(self, params, rows: int | None = None) -> list[int]:
         mp = params.hdbscan

@@ -50,6 +50,9 @@ class KPrototypesMethod(Method):
     euclidean = False  # squared differences + gamma * mismatches: scored in the neutral spaces instead
     algorithm = "K-Prototypes"
     summary = "K-Prototypes: squared differences of numbers plus gamma for each category mismatch"
+    notebook_title = "K-Prototypes on mixed features"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("Numeric columns (power-transformed) use squared Euclidean distance, categorical columns a "
+                      "mismatch count weighted by gamma, as in Huang (1997).")
 
     def requires(self, table) -> str | None:
         if not table.numeric or not table.categorical:

@@ -71,6 +71,9 @@ class LLMMethod(Method):
     Params = LLMParams
     algorithm = "K-means on sentence embeddings"
     summary = "each customer written as a sentence, embedded by a sentence model, then K-means"
+    notebook_title = "K-means on sentence embeddings"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("Each customer is written as a sentence from the row-text template, embedded by a "
+                      "sentence-transformers model, normalised, and clustered with K-means.")
     builds_in_client = True  # the embedding's parts are the tasks (see dask_grid.DaskSession.run_parts)
     weighted_refit = True
     rowwise_space = True  # each row's text is embedded alone (number words use edges fixed in the inputs)
