@@ -162,7 +162,7 @@ class Method:
 
     def transform_new(self, run, frame) -> tuple[np.ndarray, dict]:
         """New rows (normalised like the run's table) into this method's space, with facts."""
-        ct = run.file(run.space_dir / "transformer.joblib", f"the {self.display} transformer")
+        ct = run.file(run.layout.space_transformer(self.name), f"the {self.display} transformer")
         return np.nan_to_num(np.asarray(ct.transform(frame), dtype=np.float64), nan=0.0), {}
 
     def outlier_input_new(self, run, frame, X) -> np.ndarray:

@@ -118,5 +118,5 @@ class FAMDMethod(Method):
         return kmeans_estimator(value, self.params(params), seed, scale, n_init)
 
     def transform_new(self, run, frame):
-        tr = run.file(run.space_dir / "transformer.joblib", "the FAMD transformer")
+        tr = run.file(run.layout.space_transformer(self.name), "the FAMD transformer")
         return tr.transform(frame), {}

@@ -124,5 +124,5 @@ class HDBSCANMethod(Method):
         return {"k_found": int(model.n_clusters_), "noise_share": float(model.noise_.mean())}
 
     def transform_new(self, run, frame):
-        tr = run.file(run.space_dir / "transformer.joblib", "the UMAP placement")
+        tr = run.file(run.layout.space_transformer(self.name), "the UMAP placement")
         return tr.transform(frame), {}
