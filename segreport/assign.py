@@ -56,8 +56,8 @@ class _Run:
             raise SegreportError(f"{root}: is a file, not a run folder (results/<run>)")
         self.layout = layout = RunLayout(root)
         if not layout.context.exists():
-            raise SegreportError(f"{root}: not a finished run (no context.json); run `segreport run` first")
-        self.ctx = ctx = _load(layout.context, read_json)
+            raise SegreportError(f"{root}: not a finished run (no {layout.context.name}); run `segreport run` first")
+        self.ctx = ctx = layout.read_context()  # a damaged one: one line naming it (RecordError)
         self.params = params_of(ctx)
         self.m = m = get(method)
         self.method, self.k = method, int(k)

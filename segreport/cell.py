@@ -1,6 +1,6 @@
 """One grid cell: fit one method at one grid value on its feature space and write its results.
 
-Called by the thin notebook analysis/<method>.ipynb (which papermill executes), and
+Called by the thin notebook analysis/segment.ipynb (which papermill executes per cell), and
 usable directly. Writes, in results/<run>/cells/<method>/<k or grid value>/, the
 artifacts named in store (labels, metrics, profile, personas, SHAP, stability, the
 fitted model that `assign` needs). Only the method interface is used: no method name
@@ -23,8 +23,7 @@ from .methods import get, params_of
 from .methods.base import fit_rows, segments
 from .personas import personas, profile
 from .prepare import COMMON, load_space
-from .store import (LABELS, METRICS, MODEL, PERSONAS, PROFILE, RULES, SHAP, SHAP_SAMPLE, STABILITY, TIMINGS,
-                    RunLayout, read_json)
+from .store import LABELS, MODEL, PERSONAS, PROFILE, RULES, SHAP, SHAP_SAMPLE, STABILITY, TIMINGS, RunLayout
 from .verdict import gower_silhouette
 
 
@@ -94,7 +93,7 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
     """Fit, score, profile and explain one (method, grid value); returns the metrics dict."""
     lap = Laps()
     layout = RunLayout(run_dir)
-    ctx = read_json(layout.context)
+    ctx = layout.read_context()
     params = params_of(ctx)
     method = get(method_name)
     seed = int(params.seed)
@@ -189,7 +188,7 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         write(STABILITY, stab)
     write(MODEL, {"method": method_name, "value": int(value), "k": k, "segmenter": model,
                   "explainer_model": ex["model"]})
-    write(METRICS, metrics)
+    layout.write_metrics(method_name, value, metrics, grid)
     lap("write")
     # timings are kept out of metrics.json so that identical reruns give identical bytes
     write(TIMINGS, lap.timings())

@@ -25,8 +25,8 @@ from .methods import REGISTRY, BuildEnv, Space, get, params_of
 from .methods.base import fit_rows, segments
 from .recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
 from .schema import ColumnSpec
-from .store import (DONE, STABILITY, RunLayout, atomic_write_json, atomic_write_parquet, cell_name, file_record, key,
-                    read_json, read_json_or_empty, say_damaged, sha256_file, to_json, verify)
+from .store import (DONE, METRICS, STABILITY, RecordError, RunLayout, atomic_write_json, atomic_write_parquet, cell_name,
+                    file_record, key, read_json, read_json_or_empty, say_damaged, sha256_file, to_json, verify)
 from .verdict import choose_k, fair_verdict, null_reference, recommendation, structure_call
 
 PACKAGE = Path(__file__).resolve().parent
@@ -85,8 +85,8 @@ def compare(layout: RunLayout, ctx: dict, statuses: dict) -> tuple[dict, bool]:
         bad = verify(layout.comparison, done["files"])
         if bad is None:
             try:
-                return read_json(layout.comparison_json), True
-            except ValueError:  # the size and hash matched, yet it does not parse: computed again below
+                return layout.read_comparison().dump(), True
+            except RecordError:  # the size and hash matched, yet it is not a comparison: computed again below
                 pass
         else:
             say_damaged(*bad, "recomputing the comparison")
@@ -108,9 +108,8 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
             st = statuses.get(name, {})
             row = {"method": method, "grid": grid, "value": int(v), "k": int(v) if grid == "k" else None,
                    "status": st.get("status", "missing"), "error": st.get("error")}
-            mfile = layout.cell(method, v, grid) / "metrics.json"
-            if row["status"] == "done" and mfile.exists():
-                m = read_json(mfile)
+            if row["status"] == "done" and layout.cell_file(method, v, METRICS, grid).exists():
+                m = layout.read_metrics(method, v, grid)
                 row.update(k=m["k"], cost=m["cost"], lgbm_accuracy=m["lgbm_accuracy"], fitted_rows=m["fitted_rows"],
                            outliers=m["outliers"], min_size=min(m["sizes"]), max_size=max(m["sizes"]),
                            stability_ari=(m.get("stability") or {}).get("ari_mean"))
@@ -171,7 +170,7 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     result = {"recommendation": rec, "recommended": recommended, "choices": choices, "agreement": agree, "agreement_chosen": chosen,
               "outcome": outcome, "verdict": verdict, "nulls": nulls, "structure": structure, "extras": extras}
     atomic_write_parquet(layout.metrics_table, table)
-    atomic_write_json(layout.comparison_json, result)
+    layout.write_comparison(result)
     return result
 
 
@@ -186,7 +185,7 @@ def _memo(layout: RunLayout, ctx: dict, name: str, parts: list, compute):
     mk = key("comparison-part", __version__, name, parts, params, ctx["data"]["fingerprint"], ctx["schema"],
              (ctx.get("inputs") or {}).get(method), (ctx["spaces"].get(method) or {}).get("key"),
              ctx["spaces"]["common"]["key"], compare_code_hash())
-    path = layout.comparison / f"{name}.json"
+    path = layout.comparison_part(name)
     held = read_json_or_empty(path)
     if held.get("key") == mk and "value" in held:
         if held.get("sha256") == _digest(held["value"]):
@@ -327,7 +326,7 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
     def fit_score(frame: pd.DataFrame, kk: int, seed: int) -> dict:
         t = replace(table, frame=frame.reset_index(drop=True))
         if observed is not None and frame.equals(observed):  # the run's own rows: its space has them
-            X = np.load(layout.space(method) / "X.npy", mmap_mode="r")[observed_rows]
+            X = np.load(layout.space_matrix(method), mmap_mode="r")[observed_rows]
             sp = Space({"X": X}, None, {}, outlier_X=X)
         else:
             sp = m.build_space(t, params, BuildEnv(inputs=inputs, cache_dir=params.cache_dir, progress=False,
@@ -362,7 +361,7 @@ def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -
         if rec.get("value") is None or not len(row):
             continue
         m = get(method)
-        metrics = read_json(layout.cell(method, rec["value"], m.grid) / "metrics.json")
+        metrics = layout.read_metrics(method, rec["value"], m.grid)
         f = layout.cell(method, rec["value"], m.grid) / STABILITY
         st = read_json(f) if f.exists() else {}
         scores[method] = {"k": rec["k"], "silhouette": {"common": metrics["common"].get("silhouette"),
@@ -371,7 +370,7 @@ def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -
                           "replicates": {"common": st.get("common_silhouette")} if st.get("common_silhouette") else {},
                           "equal_k": {}}
         for _, r in done[done.method == method].iterrows():
-            mm = read_json(layout.cell(method, int(r.value), m.grid) / "metrics.json")
+            mm = layout.read_metrics(method, int(r.value), m.grid)
             scores[method]["equal_k"][int(r.k)] = {"common": mm["common"].get("silhouette"),
                                                    "gower": (mm.get("gower") or {}).get("silhouette")}
     if not scores:

@@ -84,7 +84,7 @@ class RunParams(_Strict):
     # per-customer assignment files go into the published site only when asked (a public site carries no
     # customer rows by default); they are always written beside the results
     publish_assignments: bool = False
-    analysis: Optional[str] = None  # folder of the analysis notebooks (default: the project's analysis/)
+    analysis: Optional[str] = None  # folder of the analysis notebook segment.ipynb (default: the project's analysis/)
     scale: ScaleParams = Field(default_factory=ScaleParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
 

@@ -228,13 +228,13 @@ def campaign_list(run_dir: str | Path, segments: list[str], out: str | Path, met
     Returns (rows written, "method k=K")."""
     layout = RunLayout(run_dir)
     if not layout.context.exists():
-        raise SegreportError(f"{run_dir}: not a finished run (no context.json); run `segreport run` first")
+        raise SegreportError(f"{run_dir}: not a finished run (no {layout.context.name}); run `segreport run` first")
     method, value = chosen_segmentation(layout, method, k)
     grid = get(method).grid
     cdir = layout.cell(method, value, grid)
     if not (cdir / LABELS).exists():
         raise SegreportError(f"{cdir}: this cell has no labels; run `segreport run` for {method} {grid}={value}")
-    ctx = read_json(layout.context)
+    ctx = layout.read_context()
     cards = read_json(cdir / PERSONAS)
     codes = {f"S{c['segment'] + 1}".lower(): c["segment"] for c in cards}
     codes.update({str(c["segment"] + 1): c["segment"] for c in cards})

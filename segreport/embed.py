@@ -29,7 +29,7 @@ from . import embed_fast as ef
 from .sentence_model import load_model
 from .sentence_model import LOADS as _LOADS
 from .sentence_model import encode as _encode
-from .store import atomic_output, say_damaged, sweep_orphans
+from .store import atomic_output, embedding_part, say_damaged, sweep_orphans
 
 
 
@@ -177,7 +177,7 @@ class EmbeddingPlan:
                 h.update(t.encode())
                 h.update(b"\0")
             self.parts.append({"lo": lo, "hi": lo + len(chunk),
-                               "path": self.folder / f"part-{precision}-{h.hexdigest()[:24]}.parquet"})
+                               "path": embedding_part(self.folder, precision, h.hexdigest()[:24])})
 
     def missing(self) -> list[dict]:
         return [p for p in self.parts if not p["path"].exists()]

@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -46,7 +45,8 @@ import numpy as np
 
 from . import SegreportError
 from .sentence_model import encode, load_model, resolve_model
-from .store import WriteError, atomic_write_text, make_folder, no_space, say_damaged, write_failure
+from .store import (EXPORT_RECORD, NoSpaceError, WriteError, atomic_folder, atomic_write_text, gate_verdict, no_space,
+                    say_damaged)
 
 TORCH_PATHS = ("fp32", "bf16")
 EXPORTED_PATHS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
@@ -232,7 +232,7 @@ def _ffn_down(onnx_path: Path) -> tuple[list[str], list[str]]:
 def _build(st, path: str, out: Path, base: Path | None, calib: list[str] | None) -> dict:
     if path == "onnx-base":
         return _export_onnx(st, out)
-    base_facts = json.loads((base / "export.json").read_text())["facts"]
+    base_facts = json.loads((base / EXPORT_RECORD).read_text())["facts"]
     if path == "onnx-fp32":
         from onnxruntime.transformers import optimizer
 
@@ -331,30 +331,22 @@ def exported_model(model_name: str, path: str, cache_dir: str | Path, calib_text
         calib = list(calib_texts[:CALIB_TEXTS])
     final = _export_folder(model_name, kind, cache_dir, calib)
     key = final.name
-    if (final / "export.json").exists():
+    if (final / EXPORT_RECORD).exists():
         return final
-    tmp = final.with_name(f".{key}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_folder(tmp)
     try:
-        t0 = time.perf_counter()
-        with _quiet():  # the exporters' progress bars and advice are not the user's business
-            facts = _build(load_model(model_name), kind, tmp, base, calib)
-        meta = {"model": model_name, "kind": kind, "seconds": round(time.perf_counter() - t0, 2),
-                "versions": _versions(), "facts": facts}
-        atomic_write_text(tmp / "export.json", json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "export.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same export first
+        # written whole into a temporary folder, its facts last, then one rename (store.atomic_folder); where
+        # another process finished the same export first, its folder is kept
+        with atomic_folder(final, replace=False) as tmp:
+            t0 = time.perf_counter()
+            with _quiet():  # the exporters' progress bars and advice are not the user's business
+                facts = _build(load_model(model_name), kind, tmp, base, calib)
+            meta = {"model": model_name, "kind": kind, "seconds": round(time.perf_counter() - t0, 2),
+                    "versions": _versions(), "facts": facts}
+            atomic_write_text(tmp / EXPORT_RECORD, json.dumps(meta, indent=1))
     except BaseException as exc:
         # a full disk while an exporter wrote (its own error, errno or not) is said naming the model's folder
-        said = write_failure(exc, tmp).moved(tmp, final) if isinstance(exc, OSError) or no_space(exc) else None
-        shutil.rmtree(tmp, ignore_errors=True)
-        if said is not None and said is not exc:
-            raise said from exc
+        if no_space(exc) and not isinstance(exc, WriteError):
+            raise NoSpaceError(final) from exc
         raise
     EXPORTS.append(f"{kind}:{key}")
     return final
@@ -384,7 +376,7 @@ class Encoder:
         if path in TORCH_PATHS:
             return
         self.normalize = _structure(self.st)["normalize"]
-        meta = json.loads((Path(folder) / "export.json").read_text())
+        meta = json.loads((Path(folder) / EXPORT_RECORD).read_text())
         self.names = meta["facts"]["inputs"]
         if path.startswith("onnx-"):
             import onnxruntime as ort
@@ -520,7 +512,7 @@ def export_seconds_left(model_name: str, paths, cache_dir: str | Path) -> dict[s
         for kind in _needed_exports(p):
             if kind in out:
                 continue
-            cached = kind != "openvino-int8" and (_export_folder(model_name, kind, cache_dir, None) / "export.json").exists()
+            cached = kind != "openvino-int8" and (_export_folder(model_name, kind, cache_dir, None) / EXPORT_RECORD).exists()
             out[kind] = 0.0 if cached else PRIOR_EXPORT_SECONDS.get(kind, 30.0)
     return out
 
@@ -611,7 +603,7 @@ def verdict_file(model_name: str, cache_dir: str | Path, threads: int) -> Path:
     src = {"model": model_fingerprint(model_name), "cpu_flags": cpu_flags(), "threads": int(threads),
            "versions": _versions(), "gate": [VERDICT_VERSION, GATE_MIN_COSINE, GATE_MIN_ARI, MIN_GAIN]}
     key = hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_dir) / "gate" / f"verdict-{key}.json"
+    return gate_verdict(cache_dir, key)
 
 
 def _body_hash(body: dict) -> str:

@@ -1,5 +1,8 @@
 """Runs the grid: one papermill-executed notebook per (method, k), in a pool of worker processes.
 
+Every cell runs the one analysis notebook, analysis/segment.ipynb (`method` and `value` its papermill
+parameters), headed by its method's words and holding its method's own cells (`method_notebook`).
+
 A cell whose inputs (feature space, parameters, k, seed, code version) did not
 change since it last succeeded is reused. Each cell's notebook is written next to
 its results; a failing cell is recorded with its error and does not stop the
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from . import SegreportError, __version__
 from .methods import get
-from .resources import ANALYSIS
+from .resources import ANALYSIS, SEGMENT
 from .store import (CELL_HASHED, CELL_RECORDS, CELL_VERIFIED, DONE, KERNEL_LOG, NOTEBOOK, NoSpaceError,
                     RunLayout, atomic_output, atomic_write_json, cell_name, file_record, key, make_folder, no_space,
                     read_json_or_empty, say_damaged, sha256_file, sweep_partial, verify, writing)
@@ -55,7 +58,7 @@ def ensure_kernel() -> str:
 
 
 def analysis_dir(ctx: dict) -> Path:
-    """The folder of the analysis notebooks: the package's own, or the one params name."""
+    """The folder of the analysis notebook (segment.ipynb): the package's own, or the one params name."""
     name = ctx["params"].get("analysis")
     return Path(name).resolve() if name else Path(ANALYSIS)
 
@@ -85,10 +88,47 @@ def cell_key(ctx: dict, method: str, value: int) -> str:
 
 
 def notebook_hash(ctx: dict, method: str) -> str:
-    path = analysis_dir(ctx) / f"{method}.ipynb"
+    """The analysis notebook's sha256 (what its method adds to it is in the method's module: code_hash)."""
+    path = analysis_dir(ctx) / SEGMENT
     if not path.exists():
         raise SegreportError(f"{path}: analysis notebook not found")
     return sha256_file(path)[:16]
+
+
+METHOD_CELLS = "method-cells"  # the tag of the cell of segment.ipynb after which a method's own cells go
+
+
+def method_notebook(analysis: str | Path, method: str):
+    """analysis/segment.ipynb as `method`'s cells run it: the placeholders of its markdown cells and of its
+    parameters cell ({{ title }}, {{ intro }}, ...: Method.notebook_words) filled in, and the method's own
+    cells (Method.notebook_cells) after the cell tagged `method-cells`."""
+    import jinja2
+    import nbformat  # Jupyter's notebook format: loaded where a cell runs, not by a rerun that reuses every cell
+
+    m = get(method)
+    nb = nbformat.read(Path(analysis) / SEGMENT, as_version=4)
+    words = m.notebook_words()
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" or "parameters" in cell.metadata.get("tags", []):
+            cell.source = jinja2.Template(cell.source, undefined=jinja2.StrictUndefined).render(**words)
+    own = [nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+           for kind, src in m.notebook_cells()]
+    if own:
+        at = next((i + 1 for i, c in enumerate(nb.cells) if METHOD_CELLS in c.metadata.get("tags", [])),
+                  len(nb.cells))
+        nb.cells[at:at] = own
+    return nb
+
+
+def _input_path(notebook: Path, analysis: str) -> None:
+    """papermill records an in-memory notebook as its input_path: the executed notebook names the analysis
+    notebook instead (nbformat writes it as papermill does)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata.setdefault("papermill", {})["input_path"] = str(Path(analysis) / SEGMENT)
+    with writing(notebook):
+        nbformat.write(nb, str(notebook))
 
 
 # Warm Jupyter kernels, reused by the cells a worker process runs: starting a kernel and importing
@@ -191,7 +231,8 @@ def _close_kernels() -> None:
 
 def _execute(project: str, run_dir: str, method: str, k: int, threads: int, analysis: str,
              env: dict | None = None) -> dict:
-    """Worker: execute analysis/<method>.ipynb for one grid value `k` with papermill, in this worker's warm
+    """Worker: execute analysis/segment.ipynb for `method` at one grid value `k` (`method_notebook`) with
+    papermill, in this worker's warm
     kernel (`warm_kernel`). `env`: extra variables for its kernel (the Dask executor passes its scheduler's
     address for LightGBM's Dask interface)."""
     import papermill as pm
@@ -216,7 +257,7 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
                     # the temporary name ends in .tmp (see store.sweep_partial): papermill's warning about it is noise
                     warnings.filterwarnings("ignore", message="The specified file .* does not end in one of",
                                             category=UserWarning)
-                    pm.execute_notebook(str(Path(analysis) / f"{method}.ipynb"), str(tmp),
+                    pm.execute_notebook(method_notebook(analysis, method), str(tmp),
                                         parameters={"run_dir": str(Path(run_dir).resolve()), "method": method,
                                                     "value": int(k)},
                                         kernel_name=KERNEL, cwd=project, progress_bar=False, log_output=False, km=km)
@@ -229,6 +270,7 @@ def _execute(project: str, run_dir: str, method: str, k: int, threads: int, anal
                 raise _NoNotebook  # a full disk: no half-written notebook is kept
             if tmp.stat().st_size == 0:
                 raise _NoNotebook
+            _input_path(tmp, analysis)
     except _NoNotebook:
         pass
     except NoSpaceError as exc:  # the notebook itself could not be written

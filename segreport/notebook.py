@@ -14,7 +14,7 @@ import pandas as pd
 from . import figures as F
 from .methods import get
 from .number_format import num
-from .store import PERSONAS, SHAP, RunLayout, read_json
+from .store import PERSONAS, SHAP, RunLayout
 
 
 def quiet() -> None:
@@ -42,7 +42,7 @@ def _table(rows: list[tuple[str, str]], label: str = "value"):
 def parameters(run_dir, method: str, value) -> "pd.io.formats.style.Styler":
     """The values this record ran with (papermill's injected cell), said plainly: no local path."""
     m = get(method)
-    ctx = read_json(RunLayout(run_dir).context)
+    ctx = RunLayout(run_dir).read_context()
     data = ctx.get("data") or {}
     rows = [("method", f"{m.display} ({method})"), (m.grid_label, num(value)),
             ("run", Path(run_dir).name), ("customers", num(data.get("rows"))),

@@ -187,7 +187,7 @@ def prepare(params: Params, root: Path = Path("."), progress: bool = True, sessi
         "versions": versions(), "segreport": __version__,
         "prepare_seconds": round(time.perf_counter() - t0, 3),
     }
-    atomic_write_json(layout.context, context)
+    layout.write_context(context)
     return layout, context
 
 
@@ -233,8 +233,9 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
         outliers, contamination = m.outlier_params(params)
     written = []  # what a reuse verifies: every file of the space, as written now
     for arr_name, arr in sp.arrays.items():
-        atomic_write_npy(d / f"{arr_name}.npy", arr)
-        written.append(f"{arr_name}.npy")
+        path = layout.space_array(name, arr_name)
+        atomic_write_npy(path, arr)
+        written.append(path.name)
     if sp.transformer is not None:
         atomic_write_joblib(d / TRANSFORMER, sp.transformer)
         written.append(TRANSFORMER)
@@ -259,7 +260,7 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
 def load_space(layout: RunLayout, name: str, mmap: bool = False) -> dict:
     """A built space's arrays (X, outliers) and its info; X memory-mapped on request."""
     d = layout.space(name)
-    out = {"info": read_json(d / SPACE_INFO), "X": np.load(d / "X.npy", mmap_mode="r" if mmap else None)}
+    out = {"info": read_json(d / SPACE_INFO), "X": np.load(layout.space_matrix(name), mmap_mode="r" if mmap else None)}
     if (d / OUTLIERS).exists():
         out["outliers"] = np.load(d / OUTLIERS)
     return out
@@ -286,7 +287,7 @@ def build_projection(name: str, params: Params, table: Table, layout: RunLayout,
     else:
         # copy-on-write, not read-only: scikit-learn's PCA copies an array it cannot write (1.5 GB for a million
         # embeddings, the prepare stage's peak at 1M rows) though its covariance solver never writes to it
-        X = np.load(layout.space(name) / "X.npy", mmap_mode="c")
+        X = np.load(layout.space_matrix(name), mmap_mode="c")
         coords, info = project_space(X, rows, params.seed, threads=threads)
     info.update(key=k, seconds=round(time.perf_counter() - t0, 3))
     atomic_write_parquet(layout.projection(name), coords)

@@ -253,7 +253,7 @@ def _load_cells(layout: RunLayout, ctx: dict, manifest: dict) -> dict:
                     "wall_seconds": st.get("wall_seconds"), "notebook": f"notebooks/{method}-{cell_id(v, grid)}",
                     "notebook_name": f"{method}-{cell_id(v, grid)}", "metrics": None, "personas": None, "shap": None}
             if st.get("status") == "done" and (d / METRICS).exists():
-                cell.update(metrics=read_json(d / METRICS), personas=read_json(d / PERSONAS),
+                cell.update(metrics=layout.read_metrics(method, v, grid), personas=read_json(d / PERSONAS),
                             shap=read_json(d / SHAP))
                 cell["k"] = cell["metrics"]["k"]
             cells[(method, v)] = cell
@@ -262,9 +262,9 @@ def _load_cells(layout: RunLayout, ctx: dict, manifest: dict) -> dict:
 
 def build_pages(layout: RunLayout, report_dir: Path) -> dict:
     """Write report/*.qmd (and figures, notebooks) from the run's results. Returns page facts."""
-    ctx = read_json(layout.context)
+    ctx = layout.read_context()
     manifest = read_json(layout.manifest)
-    comparison = read_json(layout.comparison_json)
+    comparison = layout.read_comparison()
     table = pd.read_parquet(layout.metrics_table)
     params = ctx["params"]
     cells = _load_cells(layout, ctx, manifest)
@@ -855,6 +855,7 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
     if not (project / "_quarto.yml").exists():  # a folder outside the repository: the packaged Quarto project
         for f in QUARTO_PROJECT.parent.glob("_quarto*.yml"):
             atomic_copy(f, project / f.name)
+    write_chapters(project)  # the chapters the registry makes (committed in the repository: unchanged there)
     use_quarto = bool(quarto == "quarto" or (quarto == "auto" and shutil.which("quarto")))
     if use_quarto:
         site = project / read_quarto(project)["output_dir"]
@@ -867,7 +868,7 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
             out = reusable_site(layout, site, sk)
             if out is not None:
                 return out
-        (layout.root / SITE_RECORD).unlink(missing_ok=True)  # rebuilt below: until then it describes nothing
+        layout.site_record.unlink(missing_ok=True)  # rebuilt below: until then it describes nothing
     report_dir = project / "report"
     vega_bundle(report_dir / "assets" / "vega-bundle.js")
     write_stubs(report_dir)  # the chapters _quarto.yml lists (committed in the repository: unchanged there)
@@ -892,7 +893,6 @@ def render(params, layout: RunLayout | None = None, quarto: str = "auto", projec
 
 # --------------------------------------------------------------------------- reusing a built site
 
-SITE_RECORD = "site.json"  # in the run folder: the key of the site last built from it, and its files
 # manifest entries that change on every run without changing a page that matters: the site keeps the
 # times of the run that built it (a rerun that changes nothing does not rebuild it to show new times)
 VOLATILE_MANIFEST = ("started", "finished", "updated", "timings", "comparison", "render")
@@ -923,7 +923,7 @@ def site_key(params, layout: RunLayout, project: Path, site: Path, engine: str) 
     for f in sorted(Path(project).glob("_quarto*.yml")):
         h.update(f"quarto/{f.name}\0".encode())
         h.update(f.read_bytes())
-    ctx = read_json(layout.context)
+    ctx = layout.read_context().dump()
     ctx.pop("prepare_seconds", None)
     manifest = read_json(layout.manifest)
     for name in VOLATILE_MANIFEST:
@@ -939,13 +939,13 @@ def site_key(params, layout: RunLayout, project: Path, site: Path, engine: str) 
         grid = get(method).grid
         for v in ctx["grid"][method]:
             cells[f"{method}/{cell_id(v, grid)}"] = read_json_or_empty(layout.cell(method, v, grid) / DONE).get("files")
-    extra = [layout.outcome, layout.ids, layout.root / "tracking.json"]
-    if (layout.root / "tracking").is_dir():
-        extra += sorted((layout.root / "tracking").glob("*.parquet"))
+    extra = [layout.outcome, layout.ids, layout.tracking]
+    if layout.tracking_tables.is_dir():
+        extra += sorted(layout.tracking_tables.glob("*.parquet"))
     files = {p.relative_to(layout.root).as_posix(): sha256_file(p) for p in extra if p.is_file()}
     params = {n: v for n, v in params_to_dict(params).items() if n not in ("render", "workers")}
     h.update(key(__version__, engine, str(site), str(layout.root), params, ctx, manifest, comparison, cells, files,
-                 (layout.root / "snapshots").is_dir()).encode())
+                 layout.snapshots.is_dir()).encode())
     return h.hexdigest()[:32]
 
 
@@ -960,7 +960,7 @@ def record_site(layout: RunLayout, site: Path, sk: str | None, out: dict) -> Non
         return
     assignments = {p.name: file_record(p) for p in sorted(layout.assignments.glob("*.csv"))} \
         if layout.assignments.is_dir() else {}
-    atomic_write_json(layout.root / SITE_RECORD, {"key": sk, "site": str(site), "html": out.get("html"),
+    atomic_write_json(layout.site_record, {"key": sk, "site": str(site), "html": out.get("html"),
                                                   "pdf": out.get("pdf"), "files": _site_files(site),
                                                   "assignments": assignments})
 
@@ -969,7 +969,7 @@ def reusable_site(layout: RunLayout, site: Path, sk: str) -> dict | None:
     """What render returned when it built the site, where the site is still that one: the same key, and
     every file it wrote (and the run's assignment files) as they were. A missing or changed file is said
     in one line; None then (the site is built again)."""
-    rec = read_json_or_empty(layout.root / SITE_RECORD)
+    rec = read_json_or_empty(layout.site_record)
     if rec.get("key") != sk or rec.get("site") != str(site) or not rec.get("files"):
         return None
     bad = verify(site, rec["files"]) or verify(layout.assignments, rec.get("assignments") or {})
@@ -1037,6 +1037,31 @@ def write_stubs(report_dir: Path) -> None:
         text = stub_text(page)
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
+
+
+def chapters() -> list[str]:
+    """The book's chapters before its appendices, as _quarto.yml lists them: the overview, one chapter per
+    method of the registry, the personas and the comparison (the tracking page and the appendix are added
+    by _quarto-tracking.yml and `appendices`)."""
+    return [f"report/{page}.qmd" for page in PAGES if page != "appendix"]
+
+
+_CHAPTERS = re.compile(r"(?m)^(  chapters:\n)((?:    - .*\n)+)")
+
+
+def quarto_text(text: str) -> str:
+    """_quarto.yml's text with its chapter list written from the registry (`chapters`), all else as it is."""
+    lines = "".join(f"    - {c}\n" for c in chapters())
+    return _CHAPTERS.sub(lambda m: m.group(1) + lines, text, count=1)
+
+
+def write_chapters(project: Path) -> None:
+    """The chapters of the project's _quarto.yml, where they differ from the registry's (in the repository
+    they are committed, and _quarto.yml is a link to the package's: unchanged there)."""
+    path = (Path(project) / "_quarto.yml").resolve()
+    text = path.read_text(encoding="utf-8")
+    if quarto_text(text) != text:
+        atomic_write_text(path, quarto_text(text))
 
 
 def chapter_source(project: Path, chapter: str) -> Path:

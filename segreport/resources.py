@@ -21,5 +21,6 @@ def resource(rel: str | Path) -> Path:
 
 TEMPLATES = resource("templates")
 ANALYSIS = resource("analysis")
+SEGMENT = "segment.ipynb"  # the one analysis notebook, in ANALYSIS (or the folder params.analysis names)
 DEFAULT_PARAMS = resource("params.yml")
 QUARTO_PROJECT = resource("project/_quarto.yml")

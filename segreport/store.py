@@ -4,6 +4,11 @@ Every file a run writes goes through `atomic_output` (a temporary file in the sa
 folder, fsync, rename), and every folder written whole (the site, a snapshot, an exported
 model) through `atomic_folder` (a temporary folder beside it, one rename), so an interrupted
 run never leaves a half-written file, and a failed write leaves no temporary file behind.
+The records the stages hand each other (context.json, comparison.json, each cell's
+metrics.json) are pydantic models (`Context`, `Comparison`, `CellMetrics`), read and written
+by `RunLayout` (`read_context`, `write_context`, ...): a damaged or wrong-typed record is said
+in one line naming the file (RecordError), and a record is written as the same bytes as the
+plain JSON writer would write its fields.
 A failed write is raised naming the file: NoSpaceError for a full disk or quota (numpy's
 errno-less short write included, where the disk has no room left), WriteError otherwise; the
 CLI says either in one line, exit status 4. JSON is written with sorted keys, so identical
@@ -33,10 +38,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import SegreportError
 
@@ -59,6 +65,27 @@ SPACE_INFO = "info.json"
 TRANSFORMER = "transformer.joblib"
 OUTLIERS = "outliers.npy"
 OUTLIER_MODEL = "outlier_model.joblib"
+SPACE_X = "X.npy"  # a feature space's matrix (a method may declare more arrays: <name>.npy)
+CONTEXT = "context.json"
+MANIFEST = "manifest.json"
+COMPARISON = "comparison.json"
+METRICS_TABLE = "metrics.parquet"
+SITE_RECORD = "site.json"  # in the run folder: the key of the site last built from it, and its files
+TRACKING = "tracking.json"
+SNAPSHOT = "snapshot.json"
+DRIFT = "drift.parquet"
+OUTCOME = "outcome.parquet"
+EXPORT_RECORD = "export.json"  # an exported embedding model's facts, written last into its folder
+
+
+def embedding_part(folder: str | Path, precision: str, digest: str) -> Path:
+    """One part of the embedding cache: the embeddings of a run of distinct texts (embed.EmbeddingPlan)."""
+    return Path(folder) / f"part-{precision}-{digest}.parquet"
+
+
+def gate_verdict(cache_dir: str | Path, digest: str) -> Path:
+    """The fidelity gate's verdict for one (model, CPU, threads, versions) (embed_fast.verdict_file)."""
+    return Path(cache_dir) / "gate" / f"verdict-{digest}.json"
 # what a finished cell must hold to be reused or assigned from; hashed into the manifest
 CELL_HASHED = (LABELS, METRICS)
 CELL_REQUIRED = (LABELS, METRICS, PERSONAS, PROFILE, SHAP, MODEL)
@@ -232,20 +259,33 @@ def atomic_output(path: str | Path):
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | Path):
+def atomic_folder(path: str | Path, replace: bool = True):
     """Yields a temporary folder beside `path` to write a whole folder into (a snapshot, the site, an
     exported model); on success it replaces `path` in one rename (an existing folder is moved aside
     first and removed after), on any failure it is removed. A failed write inside, said naming its file
-    below the temporary folder (WriteError, NoSpaceError), is said naming it below `path`."""
+    below the temporary folder (WriteError, NoSpaceError), is said naming it below `path`.
+
+    `replace=False`, for a folder of a cache that several processes may fill at once with the same
+    content (an exported model): where `path` exists by then, another process finished it first, and it
+    is kept (the temporary folder is removed)."""
     path = Path(path)
     make_folder(path.parent)
     try:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700: the folder gets the usual mode, as a file does
     except OSError as exc:
         raise write_failure(exc, path / ".") from exc
     try:
         yield tmp
         old = None
+        if not replace:
+            try:
+                os.rename(tmp, path)  # a non-empty folder at `path` refuses it: the other process's stays
+            except OSError:
+                if not path.exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+            return
         if path.exists():
             old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
             shutil.rmtree(old, ignore_errors=True)
@@ -434,6 +474,170 @@ def read_artifact(path: str | Path, mmap: bool = False) -> Any:
     return Path(path).read_bytes()
 
 
+# --------------------------------------------------------------------------- typed records
+
+# a number as written: an int stays an int, a float a float (a `float` field would write 3 as 3.0)
+Number = Union[int, float]
+
+
+class RecordError(SegreportError):
+    """A record (context.json, comparison.json, a cell's metrics.json) that is not JSON, or not of its
+    model: said in one line naming the file."""
+
+
+class Record(BaseModel):
+    """A JSON record of a run, typed: the fields every stage relies on are declared (strictly: a wrong
+    type is an error, never converted), anything else a stage or a method adds is kept as it is. Written
+    with `to_json` (sorted keys, NaN as null): the bytes the plain writer writes of the same dict.
+
+    It also answers `record["name"]`, `record.get("name")` and `"name" in record` for the call sites
+    (and templates) that read it as the dict it was."""
+
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
+    what: ClassVar[str] = "record"
+
+    @classmethod
+    def of(cls, obj: Any) -> "Record":
+        """`obj` (a dict as a stage builds it, numpy numbers and all, or a record) as this record."""
+        if isinstance(obj, cls):
+            return obj
+        if isinstance(obj, Record):
+            obj = obj.dump()
+        return cls.model_validate(_jsonable(obj))
+
+    @classmethod
+    def parse(cls, text: str, path: str | Path) -> "Record":
+        """The record in `text` (read from `path`); RecordError naming `path` where it is not one."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RecordError(f"{shown(path)}: not a valid {cls.what} (not JSON: {getattr(exc, 'msg', exc)}); "
+                              "rerun `segreport run`") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the record"
+            more = f" and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+            raise RecordError(f"{shown(path)}: not a valid {cls.what} ({where}: {first['msg'].lower()}{more}); "
+                              "rerun `segreport run`") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Record":
+        return cls.parse(Path(path).read_text(encoding="utf-8"), path)
+
+    def dump(self) -> dict:
+        """The record as the dict it was built from: the fields it was given, under their JSON names."""
+        return self.model_dump(by_alias=True, exclude_unset=True)
+
+    def to_json(self) -> str:
+        return to_json(self.dump())
+
+    def write(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    # ------------------------------------------------------------ read as the dict it was
+
+    def _field(self, name: str) -> str | None:
+        for field, info in type(self).model_fields.items():
+            if name == (info.alias or field):
+                return field if field in self.model_fields_set else None
+        return None
+
+    def __getitem__(self, name: str) -> Any:
+        field = self._field(name)
+        if field is not None:
+            return getattr(self, field)
+        if self.model_extra and name in self.model_extra:
+            return self.model_extra[name]
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (self._field(name) is not None or name in (self.model_extra or {}))
+
+    def keys(self):
+        return self.dump().keys()
+
+
+class Context(Record):
+    """context.json: what `prepare` found and built, which every later stage reads."""
+
+    what: ClassVar[str] = "run context"
+    params: dict[str, Any]
+    methods: list[str]
+    grid: dict[str, list[int]]
+    data: dict[str, Any]
+    schema_: list[dict[str, Any]] = Field(alias="schema")
+    used: dict[str, list[str]]
+    labels: dict[str, Any]
+    units: dict[str, Any]
+    spaces: dict[str, dict[str, Any]]
+    projections: dict[str, Any]
+    versions: dict[str, Any]
+    segreport: str
+    skipped: Optional[dict[str, Any]] = None
+    scale: Optional[dict[str, Any]] = None
+    inputs: Optional[dict[str, Any]] = None
+    prepare_seconds: Optional[Number] = None
+
+
+class CellMetrics(Record):
+    """A grid cell's metrics.json: its segments' sizes and every score the comparison and the pages read
+    (a method's own facts, `Method.model_facts`, beside them)."""
+
+    what: ClassVar[str] = "cell's metrics"
+    method: str
+    grid: str
+    value: int
+    k: int
+    seed: int
+    rows: int
+    fitted_rows: int
+    outliers: int
+    sizes: list[int]
+    cost: Optional[Number]
+    cost_name: str
+    own: dict[str, Any]
+    common: dict[str, Any]
+    gower: dict[str, Any]
+    own_fitted_rows: Optional[dict[str, Any]]
+    rules: dict[str, Any]
+    majority_baseline: Optional[Number]
+    stability: Optional[dict[str, Any]]
+    lgbm_accuracy: Optional[Number]
+    lgbm_folds: Optional[int] = None
+    lgbm_cv_rows: Optional[int] = None
+    lgbm_engine: Optional[str] = None
+    lgbm_validation: Optional[str] = None
+    lgbm_holdout_rows: Optional[int] = None
+    shap_rows: Optional[int] = None
+    algorithm: str
+
+
+class Comparison(Record):
+    """comparison/comparison.json: the recommended grid value per method, the agreement between methods,
+    the verdict in the neutral spaces and the one recommendation."""
+
+    what: ClassVar[str] = "comparison"
+    recommended: dict[str, dict[str, Any]]
+    # what `compare` always writes; optional for the commands that read only the recommendation of a run
+    recommendation: Optional[dict[str, Any]] = None
+    choices: Optional[dict[str, Any]] = None
+    agreement: Optional[list[dict[str, Any]]] = None
+    agreement_chosen: Optional[list[dict[str, Any]]] = None
+    outcome: Optional[dict[str, Any]] = None
+    verdict: Optional[dict[str, Any]] = None
+    nulls: Optional[dict[str, Any]] = None
+    structure: Optional[dict[str, Any]] = None
+    extras: Optional[dict[str, Any]] = None
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -596,7 +800,7 @@ class RunLayout:
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / MANIFEST
 
     @property
     def table(self) -> Path:
@@ -608,7 +812,7 @@ class RunLayout:
 
     @property
     def outcome(self) -> Path:
-        return self.root / "outcome.parquet"
+        return self.root / OUTCOME
 
     @property
     def ids(self) -> Path:
@@ -622,7 +826,15 @@ class RunLayout:
 
     @property
     def context(self) -> Path:
-        return self.root / "context.json"
+        return self.root / CONTEXT
+
+    def read_context(self) -> Context:
+        return Context.read(self.context)
+
+    def write_context(self, ctx: dict | Context) -> Context:
+        rec = Context.of(ctx)
+        rec.write(self.context)
+        return rec
 
     def space(self, name: str) -> Path:
         return self.root / "spaces" / name
@@ -645,6 +857,25 @@ class RunLayout:
     def write_cell(self, method: str, value: int, name: str, obj: Any, grid: str = "k") -> None:
         write_artifact(self.cell_file(method, value, name, grid), obj)
 
+    def read_metrics(self, method: str, value: int, grid: str = "k") -> CellMetrics:
+        return CellMetrics.read(self.cell_file(method, value, METRICS, grid))
+
+    def write_metrics(self, method: str, value: int, metrics: dict | CellMetrics, grid: str = "k") -> CellMetrics:
+        rec = CellMetrics.of(metrics)
+        rec.write(self.cell_file(method, value, METRICS, grid))
+        return rec
+
+    def space_matrix(self, name: str) -> Path:
+        """A feature space's matrix (X.npy)."""
+        return self.space(name) / SPACE_X
+
+    def space_array(self, name: str, array: str) -> Path:
+        """One of the arrays a feature space is saved as (<array>.npy: X, or those its method declares)."""
+        return self.space(name) / f"{array}.npy"
+
+    def space_transformer(self, name: str) -> Path:
+        return self.space(name) / TRANSFORMER
+
     def cell_labels(self, method: str, value: int, grid: str = "k") -> np.ndarray:
         return pd.read_parquet(self.cell_file(method, value, LABELS, grid), columns=["segment"])["segment"].to_numpy()
 
@@ -654,11 +885,44 @@ class RunLayout:
 
     @property
     def comparison_json(self) -> Path:
-        return self.comparison / "comparison.json"
+        return self.comparison / COMPARISON
+
+    def read_comparison(self) -> Comparison:
+        return Comparison.read(self.comparison_json)
+
+    def write_comparison(self, comparison: dict | Comparison) -> Comparison:
+        rec = Comparison.of(comparison)
+        rec.write(self.comparison_json)
+        return rec
+
+    def comparison_part(self, name: str) -> Path:
+        """A part of the comparison kept under the key of its own inputs (compare._memo): <name>.json."""
+        return self.comparison / f"{name}.json"
 
     @property
     def metrics_table(self) -> Path:
-        return self.comparison / "metrics.parquet"
+        return self.comparison / METRICS_TABLE
+
+    @property
+    def site_record(self) -> Path:
+        return self.root / SITE_RECORD
+
+    @property
+    def tracking(self) -> Path:
+        """tracking.json: the snapshots' history summarised (segreport track)."""
+        return self.root / TRACKING
+
+    @property
+    def tracking_tables(self) -> Path:
+        """tracking/: the summary's tables, <name>.parquet (written whole: atomic_folder)."""
+        return self.root / "tracking"
+
+    def tracking_table(self, name: str) -> Path:
+        return self.tracking_tables / f"{name}.parquet"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
 
 
 # --------------------------------------------------------------------------- the chosen segmentation
@@ -673,10 +937,7 @@ def chosen_segmentation(layout: RunLayout, method: str | None = None, k: int | N
     if not path.exists():
         raise SegreportError(f"{path}: missing, so the recommended segmentation is unknown; "
                              "give --method and --k, or finish the run with `segreport run`")
-    try:
-        comp = read_json(path)
-    except ValueError:
-        raise SegreportError(f"{path}: cannot be read (not JSON); rerun `segreport run`") from None
+    comp = layout.read_comparison()  # a damaged one: RecordError, one line naming it
     recommended = comp.get("recommended") or {}
     if method is None:
         rec = comp.get("recommendation")

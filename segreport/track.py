@@ -55,8 +55,8 @@ from .data import MISSING_LEVEL, infer_schema, read_raw, to_binary
 from .drift import CATEGORICAL, MEASURES, NUMERIC, TESTS, agreement, by_segment, decide, measure_table
 from .drift import bin_counts, decile_edges, psi  # noqa: F401  (this module's names before drift.py)
 from .methods.base import fit_rows, segments
-from .store import (RunLayout, RunLock, atomic_folder, atomic_write_json, atomic_write_parquet, chosen_segmentation,
-                    read_json, read_json_or_empty, sha256_file, sweep_partial)
+from .store import (DRIFT, LABELS, MODEL, PERSONAS, SNAPSHOT, RunLayout, RunLock, atomic_folder, atomic_write_json,
+                    atomic_write_parquet, chosen_segmentation, read_json, read_json_or_empty, sha256_file, sweep_partial)
 
 SNAPSHOTS = "snapshots"
 BASELINE = "baseline"
@@ -184,8 +184,7 @@ class _Snapshot:
     @classmethod
     def read(cls, folder: Path) -> "_Snapshot":
         try:
-            return cls(read_json(folder / "snapshot.json"), pd.read_parquet(folder / "labels.parquet"),
-                       pd.read_parquet(folder / "drift.parquet"))
+            return cls(read_json(folder / SNAPSHOT), pd.read_parquet(folder / LABELS), pd.read_parquet(folder / DRIFT))
         except (OSError, ValueError) as exc:
             raise SegreportError(f"{folder}: an incomplete snapshot ({type(exc).__name__}); remove the folder "
                                  "and track that file again") from None
@@ -193,9 +192,9 @@ class _Snapshot:
     def write(self, folder: Path) -> None:
         """All files into a temporary folder beside it, then one rename: never a half-written snapshot."""
         with atomic_folder(folder) as tmp:
-            atomic_write_parquet(tmp / "labels.parquet", self.labels)
-            atomic_write_parquet(tmp / "drift.parquet", self.drift)
-            atomic_write_json(tmp / "snapshot.json", self.meta)
+            atomic_write_parquet(tmp / LABELS, self.labels)
+            atomic_write_parquet(tmp / DRIFT, self.drift)
+            atomic_write_json(tmp / SNAPSHOT, self.meta)
 
 
 def history(layout: RunLayout) -> dict[str, _Snapshot]:
@@ -333,7 +332,7 @@ def refit_check(run, frame: pd.DataFrame, labels: pd.DataFrame, sample: int, dra
             np.sort(np.random.default_rng(seed).choice(len(frame), n, replace=False)))
     snap = _refit_draws(run, frame.iloc[rows].reset_index(drop=True), labels["segment"].to_numpy()[rows],
                         labels["outlier"].to_numpy()[rows], draws, seed)
-    fit = pd.read_parquet(run.cell / "labels.parquet", columns=["segment", "outlier"])
+    fit = pd.read_parquet(run.cell / LABELS, columns=["segment", "outlier"])
     nb = min(n, len(run.train))
     rows_b = (np.arange(nb) if nb == len(run.train) else
               np.sort(np.random.default_rng(seed + 1).choice(len(run.train), nb, replace=False)))
@@ -383,7 +382,7 @@ def _track(root: Path, data_path, method, k, as_of, id_column, executor, workers
     if not Path(path).is_file():
         read_raw(path)  # the one-line error: not found, a folder, ...
     file_sha = sha256_file(path)
-    model_sha = sha256_file(run.cell / "model.joblib")
+    model_sha = sha256_file(run.cell / MODEL)
     for other_key, snap in past.items():
         m = snap.meta
         if (m["method"], m["k"]) != (method, k):
@@ -437,7 +436,7 @@ def _track(root: Path, data_path, method, k, as_of, id_column, executor, workers
         drift_rows.append({"column": col, **summary, **measures[col]})
         bins.append(b.assign(column=col))
     drift = pd.concat(bins, ignore_index=True)[["column", "order", "bin", "baseline_share", "share"]]
-    fit_seg = pd.read_parquet(run.cell / "labels.parquet", columns=["segment"])["segment"].to_numpy()
+    fit_seg = pd.read_parquet(run.cell / LABELS, columns=["segment"])["segment"].to_numpy()
     seg_rows = by_segment(run.train, fit_seg, frame, labels["segment"].to_numpy(), k, kinds, base_missing,
                           new_missing, th.segment_min_rows)
     refit = refit_check(run, frame, labels, th.refit_sample, th.refit_draws)
@@ -459,7 +458,7 @@ def _track(root: Path, data_path, method, k, as_of, id_column, executor, workers
 
 
 def _latest(layout: RunLayout) -> dict:
-    return read_json_or_empty(layout.root / "tracking.json")
+    return read_json_or_empty(layout.tracking)
 
 
 def write_tracking(layout: RunLayout, run, snaps: dict[str, _Snapshot], th=None) -> bool:
@@ -467,7 +466,7 @@ def write_tracking(layout: RunLayout, run, snaps: dict[str, _Snapshot], th=None)
     th = th if th is not None else run.params.tracking
     current = _latest(layout)
     if (current.get("history") == _signature(snaps) and current.get("thresholds") == th.model_dump(mode="json")
-            and (layout.root / "tracking").is_dir()):
+            and layout.tracking_tables.is_dir()):
         return False
     tracking, tables = summarise(layout, run, snaps, th)
     _write_tracking(layout, tracking, tables)
@@ -479,10 +478,10 @@ def _signature(snaps: dict[str, _Snapshot]) -> list:
 
 
 def _write_tracking(layout: RunLayout, tracking: dict, tables: dict[str, pd.DataFrame]) -> None:
-    with atomic_folder(layout.root / "tracking") as tmp:
+    with atomic_folder(layout.tracking_tables) as tmp:
         for name, table in tables.items():
-            atomic_write_parquet(tmp / f"{name}.parquet", table)
-    atomic_write_json(layout.root / "tracking.json", tracking)
+            atomic_write_parquet(tmp / layout.tracking_table(name).name, table)
+    atomic_write_json(layout.tracking, tracking)
 
 
 # --------------------------------------------------------------------------- the history, summarised
@@ -490,11 +489,11 @@ def _write_tracking(layout: RunLayout, tracking: dict, tables: dict[str, pd.Data
 
 def _baseline_ids(layout: RunLayout, ctx: dict, id_column: str) -> pd.Series | None:
     """The fitting table's identifiers (read from its file, if unchanged), cached in tracking/."""
-    cache = layout.root / "tracking" / "baseline_ids.parquet"
+    cache = layout.tracking_table("baseline_ids")
     sha = ctx["data"].get("file_sha256")
     if cache.exists():
         got = pd.read_parquet(cache)
-        known = read_json_or_empty(layout.root / "tracking.json").get("baseline_ids")
+        known = read_json_or_empty(layout.tracking).get("baseline_ids")
         if list(got.columns) == ["id"] and known == [id_column, sha]:
             return got["id"]
     path = Path(ctx["data"]["path"])
@@ -516,8 +515,8 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot], th=None) -> t
     th = th if th is not None else run.params.tracking
     ctx, params = run.ctx, run.params
     method, k = run.method, run.k
-    fit = pd.read_parquet(run.cell / "labels.parquet")
-    personas = {int(c["segment"]): c for c in read_json(run.cell / "personas.json")}
+    fit = pd.read_parquet(run.cell / LABELS)
+    personas = {int(c["segment"]): c for c in read_json(run.cell / PERSONAS)}
     segments = [{"segment": s, "code": f"S{s + 1}", "name": str(personas.get(s, {}).get("name") or f"S{s + 1}")}
                 for s in range(k)]
     labels_of = ctx.get("labels", {})
@@ -629,9 +628,9 @@ def summarise(layout: RunLayout, run, snaps: dict[str, _Snapshot], th=None) -> t
     # the outcome per segment, where a period has it
     outcome = None
     outcome_col = params.outcome
-    out_file = layout.root / "outcome.parquet"
+    out_file = layout.outcome
     if outcome_col and any(s.meta.get("outcome_column") for s in snaps.values()):
-        comp = read_json_or_empty(layout.comparison / "comparison.json").get("outcome") or {}
+        comp = read_json_or_empty(layout.comparison_json).get("outcome") or {}
         y_of = {}
         if out_file.exists():
             y_of[BASELINE] = pd.read_parquet(out_file)["outcome"].astype(str).to_numpy()

@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from . import figures as F
 from .methods import REGISTRY, get
-from .store import RunLayout, atomic_write_text, read_json_or_empty, sha256_file
+from .store import MODEL, RunLayout, atomic_write_text, read_json_or_empty, sha256_file
 from .track import SNAPSHOTS, name_list
 
 
@@ -34,10 +34,10 @@ def write_page(layout: RunLayout, page: Path, env, fig) -> bool:
 
 def page_view(layout: RunLayout, fig) -> dict | None:
     """What the tracking page shows, read from tracking.json and tracking/*.parquet (no new numbers)."""
-    t = read_json_or_empty(layout.root / "tracking.json")
+    t = read_json_or_empty(layout.tracking)
     if not t.get("periods") or not (layout.root / SNAPSHOTS).is_dir():
         return None
-    model = layout.cell(t["method"], t["k"], get(t["method"]).grid) / "model.joblib"
+    model = layout.cell(t["method"], t["k"], get(t["method"]).grid) / MODEL
     if not model.exists() or sha256_file(model) != t["model_sha256"]:
         warnings.warn(f"{layout.root / 'tracking.json'}: the snapshots were scored with an earlier fit of "
                       f"{t['method']} k={t['k']}; the tracking page is left out until they are tracked again")
@@ -68,7 +68,7 @@ def page_view(layout: RunLayout, fig) -> dict | None:
                            for tr in mig["transitions"]]
     if mig["transitions"]:
         last = view["transitions"][-1]
-        m = pd.read_parquet(layout.root / "tracking" / "migration.parquet")
+        m = pd.read_parquet(layout.tracking_table("migration"))
         m = m[(m["from_period"] == last["from"]) & (m["to_period"] == last["to"])]  # (DataFrame.to_period is a method)
         codes = [s["code"] for s in t["segments"]]
         rows_, cols_ = codes + ["new"], codes + ["left"]

@@ -13,6 +13,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from segreport.demo import write_demo
+from segreport.methods import REGISTRY
 
 from .conftest import make_workdir, run_inline, segreport
 
@@ -54,6 +55,9 @@ def test_every_cell_has_its_results(demo_run):
             nb = nbformat.read(cell / "notebook.ipynb", as_version=4)
             assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
             assert nb.metadata["kernelspec"]["name"] == "segreport"
+            # the one analysis notebook, headed by its method (what the report links and publishes)
+            assert nb.metadata["papermill"]["input_path"].endswith("analysis/segment.ipynb")
+            assert f"# {REGISTRY[m].notebook_title}: one cell of the grid" in nb.cells[0].source
             assert all(c.get("outputs") for c in nb.cells if c.cell_type == "code" and "parameters" not in
                        str(c.metadata.get("tags", [])))
     kmeans = json.loads((run / "cells" / "kmeans" / "k3" / "metrics.json").read_text())

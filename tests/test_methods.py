@@ -19,7 +19,7 @@ from segreport.methods import REGISTRY
 from segreport.methods.hdbscan import HDBSCANSegmenter
 from segreport.methods.kmeans import KMeansSegmenter
 from segreport.methods.kprototypes import KPrototypesSegmenter
-from segreport.resources import ANALYSIS, TEMPLATES
+from segreport.resources import ANALYSIS, SEGMENT, TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "segreport"
@@ -43,12 +43,47 @@ def test_no_method_name_branch_outside_methods():
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_every_method_brings_its_notebook_template_and_parameters(name):
+def test_every_method_brings_its_notebook_words_template_and_parameters(name):
     m = REGISTRY[name]
-    assert (ANALYSIS / f"{name}.ipynb").exists()
+    assert m.notebook_title and m.notebook_intro  # its notebook's heading (analysis/segment.ipynb)
     assert (TEMPLATES / "pages" / "about" / f"{name}.md.j2").exists()
     assert isinstance(getattr(Params(), name), m.Params)  # its parameters under its key in params.yml
     assert m.display and m.grid and m.grid_label
+
+
+def test_one_analysis_notebook_headed_by_each_method():
+    """One notebook for every method: each cell's copy says its method's title and introduction, links its
+    method's page, and holds no placeholder; a method's own cells go after the scores' chart."""
+    import nbformat
+
+    from segreport.grid import method_notebook
+
+    assert sorted(p.name for p in ANALYSIS.glob("*.ipynb")) == [SEGMENT]
+    for name, m in REGISTRY.items():
+        nb = method_notebook(ANALYSIS, name)
+        text = "\n".join(c.source for c in nb.cells)
+        assert "{{" not in text and "}}" not in text
+        assert nb.cells[0].source.splitlines()[2] == f"# {m.notebook_title}: one cell of the grid"
+        assert m.notebook_intro in nb.cells[0].source and f"(../{name}.html)" in nb.cells[0].source
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert f"value = None  # {m.grid_label}" in params.source
+        assert m.notebook_cells() == []  # none of today's methods has cells of its own
+        nbformat.validate(nb)
+
+    class WithCells(type(REGISTRY["kmeans"])):
+        def notebook_cells(self):
+            return [("markdown", "## Its own"), ("code", "print(metrics['k'])")]
+
+    own = WithCells()
+    plain = method_notebook(ANALYSIS, "kmeans")
+    REGISTRY["kmeans"] = own
+    try:
+        nb = method_notebook(ANALYSIS, "kmeans")
+    finally:
+        REGISTRY["kmeans"] = type(own).__mro__[1]()
+    at = next(i for i, c in enumerate(plain.cells) if "method-cells" in c.metadata.get("tags", []))
+    assert [c.source for c in nb.cells[at + 1:at + 3]] == ["## Its own", "print(metrics['k'])"]
+    assert len(nb.cells) == len(plain.cells) + 2 and nb.cells[at + 2].cell_type == "code"
 
 
 @pytest.mark.parametrize("est", [

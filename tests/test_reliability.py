@@ -35,10 +35,11 @@ def test_failed_cell_is_recorded_and_the_rest_renders(tmp_path):
     write_demo(wd / "data" / "demo.csv", rows=300, seed=5)
     analysis = wd / "my-analysis"
     shutil.copytree(ROOT / "analysis", analysis)
-    nb = nbformat.read(analysis / "kmeans.ipynb", as_version=4)
+    nb = nbformat.read(analysis / "segment.ipynb", as_version=4)
     after = next(i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", []))
-    nb.cells.insert(after + 1, nbformat.v4.new_code_cell('if value == 3:\n    raise RuntimeError("this cell breaks on purpose")'))
-    nbformat.write(nb, analysis / "kmeans.ipynb")
+    nb.cells.insert(after + 1, nbformat.v4.new_code_cell(
+        'if (method, value) == ("kmeans", 3):\n    raise RuntimeError("this cell breaks on purpose")'))
+    nbformat.write(nb, analysis / "segment.ipynb")
     (wd / "p.yml").write_text(f"analysis: {analysis}\n" + LIGHT)
     res = segreport(wd, "run", "-q", "--params", "p.yml", "--data", "data/demo.csv", "--methods", "kmeans,kprototypes",
                     "--k", "2-3")

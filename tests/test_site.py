@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segreport.render import (PAGES_DIR, local_paths, page_path, publish_modes, publishable_notebook, read_quarto,
-                              scrub_paths, stub_pages, stub_text)
+from segreport.methods import REGISTRY
+from segreport.render import chapters as quarto_chapters
+from segreport.render import (PAGES_DIR, local_paths, page_path, publish_modes, publishable_notebook, quarto_text,
+                              read_quarto, scrub_paths, stub_pages, stub_text)
 from segreport.store import RunLayout
 
 from .conftest import LIGHT, ROOT
@@ -70,6 +72,17 @@ def test_every_chapter_is_committed_as_its_stub():
         assert ch in tracked, f"{ch}: listed in _quarto.yml but not committed (Quarto needs it before pre-render)"
         assert (ROOT / ch).read_text() == stub_text(Path(ch).stem), \
             f"{ch} differs from segreport.render.stub_text: rewrite it with render.write_stubs(Path('report'))"
+
+
+def test_the_chapters_are_the_registrys():
+    """_quarto.yml lists a chapter per method of the registry, as render.write_chapters writes it; a project
+    whose list lacks one gets it, the rest of its file as it was."""
+    text = (ROOT / "_quarto.yml").read_text()
+    assert quarto_text(text) == text, "_quarto.yml's chapters differ from the registry's: render.write_chapters"
+    assert [Path(c).stem for c in chapters(ROOT)][1:-4] == list(REGISTRY)
+    assert quarto_chapters() == [c for c in read_quarto(ROOT)["chapters"] if "appendix" not in c]
+    short = text.replace("    - report/famd.qmd\n", "")
+    assert short != text and quarto_text(short) == text
 
 
 def test_generated_pages_are_ignored_and_the_stubs_are_not():
@@ -120,7 +133,7 @@ def test_published_notebook_has_no_local_path(tmp_path):
     nb = {"cells": [{"cell_type": "code", "source": f'run_dir = "{run}"', "metadata": {}, "outputs": [
         {"output_type": "stream", "name": "stderr", "text": f"{sys.prefix}/lib/x.py:1: Warning\n{project}/data/a.csv"}],
         "execution_count": 1}],
-        "metadata": {"papermill": {"input_path": str(ROOT / "segreport" / "analysis" / "kmeans.ipynb"),
+        "metadata": {"papermill": {"input_path": str(ROOT / "segreport" / "analysis" / "segment.ipynb"),
                                    "output_path": str(run / "cells" / ".notebook.ipynb.x.tmp"),
                                    "parameters": {"run_dir": str(run)}, "environment_variables": {}}},
         "nbformat": 4, "nbformat_minor": 5}
@@ -131,7 +144,7 @@ def test_published_notebook_has_no_local_path(tmp_path):
         assert path not in out
     pub = json.loads(out)
     assert pub["metadata"]["papermill"]["parameters"]["run_dir"] == "results/demo"
-    assert pub["metadata"]["papermill"]["input_path"] == "analysis/kmeans.ipynb"
+    assert pub["metadata"]["papermill"]["input_path"] == "analysis/segment.ipynb"
     assert pub["cells"][0]["source"] == 'run_dir = "results/demo"'
     assert "./data/a.csv" in pub["cells"][0]["outputs"][0]["text"]
     pairs = local_paths(RunLayout(run), project / "report")

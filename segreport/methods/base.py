@@ -1,14 +1,19 @@
 """The interface every segmentation method implements, and what the stages may ask of it.
 
 A method is one module in `segreport/methods/` holding a `Method` subclass, registered
-by one line in `methods/__init__.py`, plus its notebook `analysis/<name>.ipynb` and its
-about-template `templates/pages/about/<name>.md.j2`. The stages (prepare, grid, cell,
-compare, render, assign) only call what is declared here; no stage tests a method's name.
+by one line in `methods/__init__.py`, plus its about-template
+`templates/pages/about/<name>.md.j2`. The stages (prepare, grid, cell, compare, render,
+assign) only call what is declared here; no stage tests a method's name. Its grid cells run
+the one analysis notebook `analysis/segment.ipynb`, headed by its `notebook_title` and
+`notebook_intro`, with the cells of its own (`notebook_cells`) where it has something of its
+own to show; its chapter of the report and the chapter's stub come from the registry.
 
 A method declares:
 
 - `name`, `display` and `Params`: its key in params.yml, how the report names it, and a
   pydantic model of its parameters (validated under that key);
+- `notebook_title`, `notebook_intro` and `notebook_cells()`: what its grid cells' notebook
+  says of it (the title, one paragraph) and the cells it adds to it (none by default);
 - `grid`: the parameter its grid runs over: "k" (the number of segments, given), or its own
   (`hdbscan`: min_cluster_size, the number of segments is found) with `grid_values(params)`;
 - `requires(table)`: why it cannot run on a table (None where it can);
@@ -82,6 +87,23 @@ class Method:
     # table's rows has the rows of the table's space as its space, so the null reference's observed sample
     # reads them instead of computing them again (compare.null_check)
     rowwise_space: ClassVar[bool] = False
+    # its cells' notebook (analysis/segment.ipynb): the title (default: `display`) and the paragraph under it
+    notebook_title: ClassVar[str] = ""
+    notebook_intro: ClassVar[str] = ""
+
+    # ---------------------------------------------------------------- its notebook
+
+    def notebook_cells(self) -> list[tuple[str, str]]:
+        """The cells this method adds to its grid cells' notebook, as ("markdown" | "code", source), shown
+        after the scores' chart (the cell tagged `method-cells`): only where it has something of its own to
+        show. The code runs in the notebook's namespace (`run_dir`, `method`, `value`, `metrics`, `nb`)."""
+        return []
+
+    def notebook_words(self) -> dict:
+        """What the notebook's markdown says of this method (the placeholders of analysis/segment.ipynb)."""
+        return {"method": self.name, "page": self.display, "title": self.notebook_title or self.display,
+                "intro": self.notebook_intro, "grid_label": self.grid_label,
+                "cell": "(method, k)" if self.grid == "k" else "grid cell"}
 
     # ---------------------------------------------------------------- what it needs
 
@@ -140,7 +162,7 @@ class Method:
 
     def transform_new(self, run, frame) -> tuple[np.ndarray, dict]:
         """New rows (normalised like the run's table) into this method's space, with facts."""
-        ct = run.file(run.space_dir / "transformer.joblib", f"the {self.display} transformer")
+        ct = run.file(run.layout.space_transformer(self.name), f"the {self.display} transformer")
         return np.nan_to_num(np.asarray(ct.transform(frame), dtype=np.float64), nan=0.0), {}
 
     def outlier_input_new(self, run, frame, X) -> np.ndarray:

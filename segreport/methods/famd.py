@@ -83,6 +83,9 @@ class FAMDMethod(Method):
     Params = FAMDParams
     algorithm = "K-means on FAMD components"
     summary = "K-means on the leading components of a factor analysis of mixed data (FAMD)"
+    notebook_title = "FAMD + K-means"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("The mixed table is reduced to its leading FAMD components (prince), in which every column "
+                      "weighs alike; K-means groups the customers in that space.")
     weighted_refit = True
 
     def requires(self, table) -> str | None:
@@ -115,5 +118,5 @@ class FAMDMethod(Method):
         return kmeans_estimator(value, self.params(params), seed, scale, n_init)
 
     def transform_new(self, run, frame):
-        tr = run.file(run.space_dir / "transformer.joblib", "the FAMD transformer")
+        tr = run.file(run.layout.space_transformer(self.name), "the FAMD transformer")
         return tr.transform(frame), {}

@@ -64,6 +64,10 @@ class HDBSCANMethod(Method):
     grid_label = "minimum segment size"
     algorithm = "HDBSCAN on a UMAP embedding per data type"
     summary = "UMAP of numbers and of categories, intersected, then HDBSCAN: finds its own number of segments"
+    notebook_title = "Density segments (HDBSCAN)"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("Numbers and categories each get a UMAP map, intersected into one embedding; HDBSCAN finds "
+                      "the dense regions in it. This cell's parameter is the minimum segment size: the number of "
+                      "segments is found, not given; customers in no dense region are noise, flagged as outliers.")
 
     def grid_values(self, params, rows: int | None = None) -> list[int]:
         mp = params.hdbscan
@@ -120,5 +124,5 @@ class HDBSCANMethod(Method):
         return {"k_found": int(model.n_clusters_), "noise_share": float(model.noise_.mean())}
 
     def transform_new(self, run, frame):
-        tr = run.file(run.space_dir / "transformer.joblib", "the UMAP placement")
+        tr = run.file(run.layout.space_transformer(self.name), "the UMAP placement")
         return tr.transform(frame), {}

@@ -53,6 +53,9 @@ class KMeansMethod(Method):
     Params = KMeansParams
     algorithm = "K-means on encoded columns"
     summary = "K-means on one-hot / ordinal codes and power-transformed numbers; ECOD outliers left out of the fit"
+    notebook_title = "K-means on encoded features"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("Each column is encoded (ordinal or one-hot, per the schema) and power-transformed; ECOD "
+                      "flags outliers, which are left out of the fit and then assigned to their nearest segment.")
     weighted_refit = True
 
     def build_space(self, table, params, env) -> Space:

@@ -50,6 +50,9 @@ class KPrototypesMethod(Method):
     euclidean = False  # squared differences + gamma * mismatches: scored in the neutral spaces instead
     algorithm = "K-Prototypes"
     summary = "K-Prototypes: squared differences of numbers plus gamma for each category mismatch"
+    notebook_title = "K-Prototypes on mixed features"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("Numeric columns (power-transformed) use squared Euclidean distance, categorical columns a "
+                      "mismatch count weighted by gamma, as in Huang (1997).")
 
     def requires(self, table) -> str | None:
         if not table.numeric or not table.categorical:
@@ -87,7 +90,7 @@ class KPrototypesMethod(Method):
         return {"gamma": float(model.gamma_), "engine": model.engine}
 
     def transform_new(self, run, frame):
-        enc = run.file(run.space_dir / "transformer.joblib", "the K-Prototypes encoder")
+        enc = run.file(run.layout.space_transformer(self.name), "the K-Prototypes encoder")
         # unseen levels get code -1 (never matches a prototype); they are swapped for a known level
         # before the encoder and set to -1 after it, as pandas deprecates unknown values in a Categorical
         frame = frame.copy()
@@ -104,5 +107,5 @@ class KPrototypesMethod(Method):
     def outlier_input_new(self, run, frame, X):
         from ..features import column_transform  # scikit-learn (features imports it): only where new rows are placed
 
-        ct = run.file(run.layout.space("common") / "transformer.joblib", "the common-space transformer")
+        ct = run.file(run.layout.space_transformer("common"), "the common-space transformer")
         return column_transform(ct, frame)

@@ -71,6 +71,9 @@ class LLMMethod(Method):
     Params = LLMParams
     algorithm = "K-means on sentence embeddings"
     summary = "each customer written as a sentence, embedded by a sentence model, then K-means"
+    notebook_title = "K-means on sentence embeddings"  # its notebook's title (analysis/segment.ipynb)
+    notebook_intro = ("Each customer is written as a sentence from the row-text template, embedded by a "
+                      "sentence-transformers model, normalised, and clustered with K-means.")
     builds_in_client = True  # the embedding's parts are the tasks (see dask_grid.DaskSession.run_parts)
     weighted_refit = True
     rowwise_space = True  # each row's text is embedded alone (number words use edges fixed in the inputs)
@@ -111,7 +114,7 @@ class LLMMethod(Method):
         texts = row_texts(frame, inputs["text"], inputs["numbers"], inputs["number_edges"])
         X = np.empty((len(texts), 0), dtype=np.float32)
         known: dict[str, int] = {}
-        x_file = run.space_dir / "X.npy"
+        x_file = run.layout.space_matrix(self.name)
         if x_file.exists():
             X_train = np.load(x_file, mmap_mode="r")
             train_texts = row_texts(run.train, inputs["text"], inputs["numbers"], inputs["number_edges"])
@@ -155,7 +158,7 @@ def numbers_experiment(layout, ctx: dict, k: int, max_rows: int = 3000) -> dict:
     seed = int(p["seed"])
     frame = pd.read_parquet(layout.table)
     rows = sample_rows(len(frame), max_rows, seed)
-    common = np.load(layout.space("common") / "X.npy", mmap_mode="r")[rows]
+    common = np.load(layout.space_matrix("common"), mmap_mode="r")[rows]
     tpl = ctx["inputs"]["llm"]
     own = lp.get("numbers", "plain")
     other = "words" if own == "plain" else "plain"
@@ -166,7 +169,7 @@ def numbers_experiment(layout, ctx: dict, k: int, max_rows: int = 3000) -> dict:
                                    f"({type(exc).__name__}: {str(exc)[:200]})"}
     X_other, _ = embed_texts(texts, lp["model"], lp["precision"], int(lp["batch_size"]), bool(lp["normalize"]),
                              cache_dir=p.get("cache_dir"), progress=False, seed=seed)
-    variants = {own: np.load(layout.space("llm") / "X.npy", mmap_mode="r")[rows], other: X_other}
+    variants = {own: np.load(layout.space_matrix("llm"), mmap_mode="r")[rows], other: X_other}
     out = {"k": k, "rows": int(len(rows)), "run_uses": own, "example": {}, "variants": {}}
     out["example"][other] = texts[0]
     out["example"][own] = row_texts(frame.iloc[rows[:1]], tpl["text"], own, tpl["number_edges"])[0]
