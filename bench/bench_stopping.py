@@ -184,12 +184,13 @@ def compare_modes(frame, schema, pipes, args, outcome=None) -> dict:
             confirm_s += sum(used)
             confirmed.add(key)
     seq = decide(frame, table, cells, stab, pipes, structures_of, args, outcome)
-    classes_same = classes_total = 0
+    classes_same = classes_total = grid_same = 0
     for key, c in cells.items():
         for s, v in c["fixed"]["segments"].items():
             classes_total += 1
             classes_same += int(stab[key]["segments"][s]["class"] == v["class"])
-    return {"classes_same": classes_same, "classes": classes_total,
+            grid_same += int(c["seq"]["segments"][s]["class"] == v["class"])  # before any confirmation
+    return {"classes_same": classes_same, "classes": classes_total, "grid_classes_same": grid_same,
             "refits": sum(stab[key]["resamples"] for key in cells), "refits_fixed": 100 * len(cells),
             "grid_refits": sum(c["seq"]["resamples"] for c in cells.values()), "confirmed": len(confirmed),
             "rec_same": fixed["rec"] == seq["rec"], "use_same": fixed["use"] == seq["use"],
@@ -235,7 +236,7 @@ def bank_table(args) -> dict:
 
 
 def line(r: dict) -> str:
-    return (f"  {r['name']}: classes {r['classes_same']}/{r['classes']}, refits {r['refits']}/{r['refits_fixed']} "
+    return (f"  {r['name']}: classes {r['classes_same']}/{r['classes']} (grid {r['grid_classes_same']}), refits {r['refits']}/{r['refits_fixed']} "
             f"(grid {r['grid_refits']}, {r['confirmed']} cells confirmed), recommendation "
             f"{'same' if r['rec_same'] else 'DIFFERS'} {r['rec'][:2]}, for use {'same' if r['use_same'] else 'DIFFERS'}"
             f" {r['use'][:2]}{'' if r['use_same'] else ' vs ' + str(r['use_seq'][:2])}, clusterboot "
@@ -246,7 +247,9 @@ def summary(label: str, rs: list[dict]) -> None:
     cs, ct = sum(r["classes_same"] for r in rs), sum(r["classes"] for r in rs)
     ru, rt = sum(r["refits"] for r in rs), sum(r["refits_fixed"] for r in rs)
     sq, fx = sum(r["seq_s"] for r in rs), sum(r["fixed_s"] for r in rs)
-    print(f"{label}: {len(rs)} tables; classes same {cs}/{ct} ({cs / ct:.1%}); refits {ru}/{rt} ({ru / rt:.1%}; "
+    gs = sum(r["grid_classes_same"] for r in rs)
+    print(f"{label}: {len(rs)} tables; classes same {cs}/{ct} ({cs / ct:.1%}; in the grid, before the close calls are "
+          f"confirmed: {gs}/{ct}); refits {ru}/{rt} ({ru / rt:.1%}; "
           f"grid {sum(r['grid_refits'] for r in rs)}, {sum(r['confirmed'] for r in rs)} cells confirmed); "
           f"recommendation same {sum(r['rec_same'] for r in rs)}/{len(rs)}, for use same "
           f"{sum(r['use_same'] for r in rs)}/{len(rs)}; clusterboot time sequential/fixed {sq:.0f}/{fx:.0f} s = "
