@@ -126,9 +126,11 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     stabs = {(r["method"], r["value"]): read_json(f) for r in rows if r["status"] == "done"
              and (f := layout.cell(r["method"], r["value"], r["grid"]) / STABILITY).exists()}
     recommended, choices, confirmed = settle(layout, ctx, table, stabs)
-    if confirmed:  # the table's refits: what the comparison's numbers rest on
-        table["refits"] = [confirmed.get((m, int(v)), {}).get("refits", r) for m, v, r in
-                           zip(table.method, table.value, table.refits)]
+    if confirmed:  # the table's stability: the numbers the comparison rests on, and their refits
+        for i, (m, v) in enumerate(zip(table.method, table.value)):
+            if (m, int(v)) in confirmed:
+                table.loc[i, "refits"] = confirmed[(m, int(v))]["refits"]
+                table.loc[i, "stability_ari"] = stabs[(m, int(v))]["ari_mean"]
     agree = []
     for k in sorted({int(x) for x in table.k.dropna()}):
         for i, a in enumerate(methods):

@@ -267,6 +267,11 @@ def test_a_run_records_its_refits_and_confirms_close_calls_to_what_the_full_coun
             assert {a: b for a, b in held.items() if a != "stopping"} == full
     for part in ("choices", "verdict", "recommended"):
         assert comp[part] == want[part], part
+    import pandas as pd
+
+    table, full = (pd.read_parquet(r / "comparison" / "metrics.parquet") for r in (seq, fixed))
+    assert table.refits.tolist() == full.refits.tolist() == [40, 40]  # the confirmed numbers, as the fixed run's
+    assert table.stability_ari.tolist() == full.stability_ari.tolist()
     assert {a: b for a, b in comp["recommendation"].items()} == want["recommendation"]
     page = (tmp_path / "sequential" / "report" / "_pages" / "kmeans.qmd").read_text()
     assert "| refits |" in page and "refitting stops once every segment" in page and "of 300 customers" in page
