@@ -49,10 +49,11 @@ def fit_method(method, value: int, space: dict, params, seed: int, scale: dict |
 
 
 def stability(method, value: int, space: dict, params, seed: int, labels: np.ndarray,
-              common: np.ndarray, scale: dict | None = None) -> dict | None:
+              common: np.ndarray, scale: dict | None = None, resume: dict | None = None) -> dict | None:
     """Clusterboot (Hennig 2007) on a seeded subsample: the whole method refitted in every bootstrap
     resample, its outlier step included (ECOD refitted on the resample), with the same number of
-    starts as the fit; see evaluate.bootstrap_stability."""
+    starts as the fit, stopped as `stability_stopping` says; see evaluate.bootstrap_stability.
+    resume: the cell's earlier sequential result, taken on to every resample (compare's confirmation)."""
     B = int(params.stability_resamples)
     if B == 0:
         return None
@@ -86,7 +87,8 @@ def stability(method, value: int, space: dict, params, seed: int, labels: np.nda
 
     refit = whole_method_refit(fit, predict, detect, min_rows=getattr(method.estimator(value, params, seed, {}),
                                                                        "n_clusters", 2))
-    return bootstrap_stability(refit, labels, len(labels), B, seed, int(params.stability_sample), score)
+    return bootstrap_stability(refit, labels, len(labels), B, seed, int(params.stability_sample), score,
+                               stopping="fixed" if resume is not None else params.stability_stopping, resume=resume)
 
 
 def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
@@ -160,6 +162,7 @@ def run_cell(run_dir: str | Path, method_name: str, value: int) -> dict:
         "rules": {k_: v for k_, v in tree.items() if k_ not in ("rules", "by_segment")},
         "majority_baseline": tree["baseline"]["accuracy"],
         "stability": {k_: v for k_, v in stab.items() if k_ not in ("ari", "common_silhouette")} if stab else None,
+        "refits": int(stab["resamples"]) if stab else 0,  # clusterboot refits used (sequential stopping: fewer)
         "lgbm_accuracy": ex["accuracy"], "lgbm_folds": ex["folds"], "lgbm_cv_rows": ex["cv_rows"],
         "lgbm_engine": ex["engine"], "lgbm_validation": ex["validation"], "lgbm_holdout_rows": ex.get("holdout_rows"),
         "shap_rows": ex["shap_rows"],

@@ -25,14 +25,16 @@ from .methods import REGISTRY, BuildEnv, Space, get, params_of
 from .methods.base import fit_rows, segments
 from .recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
 from .schema import ColumnSpec
+from .evaluate import STOPPING_ALPHA, STOPPING_BATCH, STOPPING_RULE, stopping_looks
+from .prepare import COMMON, load_space
 from .store import (DONE, METRICS, STABILITY, RecordError, RunLayout, atomic_write_json, atomic_write_parquet, cell_name,
                     file_record, key, read_json, read_json_or_empty, say_damaged, sha256_file, to_json, verify)
-from .verdict import choose_k, fair_verdict, null_reference, recommendation, structure_call
+from .verdict import choose_k, close_calls, fair_verdict, null_reference, recommendation, structure_call
 
 PACKAGE = Path(__file__).resolve().parent
 # the modules compare() runs (besides methods/*.py): its null references refit each method's whole
 # pipeline (cell, features, evaluate), its verdict (verdict) and the LLM's numbers experiment (embed)
-COMPARE_MODULES = ("__init__.py", "compare.py", "verdict.py", "evaluate.py", "features.py", "explain.py",
+COMPARE_MODULES = ("__init__.py", "compare.py", "cell.py", "verdict.py", "evaluate.py", "features.py", "explain.py",
                    "personas.py", "prepare.py", "notebook.py", "schema.py", "config.py", "data.py", "store.py",
                    "sentence_model.py", "embed.py", "embed_fast.py", "recommend.py")
 # parameters that change where or how a run works, never what the comparison computes
@@ -112,16 +114,22 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
                 m = layout.read_metrics(method, v, grid)
                 row.update(k=m["k"], cost=m["cost"], lgbm_accuracy=m["lgbm_accuracy"], fitted_rows=m["fitted_rows"],
                            outliers=m["outliers"], min_size=min(m["sizes"]), max_size=max(m["sizes"]),
-                           stability_ari=(m.get("stability") or {}).get("ari_mean"))
+                           stability_ari=(m.get("stability") or {}).get("ari_mean"),
+                           refits=int(m.get("refits", (m.get("stability") or {}).get("resamples", 0))))
                 for space in ("own", "common"):
                     for metric in ("silhouette", "davies_bouldin", "calinski_harabasz"):
                         row[f"{space}_{metric}"] = m[space].get(metric)
                 labels[(method, v)] = layout.cell_labels(method, v, grid)
             rows.append(row)
     table = pd.DataFrame(rows)
-    recommended, choices = {}, {}
-    for method in methods:
-        recommended[method], choices[method] = choose(layout, method, table, ctx)
+    stabs = {(r["method"], r["value"]): read_json(f) for r in rows if r["status"] == "done"
+             and (f := layout.cell(r["method"], r["value"], r["grid"]) / STABILITY).exists()}
+    recommended, choices, confirmed = settle(layout, ctx, table, stabs)
+    if confirmed:  # the table's stability: the numbers the comparison rests on, and their refits
+        for i, (m, v) in enumerate(zip(table.method, table.value)):
+            if (m, int(v)) in confirmed:
+                table.loc[i, "refits"] = confirmed[(m, int(v))]["refits"]
+                table.loc[i, "stability_ari"] = stabs[(m, int(v))]["ari_mean"]
     agree = []
     for k in sorted({int(x) for x in table.k.dropna()}):
         for i, a in enumerate(methods):
@@ -147,7 +155,7 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
             if k is not None and get(method).null_reference:
                 nulls[method], structure[method] = _memo(layout, ctx, f"null-{method}", [method, k],
                                                          lambda: list(null_check(layout, ctx, method, k)))
-    verdict = fair(layout, recommended, table, ctx)
+    verdict = fair(layout, recommended, table, ctx, stabs)
     rec = None
     if verdict is not None and choices:
         rec = recommendation(choices, verdict, structure or {m: {} for m in choices})
@@ -155,7 +163,7 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
             rec["value"] = recommended[rec["method"]]["value"] if rec["k"] == recommended[rec["method"]]["k"] \
                 else _value_of(table, rec["method"], rec["k"])
             rec["display"] = get(rec["method"]).display
-        rec = for_use(layout, ctx, table, labels, choices, recommended, verdict, structure, rec)
+        rec = for_use(layout, ctx, table, labels, choices, recommended, verdict, structure, rec, stabs)
         rec["reasons"] = [display_names(r) for r in rec.get("reasons", [])]
         verdict["reasons"] = [display_names(r) for r in verdict.get("reasons", [])]
     extras = {}
@@ -168,7 +176,8 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
             if extra is not None:
                 extras[method] = extra
     result = {"recommendation": rec, "recommended": recommended, "choices": choices, "agreement": agree, "agreement_chosen": chosen,
-              "outcome": outcome, "verdict": verdict, "nulls": nulls, "structure": structure, "extras": extras}
+              "outcome": outcome, "verdict": verdict, "nulls": nulls, "structure": structure, "extras": extras,
+              "refits": refits_summary(ctx, table, stabs, confirmed)}
     atomic_write_parquet(layout.metrics_table, table)
     layout.write_comparison(result)
     return result
@@ -258,7 +267,81 @@ def _value_of(table: pd.DataFrame, method: str, k: int) -> int | None:
     return int(sub.value.iloc[0]) if len(sub) else None
 
 
-def choose(layout: RunLayout, method: str, table: pd.DataFrame, ctx: dict) -> tuple[dict, dict]:
+def settle(layout: RunLayout, ctx: dict, table: pd.DataFrame, stabs: dict) -> tuple[dict, dict, dict]:
+    """Each method's k (`choose`), after the close calls are confirmed: a cell whose refits stopped early
+    (sequential stopping) and whose numbers the recommendation reads near a threshold or a rival
+    (verdict.close_calls) is refitted to the full count (`confirm`) and the choice made again, until no
+    close call is left, so the recommendation is the one the full count of refits gives. `stabs`
+    ({(method, value): stability}) is updated in place. Returns (recommended, choices, confirmed
+    {(method, value): {from, refits}})."""
+    confirmed = {}
+    while True:
+        recommended, choices = {}, {}
+        for method in ctx["methods"]:
+            recommended[method], choices[method] = choose(layout, method, table, ctx, stabs)
+        calls = [c for c in close_calls(_call_cells(table, stabs), choices) if c not in confirmed]
+        if not calls:
+            return recommended, choices, confirmed
+        for method, v in calls:
+            held = stabs[(method, v)]
+            stabs[(method, v)] = confirm(layout, ctx, method, v, held)
+            confirmed[(method, v)] = {"from": int(held["resamples"]), "refits": int(stabs[(method, v)]["resamples"])}
+
+
+def _call_cells(table: pd.DataFrame, stabs: dict) -> list[dict]:
+    """The finished cells as verdict.close_calls reads them."""
+    out = []
+    for _, row in table[table.status == "done"].iterrows():
+        st = stabs.get((row.method, int(row.value)))
+        if st is None or row.k is None or pd.isna(row.k):
+            continue
+        stop = st.get("stopping") or {}
+        sil = row.common_silhouette
+        out.append({"method": row.method, "value": int(row.value), "k": int(row.k),
+                    "stopped_early": bool(stop.get("stopped_early")), "intervals": stop.get("intervals") or {},
+                    "jaccards": {int(s): x.get("mean_jaccard") for s, x in st["segments"].items()},
+                    "silhouette": None if sil is None or pd.isna(sil) else float(sil),
+                    "se": (st.get("replicate_score") or {}).get("sd")})
+    return out
+
+
+def confirm(layout: RunLayout, ctx: dict, method: str, value: int, held: dict) -> dict:
+    """A cell's stability taken on from where its sequential refits stopped to the full count: its
+    first refits as they were, the rest refitted (evaluate.bootstrap_stability's resume), the fixed
+    run's result. Kept in comparison/confirm-<method>-<value>.json under a key of the cell's
+    stability (see `_memo`)."""
+    def compute():
+        from .cell import stability as cell_stability  # scikit-learn and LightGBM (explain): only where a cell is confirmed
+
+        params = params_of(ctx)
+        m = get(method)
+        space = load_space(layout, method, mmap=True)
+        common = load_space(layout, COMMON, mmap=True)["X"]
+        labels = layout.cell_labels(method, value, m.grid)
+        return cell_stability(m, value, space, params, int(params.seed), labels, common, ctx.get("scale") or {},
+                              resume=held)
+
+    return _memo(layout, ctx, f"confirm-{cell_name(method, value, get(method).grid).replace('/', '-')}",
+                 [method, int(value), _digest(held)], compute)
+
+
+def refits_summary(ctx: dict, table: pd.DataFrame, stabs: dict, confirmed: dict) -> dict:
+    """How many clusterboot refits the comparison's numbers rest on, and the stopping rule, for the report."""
+    params = ctx["params"]
+    most = int(params.get("stability_resamples", 0))
+    stopping = params.get("stability_stopping", "fixed")
+    looks = stopping_looks(most)
+    done = [(m, int(v)) for m, v, s in zip(table.method, table.value, table.status) if s == "done" and (m, int(v)) in stabs]
+    used = sum(int(stabs[c]["resamples"]) for c in done)
+    early = sum(1 for c in done if (stabs[c].get("stopping") or {}).get("stopped_early"))
+    return {"stopping": stopping, "max": most, "cells": len(done), "used": used, "of": most * len(done),
+            "stopped_early": early, "confirmed": len(confirmed),
+            "confirmed_cells": [{"method": m, "value": v, **confirmed[(m, v)]} for m, v in sorted(confirmed)],
+            "rule": STOPPING_RULE.format(batch=STOPPING_BATCH, max=most, looks_text=", ".join(str(x) for x in looks),
+                                         alpha=STOPPING_ALPHA, looks=len(looks)) if stopping == "sequential" and looks else None}
+
+
+def choose(layout: RunLayout, method: str, table: pd.DataFrame, ctx: dict, stabs: dict) -> tuple[dict, dict]:
     """A method's k by the same rule as every other's (verdict.choose_k): every segment valid under
     clusterboot, silhouette in the common space within one bootstrap standard error of the best,
     then the more stable, then the smaller k. A method whose grid is not k is judged on the k it
@@ -267,15 +350,15 @@ def choose(layout: RunLayout, method: str, table: pd.DataFrame, ctx: dict) -> tu
     sub = table[(table.method == method) & (table.status == "done")]
     per_k, value_of = {}, {}
     for _, row in sub.iterrows():
-        f = layout.cell(method, int(row.value), m.grid) / STABILITY
-        if not f.exists() or row.common_silhouette is None or pd.isna(row.common_silhouette):
+        st = stabs.get((method, int(row.value)))
+        if st is None or row.common_silhouette is None or pd.isna(row.common_silhouette):
             continue
-        st = read_json(f)
         k = int(row.k)
         if k in per_k and per_k[k]["ari_mean"] >= st["ari_mean"]:
             continue
         per_k[k] = {"segments": st["segments"], "ari_mean": st["ari_mean"], "ari_sd": st["ari_sd"],
-                    "silhouette": float(row.common_silhouette), "replicate_score": st.get("replicate_score")}
+                    "silhouette": float(row.common_silhouette), "replicate_score": st.get("replicate_score"),
+                    "refits": int(st["resamples"])}
         value_of[k] = int(row.value)
     rec = {"grid": m.grid, "metric": "common_silhouette",
            "elbow_k": elbow_k({int(v): float(c) for v, c in zip(sub.value, sub.cost)}) if len(sub) > 2 and m.grid == "k"
@@ -351,7 +434,7 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
             "shuffled_values": entry["silhouette"], "pca_values": pca["ks"][int(k)]["silhouette"]}, call
 
 
-def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -> dict | None:
+def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict, stabs: dict) -> dict | None:
     """verdict.fair_verdict over the neutral spaces (common, Gower) at each method's k and at the
     other methods' k, and on stability."""
     scores = {}
@@ -362,8 +445,7 @@ def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -
             continue
         m = get(method)
         metrics = layout.read_metrics(method, rec["value"], m.grid)
-        f = layout.cell(method, rec["value"], m.grid) / STABILITY
-        st = read_json(f) if f.exists() else {}
+        st = stabs.get((method, int(rec["value"]))) or {}
         scores[method] = {"k": rec["k"], "silhouette": {"common": metrics["common"].get("silhouette"),
                                                        "gower": (metrics.get("gower") or {}).get("silhouette")},
                           "ari_mean": st.get("ari_mean"), "ari_sd": st.get("ari_sd"),
@@ -379,7 +461,7 @@ def fair(layout: RunLayout, recommended: dict, table: pd.DataFrame, ctx: dict) -
     return fair_verdict(scores, simplicity=order)
 
 
-def candidate_cells(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict) -> list[dict]:
+def candidate_cells(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, stabs: dict) -> list[dict]:
     """Every finished (method, k) as verdict.recommend reads it: sizes, each segment's mean bootstrap
     Jaccard, its rule equivalent (the best rule of at most two columns), its outcome separation (chosen on
     one seeded half of the customers, reported on the other) and its distinctness (common-space
@@ -402,8 +484,7 @@ def candidate_cells(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: d
         if lab is None or row.k is None or pd.isna(row.k):
             continue
         m = get(method)
-        f = layout.cell(method, v, m.grid) / STABILITY
-        st = read_json(f) if f.exists() else {}
+        st = stabs.get((method, v)) or {}
         jac = {int(s): (x.get("mean_jaccard") if isinstance(x, dict) else x) for s, x in (st.get("segments") or {}).items()}
         segs, sizes = np.unique(lab, return_counts=True)
         rs = st.get("replicate_score") or {}
@@ -437,7 +518,7 @@ def natural_pick(recommended: dict, choices: dict, verdict: dict, structure: dic
 
 
 def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, choices: dict, recommended: dict,
-            verdict: dict, structure: dict, rec: dict) -> dict:
+            verdict: dict, structure: dict, rec: dict, stabs: dict) -> dict:
     """The recommendation for use (verdict.recommend) in place of the stability one, where a candidate
     passes the bars; else the stability recommendation stays, labelled as it was. Adds options,
     rule_equivalent, basis, structure_kind (natural | reproducible | constructive) and the rule."""
@@ -446,7 +527,7 @@ def for_use(layout: RunLayout, ctx: dict, table: pd.DataFrame, labels: dict, cho
                                     "the most stable, then simplest (shown for reference; stability is a bar here, "
                                     "not what the recommendation ranks by):")
                           for r in verdict.get("reasons", [])]
-    cells = candidate_cells(layout, ctx, table, labels)
+    cells = candidate_cells(layout, ctx, table, labels, stabs)
     share = float(ctx["params"].get("min_segment_share", 0.05))
     new = recommend(cells, natural_pick(recommended, choices, verdict, structure), min_segment_share=share)
     for o in new["options"]:

@@ -77,6 +77,9 @@ class RunParams(_Strict):
     lgbm_folds: int = Field(3, ge=2)  # cross-validation folds of the LightGBM surrogate
     explain_rows: int = Field(10000, ge=100)  # LightGBM cross-validation on at most this many rows
     stability_resamples: int = Field(100, ge=0)  # clusterboot resamples (Hennig: at least 100)
+    # sequential: refits in batches of 20, stopped at a look once every segment's class is settled (a
+    # Bonferroni-corrected t interval of its mean Jaccard within one class band); fixed: all of them
+    stability_stopping: Literal["sequential", "fixed"] = "sequential"
     stability_sample: int = Field(2000, ge=50)  # seeded rows each clusterboot resample is drawn from
     null_references: int = Field(3, ge=0)  # tables without segments per reference kind (shuffled, principal axes)
     null_sample: int = Field(1500, ge=100)  # rows of each null table (and of the observed sample they are set against)

@@ -162,8 +162,59 @@ def stability_class(mean_jaccard: float | None) -> str | None:
     return next(name for lo, name in STABILITY_CLASSES if mean_jaccard >= lo)
 
 
+# Sequential stopping of the refits (docs/methods-and-verdict.md): refits in batches of STOPPING_BATCH;
+# at each look before the last a segment is settled when a Student-t interval of its mean Jaccard, at
+# STOPPING_ALPHA split (Bonferroni) over the segments and the looks, holds no class threshold; the
+# refits stop once every segment is settled. The draws are one seeded stream, so a stopped run's refits
+# are the first ones of the fixed run.
+STOPPING_BATCH = 20
+STOPPING_ALPHA = 0.05
+STOPPING_RULE = (
+    "refits in batches of {batch}, up to {max}; after {looks_text} refits the refitting stops once every "
+    "segment's class (unstable < 0.6 <= pattern < 0.75 <= valid < 0.85 <= highly stable) is settled: a "
+    "Student-t interval of its mean Jaccard, at error rate {alpha} divided by the number of segments times "
+    "the number of looks ({looks}; Bonferroni), lies wholly within one class band"
+)
+
+
+def stopping_looks(max_resamples: int, batch: int = STOPPING_BATCH) -> list[int]:
+    """The refit counts at which a sequential run may stop: each multiple of `batch` below the maximum
+    (20, 40, 60, 80 of 100); at the maximum it stops anyway."""
+    return list(range(batch, int(max_resamples), batch))
+
+
+def jaccard_interval(values, alpha: float) -> tuple[float, float] | None:
+    """The two-sided Student-t interval (level 1 - alpha) of the mean of `values`; None under two values."""
+    from scipy.stats import t  # scipy: only where the refits are stopped sequentially
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    half = float(t.ppf(1 - alpha / 2, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v)))
+    m = float(v.mean())
+    return m - half, m + half
+
+
+def settled(jaccards: dict, looks: int, alpha: float = STOPPING_ALPHA) -> tuple[bool, dict]:
+    """Whether every segment's stability class is settled, and each segment's interval.
+
+    jaccards: {segment: per-resample Jaccards so far}; looks: how many looks the run may take (the
+    Bonferroni divisor with the number of segments). A segment is settled when its Student-t interval
+    at level alpha / (segments x looks) has both ends in the same class (`stability_class`), so no class
+    threshold lies inside it; one with fewer than two Jaccards is not settled.
+    """
+    each = alpha / (max(len(jaccards), 1) * max(int(looks), 1))
+    intervals, ok = {}, True
+    for s, v in jaccards.items():
+        ci = jaccard_interval(v, each)
+        intervals[s] = None if ci is None else [ci[0], ci[1]]
+        if ci is None or stability_class(ci[0]) != stability_class(ci[1]):
+            ok = False
+    return ok and bool(jaccards), intervals
+
+
 def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int = DEFAULT_RESAMPLES, seed: int = 0,
-                        max_rows: int = 5000, score=None) -> dict:
+                        max_rows: int = 5000, score=None, stopping: str = "fixed", resume: dict | None = None) -> dict:
     """Hennig's clusterboot (2007) on a seeded subsample: ARI to the full fit and per-segment Jaccard.
 
     refit(rows, base) -> labels predicted for the `base` rows by a model fitted on the rows in
@@ -174,27 +225,53 @@ def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int = DEFAULT
     resampled points (clusterboot's rule). `score(rows, labels)` optionally scores each refit
     (e.g. silhouette in the common space) so that methods can be compared replicate by replicate.
 
-    Returns resamples, rows, ari (per resample), ari_mean, ari_sd, ari_min, and per segment
-    (`segments[s]`): jaccards (per resample in which s had points), mean_jaccard,
+    stopping: "fixed" refits `n_boot` times; "sequential" stops at a look (`stopping_looks`) once every
+    segment's class is `settled`. The resamples are one seeded stream either way, so a sequential run's
+    results are those of the fixed run's first refits. resume: an earlier (sequential) result of the same
+    call: its refits are taken as they are (their resamples drawn again, not refitted) and the run goes
+    on to `n_boot` refits, the fixed run's result.
+
+    Returns resamples (the refits used), rows, ari (per resample), ari_mean, ari_sd, ari_min, and per
+    segment (`segments[s]`): jaccards (per resample in which s had points), mean_jaccard,
     dissolutions (resamples with Jaccard < 0.5), recoveries (resamples with Jaccard >= 0.75),
     class (Hennig's thresholds, see `stability_class`), dissolved (mean Jaccard < 0.5) and stable
     (mean Jaccard >= 0.75). With `score`: common_silhouette (per resample, None where the refit
     had one segment) and replicate_score {n, mean, sd (the bootstrap standard error of the score),
-    mc_se (sd / sqrt(n), the Monte Carlo error of the mean)}.
+    mc_se (sd / sqrt(n), the Monte Carlo error of the mean)}. A sequential or resumed run adds
+    `stopping` {rule, max_resamples, batch, looks, alpha (each interval's level), stopped_early,
+    intervals {segment: [low, high]} at the last look or the end, confirmed_from (resumed: the refits
+    the earlier run had used)}; a fixed run's result is as it always was.
     """
     from sklearn.metrics import adjusted_rand_score
 
+    if stopping not in ("fixed", "sequential"):
+        raise ValueError(f"stopping must be 'fixed' or 'sequential', not {stopping!r}")
     rng = np.random.default_rng(seed)
     base = sample_rows(n, max_rows, seed)
     ref = labels[base]
     segs = np.unique(labels)
+    looks = stopping_looks(n_boot) if stopping == "sequential" and resume is None else []
+    held = int(resume["resamples"]) if resume is not None else 0
+    held_jac = {int(s): list(v["jaccards"]) for s, v in (resume or {}).get("segments", {}).items()}
+    held_at = {s: 0 for s in held_jac}
     aris, jac, scores = [], {int(s): [] for s in segs}, []
+    intervals, used = None, n_boot
     for b in range(n_boot):
         draw = np.sort(rng.choice(len(base), size=len(base), replace=True))
+        inb = np.unique(draw)
+        r = ref[inb]
+        if b < held:  # refitted by the earlier run: its values, in the same order
+            aris.append(float(resume["ari"][b]))
+            for s in segs:
+                if (r == s).any():
+                    jac[int(s)].append(float(held_jac[int(s)][held_at[int(s)]]))
+                    held_at[int(s)] += 1
+            if score is not None:
+                scores.append(resume["common_silhouette"][b])
+            continue
         pred = refit(base[draw], base)  # labels of every base row under the bootstrap model
         aris.append(float(adjusted_rand_score(ref, pred)))
-        inb = np.unique(draw)
-        r, p = ref[inb], pred[inb]
+        p = pred[inb]
         for s in segs:
             a = r == s
             if not a.any():
@@ -206,6 +283,11 @@ def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int = DEFAULT
             jac[int(s)].append(best)
         if score is not None:
             scores.append(score(base, pred))
+        if b + 1 in looks:
+            done, intervals = settled(jac, len(looks))
+            if done:
+                used = b + 1
+                break
     per = {}
     for s, v in jac.items():
         mean = float(np.mean(v)) if v else None
@@ -213,11 +295,19 @@ def bootstrap_stability(refit, labels: np.ndarray, n: int, n_boot: int = DEFAULT
                   "dissolutions": int(sum(x < DISSOLVED_BELOW for x in v)),
                   "recoveries": int(sum(x >= 0.75 for x in v)), "class": stability_class(mean),
                   "dissolved": bool(v) and mean < DISSOLVED_BELOW, "stable": bool(v) and mean >= 0.75}
-    out = {"resamples": n_boot, "rows": int(len(base)), "ari_mean": float(np.mean(aris)),
+    out = {"resamples": used, "rows": int(len(base)), "ari_mean": float(np.mean(aris)),
            "ari_sd": float(np.std(aris)), "ari_min": float(np.min(aris)), "ari": aris, "segments": per}
     if score is not None:
         out["common_silhouette"] = scores
         out["replicate_score"] = replicate_summary(scores)
+    if stopping == "sequential" or resume is not None:
+        n_looks = len(stopping_looks(n_boot))
+        if used == n_boot:  # ran to the end: the intervals of every refit
+            intervals = settled(jac, n_looks)[1]
+        out["stopping"] = {"rule": "sequential", "max_resamples": int(n_boot), "batch": STOPPING_BATCH,
+                           "looks": stopping_looks(n_boot), "alpha": STOPPING_ALPHA / (max(len(jac), 1) * max(n_looks, 1)),
+                           "stopped_early": used < n_boot, "intervals": intervals or {},
+                           "confirmed_from": held if resume is not None else None}
     return out
 
 

@@ -81,7 +81,8 @@ def code_hash(method: str) -> str:
 def cell_key(ctx: dict, method: str, value: int) -> str:
     p = ctx["params"]
     explain = {n: p.get(n) for n in ("silhouette_sample", "shap_sample", "lgbm_folds", "min_segment_size",
-                                     "explain_rows", "stability_resamples", "stability_sample")}
+                                     "explain_rows", "stability_resamples", "stability_stopping",
+                                     "stability_sample")}
     scale = {n: v for n, v in (ctx.get("scale") or {}).items() if n not in ("rows", "threshold")}
     return key(__version__, method, value, p["seed"], p[method], ctx["spaces"][method]["key"],
                ctx["spaces"]["common"]["key"], explain, scale, notebook_hash(ctx, method), code_hash(method))

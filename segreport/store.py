@@ -617,6 +617,7 @@ class CellMetrics(Record):
     lgbm_validation: Optional[str] = None
     lgbm_holdout_rows: Optional[int] = None
     shap_rows: Optional[int] = None
+    refits: Optional[int] = None  # clusterboot refits this cell ran (sequential stopping: 20 to stability_resamples)
     algorithm: str
 
 
@@ -636,6 +637,7 @@ class Comparison(Record):
     nulls: Optional[dict[str, Any]] = None
     structure: Optional[dict[str, Any]] = None
     extras: Optional[dict[str, Any]] = None
+    refits: Optional[dict[str, Any]] = None  # the refits the grid ran, the cells stopped early and those confirmed
 
 
 # --------------------------------------------------------------------------- keys

@@ -119,6 +119,7 @@ def choose_k(per_k: dict, min_jaccard: float = VALID_JACCARD, grid: list[int] | 
         elif bad:
             failing[k] = bad
         table.append({"k": k, "min_jaccard": min(vals) if vals else None, "ari_mean": e.get("ari_mean"),
+                      "refits": e.get("refits"),
                       "silhouette": e.get("silhouette"), "silhouette_se": _silhouette_se(e),
                       "gap": e.get("gap"), "gap_s": e.get("gap_s"), "qualifies": ok})
     rows = {r["k"]: r for r in table}
@@ -666,6 +667,90 @@ def fair_verdict(scores: dict, spaces: list[str] | None = None, simplicity: list
             "how_sure": how_sure, "table": table, "spaces": spaces}
 
 
+CLOSE_MARGIN = 0.02  # of mean Jaccard: an interval this near the bar is a close call
+
+
+def close_calls(cells: list[dict], choices: dict, min_jaccard: float = VALID_JACCARD,
+                margin: float = CLOSE_MARGIN) -> list[tuple[str, int]]:
+    """The cells stopped early (sequential refits) whose bootstrap numbers the recommendation reads
+    where they come near a threshold or a rival: to be refitted to the full count before it is made.
+
+    cells: one per finished cell: method, value, k, stopped_early, intervals {segment: [low, high]}
+    (its mean Jaccards' intervals at the look where it stopped), silhouette (common space), se (its
+    bootstrap SE); choices: {method: choose_k(...)} on those cells' current numbers.
+
+    A cell stopped early is a close call when
+    - some segment's interval comes within `margin` of the bar `min_jaccard` (whether every segment
+      is valid decides both choose_k and the recommendation for use);
+    - choose_k compares it by a bootstrap number: where two or more k qualify, the k within the
+      silhouette window when there are several (their mean ARI breaks the tie), and the k whose
+      silhouette lies within one SE of the window's edge with the best one (its SE sets that edge);
+      where none qualifies, the k whose lowest segment Jaccard lies within `margin` plus its interval's
+      width of the highest, with the highest (the most stable partition is the fallback);
+    - it is a method's chosen k and more than one method ran (the fair verdict compares their mean
+      ARI and pairs their replicate silhouettes);
+    - the recommendation for use reads its SE: the cells with every segment valid whose silhouette
+      lies within one SE of the tie window's edge, with the most distinct (its SE sets that edge).
+    Returns sorted (method, value) pairs.
+    """
+    early = {(c["method"], int(c["value"])): c for c in cells if c.get("stopped_early")}
+    if not early:
+        return []
+    out = set()
+    by_k = {(c["method"], int(c["k"])): c for c in cells}
+
+    def weakest_width(c):  # the width of the interval of the segment with the lowest mean Jaccard
+        jac = {str(s): v for s, v in (c.get("jaccards") or {}).items() if v is not None}
+        iv = (c.get("intervals") or {}).get(min(jac, key=jac.get)) if jac else None
+        return (iv[1] - iv[0]) if iv else 1.0
+
+    for key, c in early.items():
+        for iv in (c.get("intervals") or {}).values():
+            if iv is None or (iv[0] - margin < min_jaccard < iv[1] + margin):
+                out.add(key)
+    for method, ch in choices.items():
+        rows = {int(r["k"]): r for r in ch.get("table") or []}
+        qualifying = ch.get("qualifying") or []
+        read = set()
+        if len(qualifying) > 1:
+            if len(ch.get("candidates") or []) > 1:  # their mean ARI breaks the tie
+                read |= set(ch["candidates"])
+            best = (ch.get("picks") or {}).get("silhouette_qualifying")
+            if best in rows:  # another k near the window's edge: the best's SE decides whether it is inside
+                se = rows[best].get("silhouette_se") or 0.0
+                edge = rows[best]["silhouette"] - se
+                near = {k for k in qualifying if k != best and abs(rows[k]["silhouette"] - edge) <= se}
+                if near:
+                    read |= near | {best}
+        elif not qualifying and rows:
+            lows = {k: r["min_jaccard"] for k, r in rows.items() if r.get("min_jaccard") is not None}
+            if lows:
+                top = max(lows, key=lambda k: (lows[k], -k))
+                near = {k for k, v in lows.items() if k != top and by_k.get((method, k)) is not None
+                        and v >= lows[top] - margin - weakest_width(by_k[(method, k)])}
+                if near:
+                    read |= near | {top}
+        chosen = ch.get("k") if ch.get("k") is not None else ch.get("fallback_k")
+        if chosen is not None and len(choices) > 1:
+            read.add(chosen)
+        for k in read:
+            c = by_k.get((method, int(k)))
+            if c is not None and (c["method"], int(c["value"])) in early:
+                out.add((c["method"], int(c["value"])))
+    pool = [c for c in cells if c.get("jaccards") and all(v is not None and v >= min_jaccard
+                                                           for v in c["jaccards"].values())
+            and c.get("silhouette") is not None]
+    if len(pool) > 1:
+        top = max(pool, key=lambda c: c["silhouette"])
+        se = top.get("se") or 0.0
+        edge = top["silhouette"] - se
+        near = [c for c in pool if c is not top and abs(c["silhouette"] - edge) <= se]
+        for c in ([top] + near) if near else []:
+            if (c["method"], int(c["value"])) in early:
+                out.add((c["method"], int(c["value"])))
+    return sorted(out)
+
+
 def recommendation(choices: dict, verdict: dict, structure: dict) -> dict:
     """One recommendation per run: which method, which k, how much structure, and why.
 
@@ -708,4 +793,4 @@ def recommendation(choices: dict, verdict: dict, structure: dict) -> dict:
 
 __all__ = ["choose_k", "gap_term", "gap_statistic", "pca_reference", "within_dispersion", "shuffle_columns",
            "reference_frame", "null_reference", "structure_call", "gower_matrix", "gower_silhouette",
-           "fair_verdict", "recommendation", "STABILITY_CLASSES"]
+           "fair_verdict", "recommendation", "close_calls", "STABILITY_CLASSES"]
