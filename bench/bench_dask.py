@@ -60,7 +60,7 @@ def main():
                                        "without the numbers' exact values, so fewer texts are distinct")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (results and report)")
     ns = ap.parse_args()
-    from segreport.demo import write_demo
+    from segreport.lib.demo import write_demo
 
     wd = Path(tempfile.mkdtemp(prefix="segreport-dask-"))
     for name in ("templates", "analysis"):
@@ -143,7 +143,7 @@ def main():
               f"{rate(u, emb.get('embed_seconds'))}   ({u:,} distinct texts, {emb['parts']} parts, {emb['precision']}, "
               f"{emb['parts_embedded']} embedded in this run)")
         parts = list(Path(emb["cache"] if Path(emb["cache"]).is_absolute() else wd / emb["cache"]).glob("part-*.parquet"))
-        from segreport.embed import part_meta
+        from segreport.methods.llm.embed import part_meta
 
         metas = [m for m in (part_meta(p) for p in parts) if m["pid"] != proc.pid]  # not the comparison's own
         by: dict[str, list] = {}

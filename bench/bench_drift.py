@@ -1,7 +1,7 @@
 """Calibration of `segreport track` on the bank data: what it flags without drift, and with planted drift.
 
 A finished run on the bank's train.csv (45,211 customers) is copied to a scratch folder, and each
-snapshot below is tracked into the copy with `segreport.track.track` (its history emptied before
+snapshot below is tracked into the copy with `segreport.stages.track.track` (its history emptied before
 each, so every snapshot is judged alone against the fitting table):
 
 - no drift: test.csv as it is (4,521 customers; note that the UCI file is a 10 % sample of train.csv)
@@ -39,9 +39,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segreport.assign import score_frame  # noqa: E402
-from segreport.store import RunLayout, chosen_segmentation, read_json  # noqa: E402
-from segreport.track import sentence, track  # noqa: E402
+from segreport.stages.assign import score_frame  # noqa: E402
+from segreport.core.store import RunLayout, chosen_segmentation, read_json  # noqa: E402
+from segreport.stages.track import sentence, track  # noqa: E402
 
 
 def planted(test: pd.DataFrame, train: pd.DataFrame, seg: np.ndarray, seed: int) -> dict[str, pd.DataFrame]:

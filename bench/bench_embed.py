@@ -45,8 +45,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from segreport import embed_fast as ef
-    from segreport.embed import load_model, row_texts
+    from segreport.methods.llm import embed_fast as ef
+    from segreport.methods.llm.embed import load_model, row_texts
 
     flags = ef.cpu_flags()
     print(f"CPU: {_cpu_name()}; {os.cpu_count()} cores visible, {a.threads} threads; load average {os.getloadavg()[0]:.1f}")

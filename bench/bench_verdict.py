@@ -36,15 +36,15 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segreport.schema import ColumnSpec  # noqa: E402
-from segreport.data import Table  # noqa: E402
-from segreport.evaluate import bootstrap_stability, whole_method_refit  # noqa: E402
-from segreport.features import fit_common, fit_encoded, fit_mixed, sample_rows  # noqa: E402
+from segreport.core.schema import ColumnSpec  # noqa: E402
+from segreport.lib.data import Table  # noqa: E402
+from segreport.lib.evaluate import bootstrap_stability, whole_method_refit  # noqa: E402
+from segreport.lib.features import fit_common, fit_encoded, fit_mixed, sample_rows  # noqa: E402
 from segreport.methods.kmeans import KMeansSegmenter  # noqa: E402
 from segreport.methods.kprototypes import KPrototypesSegmenter  # noqa: E402
-from segreport.compare import natural_pick  # noqa: E402
-from segreport.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent  # noqa: E402
-from segreport.verdict import (choose_k, fair_verdict, gower_silhouette, null_reference, recommendation,  # noqa: E402
+from segreport.stages.compare import natural_pick  # noqa: E402
+from segreport.lib.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent  # noqa: E402
+from segreport.lib.verdict import (choose_k, fair_verdict, gower_silhouette, null_reference, recommendation,  # noqa: E402
                                structure_call)
 
 PLANTED_SCHEMA = [ColumnSpec(name="age", kind="numeric"), ColumnSpec(name="balance", kind="numeric"),
@@ -195,7 +195,7 @@ SIMPLICITY = {"kmeans": 1, "kprototypes": 2}
 
 
 def for_use(frame, table, labels, per_k, choices, chosen, verdict, structures, args, outcome=None) -> dict:
-    """segreport.recommend on every (method, k) of the bench, as compare.for_use builds it."""
+    """segreport.lib.recommend on every (method, k) of the bench, as compare.for_use builds it."""
     select = outcome_halves(len(frame), args.seed) if outcome is not None else None
     cells = []
     for (m, k), lab in labels.items():
@@ -259,7 +259,7 @@ def run_verdict(frame: pd.DataFrame, args, pipes, schema=None, outcome=None) -> 
 def one_table(job: tuple) -> dict:
     """Run the verdict on one planted table (or its column-shuffled copy)."""
     seed, k_true, sep, kind, args = job
-    from segreport.verdict import shuffle_columns
+    from segreport.lib.verdict import shuffle_columns
 
     all_pipes = {"kmeans": KMeansPipe(), "kprototypes": KPrototypesPipe()}
     pipes = [all_pipes[m] for m in args.methods.split(",")]
@@ -402,7 +402,7 @@ def main(argv=None) -> None:
 
 def bank(args) -> None:
     """The verdict on real data: the default schema's 8 bank columns, a seeded sample of rows."""
-    from segreport.schema import DEFAULT_SCHEMA
+    from segreport.core.schema import DEFAULT_SCHEMA
 
     t = time.perf_counter()
     raw = pd.read_csv(args.bank, sep=";")

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from segreport.demo import write_demo
+from segreport.lib.demo import write_demo
 
 SEGREPORT = [sys.executable, "-m", "segreport", "run", "-q", "--no-render", "--data", "data/demo.csv",
              "--methods", "kmeans", "--k", "2-3", "--workers", "1"]

@@ -3,7 +3,7 @@
     python scripts/parameters_doc.py [--out docs/parameters.md] [--check]
 
 Each key's default and allowed values come from its model (`segreport.methods.Params`: config's run-wide
-keys, each method's own under its name; `schema:` entries are `segreport.schema.ColumnSpec`); what it
+keys, each method's own under its name; `schema:` entries are `segreport.core.schema.ColumnSpec`); what it
 does, from the comment beside the field in the source, else the `segreport run --help` text of its option.
 `--check` writes nothing and exits 1 where the file differs (tests/test_parameters_doc.py does the same).
 """
@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from segreport.cli import build_parser  # noqa: E402
-from segreport.config import RunParams, ScaleParams, TrackingParams  # noqa: E402
+from segreport.core.config import RunParams, ScaleParams, TrackingParams  # noqa: E402
 from segreport.methods import REGISTRY, Params  # noqa: E402
-from segreport.schema import ColumnSpec  # noqa: E402
+from segreport.core.schema import ColumnSpec  # noqa: E402
 
 OUT = ROOT / "docs" / "parameters.md"
 

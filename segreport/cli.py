@@ -17,17 +17,17 @@ import sys
 from pathlib import Path
 
 from . import SegreportError, __version__
-from .assign import assign
-from .data import detect_outcome, infer_schema, read_raw, resolve_schema
-from .demo import write_demo, write_snapshots
-from .downloads import campaign_list
-from .embed_fast import PATHS
+from .stages.assign import assign
+from .lib.data import detect_outcome, infer_schema, read_raw, resolve_schema
+from .lib.demo import write_demo, write_snapshots
+from .report.downloads import campaign_list
+from .methods.llm.embed_fast import PATHS
 from .methods import DEFAULT_METHODS, REGISTRY, load_params
-from .render import render
-from .resources import DEFAULT_PARAMS
+from .report.render import render
+from .core.resources import DEFAULT_PARAMS
 from .runner import run
-from .store import NoSpaceError, WriteError, no_space
-from .track import describe, track
+from .core.store import NoSpaceError, WriteError, no_space
+from .stages.track import describe, track
 
 NO_SPACE = 4  # the exit status of a command stopped by a full disk or quota, or a file it could not write
 #              (bad input: 2, interrupted: 130)

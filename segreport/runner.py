@@ -12,15 +12,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import SegreportError
-from .compare import compare
-from .config import params_to_dict
-from .dask_grid import DaskSession, run_grid_dask
-from .embed import release_models
-from .grid import failed_cells, require_some, run_grid, write_manifest
+from .stages.compare import compare
+from .core.config import params_to_dict
+from .stages.dask_grid import DaskSession, run_grid_dask
+from .methods.llm.embed import release_models
+from .stages.grid import failed_cells, require_some, run_grid, write_manifest
 from .methods import Params, get
-from .prepare import prepare
-from .render import render
-from .store import RunLayout, RunLock, WriteError, cell_name, read_json, sweep_partial
+from .stages.prepare import prepare
+from .report.render import render
+from .core.store import RunLayout, RunLock, WriteError, cell_name, read_json, sweep_partial
 
 
 def _now() -> str:

@@ -73,7 +73,7 @@ def vega_bundle_once() -> Path:
     session by render's own `vega_bundle`: a project keeps it in report/assets/ after its first render, as
     the test projects now do from the start (test_end_to_end's project builds its own)."""
     if not _BUNDLE:
-        from segreport.render import vega_bundle
+        from segreport.report.render import vega_bundle
 
         folder = tempfile.mkdtemp(prefix="segreport-tests-")
         atexit.register(shutil.rmtree, folder, True)
@@ -151,8 +151,8 @@ def inline_grid(layout, ctx, cells, workers, manifest, progress=True, project=No
     calls) in this process, one after the other."""
     import time
 
-    from segreport.cell import run_cell
-    from segreport.grid import cells_to_run, record_cell
+    from segreport.stages.cell import run_cell
+    from segreport.stages.grid import cells_to_run, record_cell
 
     todo, statuses = cells_to_run(layout, ctx, cells, manifest)
     for method, k, ck in todo:

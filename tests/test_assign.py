@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from segreport import SegreportError
-from segreport.assign import assign, ecod_scores, normalise_new
+from segreport.stages.assign import assign, ecod_scores, normalise_new
 from segreport.cli import main
 from segreport.methods import Params
-from segreport.schema import ColumnSpec
-from segreport.demo import write_demo
-from segreport.store import read_json
+from segreport.core.schema import ColumnSpec
+from segreport.lib.demo import write_demo
+from segreport.core.store import read_json
 
 from .conftest import make_workdir, run_inline, snapshot
 

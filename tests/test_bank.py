@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from segreport.cell import run_cell
+from segreport.stages.cell import run_cell
 from segreport.methods import load_params
-from segreport.prepare import prepare
+from segreport.stages.prepare import prepare
 
 pytestmark = pytest.mark.slow  # runs the real grid: `pytest -m 'not slow'` skips it
 

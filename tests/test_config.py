@@ -1,7 +1,7 @@
 import pytest
 
 from segreport import SegreportError
-from segreport.config import parse_k
+from segreport.core.config import parse_k
 from segreport.methods import load_params
 
 

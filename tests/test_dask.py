@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from segreport.demo import write_demo
-from segreport.embed import part_meta
+from segreport.lib.demo import write_demo
+from segreport.methods.llm.embed import part_meta
 
 from .conftest import make_workdir, run_inline, segreport, segreport_together
 
@@ -40,7 +40,7 @@ def cluster(tmp_path_factory):
     own, the user's default, is tested twice (test_dask_matches_local_executor, bad input). Its processes start
     in an empty folder of their own, as the workers of a remote scheduler would: a task that writes a path
     relative to its working directory instead of the run's folder shows there."""
-    from segreport.dask_grid import DaskSession
+    from segreport.stages.dask_grid import DaskSession
 
     start = tmp_path_factory.mktemp("workers-cwd")
     with pytest.MonkeyPatch.context() as mp:
@@ -105,8 +105,8 @@ def test_dask_matches_local_executor(tmp_path, cluster):
 
 def test_a_killed_worker_does_not_lose_its_cell(workdir, cluster):
     from segreport.methods import Params
-    from segreport.dask_grid import run_grid_dask
-    from segreport.prepare import prepare
+    from segreport.stages.dask_grid import run_grid_dask
+    from segreport.stages.prepare import prepare
 
     write_demo(workdir / "data" / "demo.csv", rows=300, seed=12)
     params = Params(data="data/demo.csv", methods=["kmeans", "kprototypes"], k="2-3", stability_resamples=5,
@@ -221,9 +221,10 @@ def test_prepare_runs_in_a_process_of_its_own_that_hands_the_run_folder_lock_ove
     """`--executor dask` prepares in a spawned process (the CLI keeps no PyTorch, row texts or table
     strings through the grid: 1.1 GiB at 1,000,000 rows). That process takes the run folder's lock and
     hands it over: through the grid the CLI's process holds it, and it is released at the end."""
-    from segreport import SegreportError, dask_grid, runner
+    from segreport import SegreportError, runner
+    from segreport.stages import dask_grid
     from segreport.methods import Params
-    from segreport.store import RunLock
+    from segreport.core.store import RunLock
 
     write_demo(workdir / "data" / "demo.csv", rows=300, seed=14)
     params = Params(data="data/demo.csv", methods=["kmeans", "llm"], k="2", stability_resamples=5,

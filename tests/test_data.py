@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segreport import SegreportError
-from segreport.schema import ColumnSpec
-from segreport.data import infer_schema, load_table, read_raw, to_binary, to_number
-from segreport.demo import generate, is_demo, write_demo
+from segreport.core.schema import ColumnSpec
+from segreport.lib.data import infer_schema, load_table, read_raw, to_binary, to_number
+from segreport.lib.demo import generate, is_demo, write_demo
 
 
 def test_bank_file_is_read_with_detected_delimiter(bank_path):
@@ -130,7 +130,7 @@ def test_reader_never_crashes_obscurely(tmp_path, rows, sep):
 
 def test_the_columns_a_schema_leaves_out_are_listed_with_why():
     """The report's Data section names the file's columns that were not used, and why (issue #26)."""
-    from segreport.data import left_out_columns
+    from segreport.lib.data import left_out_columns
 
     df = pd.DataFrame(columns=["age", "job", "duration", "poutcome", "note"])
     got = left_out_columns(df, [{"column": "age"}, {"column": "job"}], preset=True)

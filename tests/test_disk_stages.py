@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segreport import prepare, runner, store
+from segreport.stages import prepare
+from segreport import runner
+from segreport.core import store
 from segreport.cli import NO_SPACE, main
-from segreport.demo import write_demo
-from segreport.store import NoSpaceError, WriteError
+from segreport.lib.demo import write_demo
+from segreport.core.store import NoSpaceError, WriteError
 
 from .conftest import make_workdir
 from .test_faults import _holder
@@ -309,7 +311,7 @@ _fake_encoder.cache_clear = lambda: None  # as get_encoder's lru_cache
 
 
 def test_the_embedding_cache_the_exported_models_and_the_gate_s_record_on_a_full_disk(tmp_path, monkeypatch):
-    from segreport import embed, embed_fast as ef
+    from segreport.methods.llm import embed, embed_fast as ef
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(ef, "get_encoder", _fake_encoder)
@@ -347,7 +349,7 @@ def test_the_embedding_cache_the_exported_models_and_the_gate_s_record_on_a_full
 def test_a_dask_task_s_full_disk_comes_back_as_its_error_not_a_worker_s_traceback(tmp_path):
     """(by hand, `run --executor dask` on a 40 KiB tmpfs: one line naming spaces/kmeans/X.npy, exit 4, and no
     'Compute Failed' traceback of the worker on the terminal)"""
-    from segreport import dask_grid
+    from segreport.stages import dask_grid
 
     def build(path):
         store.atomic_write_bytes(path, b"x")

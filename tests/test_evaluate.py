@@ -9,9 +9,9 @@ from sklearn.datasets import make_blobs
 
 from sklearn.metrics import silhouette_score
 
-from segreport.evaluate import FixedRowsSilhouette, bootstrap_stability, elbow_k, recommend_k, validity
+from segreport.lib.evaluate import FixedRowsSilhouette, bootstrap_stability, elbow_k, recommend_k, validity
 from segreport.methods.kmeans import KMeansSegmenter
-from segreport.personas import personas, profile
+from segreport.lib.personas import personas, profile
 
 
 def _stability(X, k, seed=0):
@@ -111,7 +111,7 @@ def test_dispersion_scores_equal_scikit_learns_on_blocks_of_a_memory_mapped_spac
     from sklearn.datasets import make_blobs
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-    from segreport.evaluate import dispersion_scores
+    from segreport.lib.evaluate import dispersion_scores
 
     X, y = make_blobs(5000, n_features=12, centers=4, cluster_std=2.5, random_state=3)
     X = X.astype(np.float32)
@@ -133,8 +133,8 @@ def test_columnwise_ecod_gives_pyods_numbers_bit_for_bit(dtype, columns, tmp_pat
     import joblib
     from pyod.models.ecod import ECOD
 
-    from segreport.ecod import ColumnwiseECOD
-    from segreport.features import ecod_outliers
+    from segreport.lib.ecod import ColumnwiseECOD
+    from segreport.lib.features import ecod_outliers
 
     rng = np.random.default_rng(3)
     X = rng.standard_normal((1500, columns)).astype(dtype)
@@ -163,6 +163,6 @@ def test_columnwise_ecod_gives_pyods_numbers_bit_for_bit(dtype, columns, tmp_pat
 
 
 def _sample(n, size, seed):
-    from segreport.features import sample_rows
+    from segreport.lib.features import sample_rows
 
     return sample_rows(n, size, seed)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import shap
 
-from segreport.explain import class_booster, surrogate
+from segreport.lib.explain import class_booster, surrogate
 
 
 def _table(n=1500, seed=0):

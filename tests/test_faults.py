@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segreport import SegreportError, store
+from segreport import SegreportError
+from segreport.core import store
 from segreport.cli import NO_SPACE, main
-from segreport.store import NoSpaceError, RunLock, damage, file_record, say_damaged, sweep_orphans, verify
+from segreport.core.store import NoSpaceError, RunLock, damage, file_record, say_damaged, sweep_orphans, verify
 
 ARTIFACTS = {"a.json": {"x": 1}, "a.parquet": pd.DataFrame({"x": np.arange(1000)}), "a.npy": np.arange(1000.0),
              "a.joblib": {"model": list(range(1000))}, "a.bin": b"\0" * 1000}
@@ -99,7 +100,7 @@ def test_verify_tells_a_cut_a_flipped_and_a_missing_file(tmp_path, capsys):
 
 HOLD = """
 import sys, time
-from segreport.store import RunLock
+from segreport.core.store import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from segreport.grid import _IDLE, ensure_kernel, longest_first, warm_kernel
+from segreport.stages.grid import _IDLE, ensure_kernel, longest_first, warm_kernel
 
 
 def test_longest_first_uses_each_methods_past_cells_then_k():
@@ -56,7 +56,7 @@ def test_a_kernel_whose_port_was_taken_is_started_again_on_new_ports(tmp_path, m
 
     import jupyter_client.manager as jm
 
-    from segreport import grid
+    from segreport.stages import grid
 
     ensure_kernel()
     taken = socket.socket()

@@ -16,16 +16,15 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "segreport"
 ALLOWED: set[frozenset] = set()  # cycles allowed: none (embed and embed_fast share sentence_model, below both)
-# the floors, from the bottom up: a module imports from its own floor or those below (segreport/methods/*
-# is floor 2 whatever its name). A new module takes its place here.
+# the floors, from the bottom up, one folder each: a module imports from its own floor or those below.
+# A new module goes in the folder of its floor.
 FLOORS = {
-    0: "segreport schema config store safe_csv number_format resources",  # facts every floor reads
-    # the libraries
-    1: "data features evaluate verdict recommend explain project personas drift sentence_model embed embed_fast ecod demo",
-    2: "methods",  # the registry, the interface, one module per method
-    3: "prepare grid dask_grid cell compare assign track",  # the stages
-    4: "render tracking_page downloads figures notebook",  # the report
-    5: "runner cli __main__",  # the one place that sequences the stages; the command line
+    0: "core",  # facts every floor reads: schema, parameters, the store, safe CSV, number formats, resources
+    1: "lib",  # the libraries: data, features, scores, the verdict, SHAP, projections, personas, drift, ...
+    2: "methods",  # the registry, the interface, one module per method (and its internals: methods/llm/)
+    3: "stages",  # prepare, grid, dask_grid, cell, compare, assign, track
+    4: "report",  # render, the tracking page, downloads, figures, the notebooks' helpers
+    5: "",  # runner and cli: the one place that sequences the stages; the command line
 }
 
 
@@ -105,10 +104,16 @@ def _cycles(edges: dict[str, set[str]]) -> list[set[str]]:
 
 
 def _floor(mod: str) -> int | None:
-    if mod == "segreport.methods" or mod.startswith("segreport.methods."):
-        return 2
-    short = mod.removeprefix("segreport.") if mod != "segreport" else "segreport"
-    return next((f for f, names in FLOORS.items() if short in names.split()), None)
+    """A module's floor is its folder's (segreport/<folder>/...); the package's own __init__ is floor 0,
+    the modules at the top (runner, cli, __main__) the top floor."""
+    parts = mod.split(".")
+    if parts == ["segreport"]:
+        return 0
+    folder = parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in FOLDERS) else ""
+    return next((f for f, name in FLOORS.items() if name == folder), None)
+
+
+FOLDERS = {name for name in FLOORS.values() if name}
 
 
 def test_every_import_goes_down_the_floors():

@@ -19,7 +19,7 @@ from segreport.methods import REGISTRY
 from segreport.methods.hdbscan import HDBSCANSegmenter
 from segreport.methods.kmeans import KMeansSegmenter
 from segreport.methods.kprototypes import KPrototypesSegmenter
-from segreport.resources import ANALYSIS, SEGMENT, TEMPLATES
+from segreport.core.resources import ANALYSIS, SEGMENT, TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "segreport"
@@ -56,7 +56,7 @@ def test_one_analysis_notebook_headed_by_each_method():
     method's page, and holds no placeholder; a method's own cells go after the scores' chart."""
     import nbformat
 
-    from segreport.grid import method_notebook
+    from segreport.stages.grid import method_notebook
 
     assert sorted(p.name for p in ANALYSIS.glob("*.ipynb")) == [SEGMENT]
     for name, m in REGISTRY.items():
@@ -131,8 +131,8 @@ def test_hdbscan_finds_the_planted_segments_and_marks_noise():
 
 
 def test_famd_keeps_the_fewest_components_reaching_the_inertia(tmp_path):
-    from segreport.data import load_table
-    from segreport.demo import write_demo
+    from segreport.lib.data import load_table
+    from segreport.lib.demo import write_demo
     from segreport.methods import BuildEnv
 
     path = write_demo(tmp_path / "d.csv", rows=800, seed=3)
@@ -148,8 +148,8 @@ def test_famd_keeps_the_fewest_components_reaching_the_inertia(tmp_path):
 
 
 def test_a_method_that_does_not_apply_is_left_out_with_a_reason(tmp_path):
-    from segreport.prepare import applicable
-    from segreport.data import load_table
+    from segreport.stages.prepare import applicable
+    from segreport.lib.data import load_table
 
     f = tmp_path / "numbers.csv"
     rng = np.random.default_rng(0)
@@ -194,7 +194,7 @@ def test_famd_and_hdbscan_run_through_the_grid_and_assign(tmp_path, capsys):
     `assign` gives the run's own customers back their segments."""
     import json
 
-    from segreport.demo import write_demo
+    from segreport.lib.demo import write_demo
 
     from .conftest import make_workdir, run_inline
 
@@ -226,10 +226,10 @@ def test_famd_and_hdbscan_run_through_the_grid_and_assign(tmp_path, capsys):
 def test_numbers_experiment_says_why_a_template_that_computes_with_numbers_is_not_checked(tmp_path):
     """A row template doing arithmetic on a number ('{{ row.age // 10 }}') cannot take the quantile
     words of the other variant: the comparison records why the check did not run instead of failing."""
-    from segreport.demo import generate
-    from segreport.embed import quantile_edges
+    from segreport.lib.demo import generate
+    from segreport.methods.llm.embed import quantile_edges
     from segreport.methods.llm import numbers_experiment
-    from segreport.store import RunLayout
+    from segreport.core.store import RunLayout
 
     layout = RunLayout(tmp_path)
     frame = generate(300, seed=2)
@@ -249,7 +249,7 @@ def test_numbers_experiment_says_why_a_template_that_computes_with_numbers_is_no
 def test_the_llm_page_says_the_numbers_check_or_why_it_was_not_run():
     """The LLM method's page under the report's own (strict) Jinja environment: the numbers-as-words
     table where the check ran, one sentence where it was skipped."""
-    from segreport.render import make_env
+    from segreport.report.render import make_env
 
     tpl = make_env().get_template("pages/about/llm.md.j2")
     space = {"example_text": "Age: 41, Job: admin.", "dims": 384,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from segreport.personas import personas, profile
-from segreport.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
-from segreport.verdict import side, structure_call
+from segreport.lib.personas import personas, profile
+from segreport.lib.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
+from segreport.lib.verdict import side, structure_call
 
 
 def _bank_like(n=4000, seed=0):
@@ -144,8 +144,8 @@ def test_persona_names_hold_for_their_segment_or_state_the_share():
 
 
 def test_natural_methods_are_tried_best_first_and_bounds_on_one_number_are_tightened():
-    from segreport.compare import natural_pick
-    from segreport.recommend import _tighten
+    from segreport.stages.compare import natural_pick
+    from segreport.lib.recommend import _tighten
 
     recommended = {"kmeans": {"k": 5}, "kprototypes": {"k": 5}, "llm": {"k": 3}}
     choices = {m: {"k": r["k"]} for m, r in recommended.items()}
@@ -164,7 +164,7 @@ def test_natural_methods_are_tried_best_first_and_bounds_on_one_number_are_tight
 
 
 def test_the_outcome_is_named_by_its_label_else_by_its_column():
-    from segreport.data import load_table
+    from segreport.lib.data import load_table
 
     import tempfile, pathlib  # noqa: E401
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from segreport import SegreportError
-from segreport.store import (CellMetrics, Comparison, Context, RecordError, RunLayout, chosen_segmentation, read_json,
+from segreport.core.store import (CellMetrics, Comparison, Context, RecordError, RunLayout, chosen_segmentation, read_json,
                              to_json)
 
 from .conftest import make_workdir, run_inline
@@ -84,7 +84,7 @@ def test_a_wrong_typed_context_and_comparison_are_said_naming_their_file(tmp_pat
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> Path:
-    from segreport.demo import write_demo
+    from segreport.lib.demo import write_demo
 
     wd = make_workdir(tmp_path_factory.mktemp("records") / "project", bundle=False)
     write_demo(wd / "data" / "demo.csv", rows=300, seed=5)
@@ -97,8 +97,8 @@ def real_run(tmp_path_factory) -> Path:
 def test_the_records_of_a_real_run_are_the_plain_writers_bytes(real_run, monkeypatch):
     """On a real run: each record read and written again gives its file's bytes, and a cell's metrics and the
     comparison, computed again, are written as the plain writer writes the dicts the stages build."""
-    from segreport import compare
-    from segreport.cell import run_cell
+    from segreport.stages import compare
+    from segreport.stages.cell import run_cell
 
     layout = RunLayout(real_run)
     files = [(Context, layout.context), (Comparison, layout.comparison_json)] + \

@@ -18,7 +18,7 @@ import nbformat
 import pandas as pd
 from bs4 import BeautifulSoup
 
-from segreport.demo import generate, write_demo
+from segreport.lib.demo import generate, write_demo
 
 from .conftest import LIGHT, ROOT, make_workdir, run_inline, segreport, test_seed
 

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from segreport import runner
-from segreport.cell import run_cell
+from segreport.stages.cell import run_cell
 from segreport.cli import main
-from segreport.demo import write_demo
+from segreport.lib.demo import write_demo
 
 from .conftest import LIGHT, inline_grid, make_workdir, snapshot
 
@@ -99,7 +99,7 @@ def test_a_new_k_reuses_the_null_reference_of_an_unchanged_recommendation(projec
     """The null reference depends on a method's recommended k, not on the grid: a k added to the grid
     recomputes the comparison, not the refits on tables without segments while the k stays; another
     k, or a damaged record, computes them again (the damage said in one line)."""
-    from segreport import compare
+    from segreport.stages import compare
 
     null = COMPARISON / "null-kmeans.json"
     held = json.loads(null.read_text())
@@ -123,8 +123,8 @@ def test_a_new_k_reuses_the_null_reference_of_an_unchanged_recommendation(projec
 
 
 def test_the_comparison_key_follows_the_cells_the_parameters_and_the_code(project, monkeypatch):
-    from segreport import compare
-    from segreport.store import RunLayout
+    from segreport.stages import compare
+    from segreport.core.store import RunLayout
 
     layout = RunLayout("results/demo")
     ctx = json.loads(Path("results/demo/context.json").read_text())
@@ -220,7 +220,7 @@ def test_render_builds_the_site_again_from_the_pieces_that_did_not_change(projec
 def test_a_cell_unmaps_its_feature_spaces_before_the_surrogate(project, monkeypatch):
     """The spaces are memory-mapped while the cell fits and scores, and unmapped before the surrogate
     (at 1,000,000 rows an LLM cell held its 1.5 GB embedding through LightGBM's minute on the cluster)."""
-    from segreport import cell
+    from segreport.stages import cell
 
     def mapped() -> list[str]:
         return sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()

@@ -7,9 +7,9 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from segreport.methods import Params
-from segreport.features import ecod_outliers
+from segreport.lib.features import ecod_outliers
 from segreport.methods.kmeans import KMeansSegmenter
-from segreport.prepare import scale_plan
+from segreport.stages.prepare import scale_plan
 
 
 def test_minibatch_kmeans_finds_the_same_segments_as_lloyd():

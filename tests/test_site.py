@@ -25,10 +25,10 @@ import pytest
 import yaml
 
 from segreport.methods import REGISTRY
-from segreport.render import chapters as quarto_chapters
-from segreport.render import (PAGES_DIR, local_paths, page_path, publish_modes, publishable_notebook, quarto_text,
+from segreport.report.render import chapters as quarto_chapters
+from segreport.report.render import (PAGES_DIR, local_paths, page_path, publish_modes, publishable_notebook, quarto_text,
                               read_quarto, scrub_paths, stub_pages, stub_text)
-from segreport.store import RunLayout
+from segreport.core.store import RunLayout
 
 from .conftest import LIGHT, ROOT
 
@@ -71,7 +71,7 @@ def test_every_chapter_is_committed_as_its_stub():
     for ch in listed:
         assert ch in tracked, f"{ch}: listed in _quarto.yml but not committed (Quarto needs it before pre-render)"
         assert (ROOT / ch).read_text() == stub_text(Path(ch).stem), \
-            f"{ch} differs from segreport.render.stub_text: rewrite it with render.write_stubs(Path('report'))"
+            f"{ch} differs from segreport.report.render.stub_text: rewrite it with render.write_stubs(Path('report'))"
 
 
 def test_the_chapters_are_the_registrys():
@@ -207,7 +207,7 @@ def as_quarto_runs_pre_render(project: Path, env: dict) -> subprocess.CompletedP
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
-    from segreport.demo import write_demo
+    from segreport.lib.demo import write_demo
 
     repo = fresh_clone(tmp_path_factory.mktemp("fresh") / "segreport")
     listed = read_quarto(repo)["chapters"]
@@ -513,7 +513,7 @@ def test_navigation_lists_only_the_methods_of_the_run(browsed):
 
 def test_a_list_after_a_paragraph_is_a_list():
     """pandoc reads "- item" right after a paragraph line as the paragraph's text: the pages set lists apart."""
-    from segreport.render import lists_apart
+    from segreport.report.render import lists_apart
 
     assert lists_apart("Reasons:\n- one\n- two\n\n| a |\n- b\n") == "Reasons:\n\n- one\n- two\n\n| a |\n- b\n"
     assert lists_apart("```\ncode\n- not a list\n```\n") == "```\ncode\n- not a list\n```\n"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from segreport.evaluate import (DEFAULT_RESAMPLES, DISSOLVED_BELOW, bootstrap_stability, replicate_summary,
+from segreport.lib.evaluate import (DEFAULT_RESAMPLES, DISSOLVED_BELOW, bootstrap_stability, replicate_summary,
                                 sample_rows, settled, stability_class, stopping_looks)
 from segreport.methods.kmeans import KMeansSegmenter
-from segreport.verdict import close_calls
+from segreport.lib.verdict import close_calls
 
 
 def _clusterboot_before(refit, labels, n, n_boot=DEFAULT_RESAMPLES, seed=0, max_rows=5000, score=None):
@@ -236,7 +236,7 @@ def test_a_run_records_its_refits_and_confirms_close_calls_to_what_the_full_coun
     stopped early made a close call, against fixed. The cells' metrics record the refits; each confirmed
     cell's stability is the fixed run's, so the choices, the verdict and the recommendation are the fixed
     run's too; the pages show the refits and the rule; a rerun reuses the comparison byte for byte."""
-    from segreport import compare
+    from segreport.stages import compare
 
     from .conftest import make_workdir, run_inline
 

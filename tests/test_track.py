@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from segreport import SegreportError
-from segreport.assign import score_frame
+from segreport.stages.assign import score_frame
 from segreport.cli import main
-from segreport.demo import NEW_JOB, generate, generate_snapshots, write_demo, write_snapshots
-from segreport.store import RunLayout, atomic_write_json, chosen_segmentation, read_json
-from segreport.track import bin_counts, column_drift, decile_edges, migration, parse_as_of, psi, psi_reading, size_test
+from segreport.lib.demo import NEW_JOB, generate, generate_snapshots, write_demo, write_snapshots
+from segreport.core.store import RunLayout, atomic_write_json, chosen_segmentation, read_json
+from segreport.stages.track import bin_counts, column_drift, decile_edges, migration, parse_as_of, psi, psi_reading, size_test
 
 from .conftest import ROOT, make_workdir, run_inline, snapshot
 

@@ -10,10 +10,10 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import silhouette_score
 
-from segreport.evaluate import bootstrap_stability, stability_class, whole_method_refit
-from segreport.explain import _tree_frame, majority_baseline, predict_rules, rule_tree, shap_direction
-from segreport.personas import format_value, personas, profile
-from segreport.verdict import (choose_k, fair_verdict, gap_term, gower_matrix, gower_silhouette, null_reference,
+from segreport.lib.evaluate import bootstrap_stability, stability_class, whole_method_refit
+from segreport.lib.explain import _tree_frame, majority_baseline, predict_rules, rule_tree, shap_direction
+from segreport.lib.personas import format_value, personas, profile
+from segreport.lib.verdict import (choose_k, fair_verdict, gap_term, gower_matrix, gower_silhouette, null_reference,
                                pca_reference, recommendation, reference_frame, shuffle_columns, structure_call)
 
 KS = [2, 3, 4, 5, 6]
@@ -305,9 +305,9 @@ def test_shap_direction_reads_the_sign():
 
 
 def test_nominal_columns_are_one_hot_unless_ordered():
-    from segreport.schema import ColumnSpec
-    from segreport.data import Table
-    from segreport.features import fit_encoded
+    from segreport.core.schema import ColumnSpec
+    from segreport.lib.data import Table
+    from segreport.lib.features import fit_encoded
 
     frame = pd.DataFrame({"age": [30.0, 40, 50, 60], "job": ["a", "b", "c", "a"], "edu": ["p", "s", "t", "p"],
                           "loan": ["yes", "no", "no", "yes"]})

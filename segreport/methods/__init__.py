@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import parameters_model, read_params
+from ..core.config import parameters_model, read_params
 from .base import BuildEnv, Method, Space, Strict  # noqa: F401
 from .famd import FAMDMethod
 from .hdbscan import HDBSCANMethod

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..schema import Strict  # noqa: F401  (every method's Params derives from it)
+from ..core.schema import Strict  # noqa: F401  (every method's Params derives from it)
 
 
 @dataclass

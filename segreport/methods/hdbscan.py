@@ -47,7 +47,7 @@ class DenseEmbedding:
         self.encoder, self.index, self.embedding = encoder, index, embedding
 
     def transform(self, frame):
-        from ..features import column_transform  # scikit-learn (features imports it): only where new rows are placed
+        from ..lib.features import column_transform  # scikit-learn (features imports it): only where new rows are placed
 
         Z = column_transform(self.encoder, frame)
         _, nearest = self.index.kneighbors(Z, n_neighbors=1)
@@ -80,7 +80,7 @@ class HDBSCANMethod(Method):
         import umap
         from sklearn.neighbors import NearestNeighbors
 
-        from ..features import fit_common, sample_rows  # scikit-learn: only where a space is built
+        from ..lib.features import fit_common, sample_rows  # scikit-learn: only where a space is built
 
         mp = params.hdbscan
         Z, ct = fit_common(table)

@@ -59,7 +59,7 @@ class KMeansMethod(Method):
     weighted_refit = True
 
     def build_space(self, table, params, env) -> Space:
-        from ..features import fit_encoded  # scikit-learn: only where a space is built
+        from ..lib.features import fit_encoded  # scikit-learn: only where a space is built
 
         X, ct, names = fit_encoded(table, params.kmeans.power_transform)
         return Space({"X": X}, ct, {"dims": int(X.shape[1]), "features": names}, outlier_X=X)

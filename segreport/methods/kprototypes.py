@@ -61,7 +61,7 @@ class KPrototypesMethod(Method):
         return None
 
     def build_space(self, table, params, env) -> Space:
-        from ..features import fit_common, fit_mixed  # scikit-learn: only where a space is built
+        from ..lib.features import fit_common, fit_mixed  # scikit-learn: only where a space is built
 
         xn, xc, enc = fit_mixed(table)
         X = np.hstack([xn, xc.astype(np.float64)])
@@ -105,7 +105,7 @@ class KPrototypesMethod(Method):
         return np.hstack([xn, xc.astype(np.float64)]), {}
 
     def outlier_input_new(self, run, frame, X):
-        from ..features import column_transform  # scikit-learn (features imports it): only where new rows are placed
+        from ..lib.features import column_transform  # scikit-learn (features imports it): only where new rows are placed
 
         ct = run.file(run.layout.space_transformer("common"), "the common-space transformer")
         return column_transform(ct, frame)

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from .personas import format_value
+from ..lib.personas import format_value
 
 
 class _Altair:

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import sample_rows
-from .evaluate import FixedRowsSilhouette, bootstrap_stability, ecod_refit, validity, whole_method_refit
-from .explain import rule_tree, shap_direction, surrogate, surrogate_dask
-from .methods import get, params_of
-from .methods.base import fit_rows, segments
-from .personas import personas, profile
+from ..lib.data import sample_rows
+from ..lib.evaluate import FixedRowsSilhouette, bootstrap_stability, ecod_refit, validity, whole_method_refit
+from ..lib.explain import rule_tree, shap_direction, surrogate, surrogate_dask
+from ..methods import get, params_of
+from ..methods.base import fit_rows, segments
+from ..lib.personas import personas, profile
 from .prepare import COMMON, load_space
-from .store import LABELS, MODEL, PERSONAS, PROFILE, RULES, SHAP, SHAP_SAMPLE, STABILITY, TIMINGS, RunLayout
-from .verdict import gower_silhouette
+from ..core.store import LABELS, MODEL, PERSONAS, PROFILE, RULES, SHAP, SHAP_SAMPLE, STABILITY, TIMINGS, RunLayout
+from ..lib.verdict import gower_silhouette
 
 
 class CellError(Exception):

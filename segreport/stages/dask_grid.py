@@ -55,11 +55,11 @@ from collections import Counter
 from pathlib import Path
 from uuid import uuid4
 
-from . import SegreportError
-from .embed import embed_part
+from .. import SegreportError
+from ..methods.llm.embed import embed_part
 from .grid import _execute, ensure_kernel, record_cell, start_grid
-from .methods import get
-from .store import RunLayout, WriteError, cell_name, sweep_partial
+from ..methods import get
+from ..core.store import RunLayout, WriteError, cell_name, sweep_partial
 
 
 class DaskSession:

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import SegreportError
+from ... import SegreportError
 from .sentence_model import encode, load_model, resolve_model
-from .store import (EXPORT_RECORD, NoSpaceError, WriteError, atomic_folder, atomic_write_text, gate_verdict, no_space,
+from ...core.store import (EXPORT_RECORD, NoSpaceError, WriteError, atomic_folder, atomic_write_text, gate_verdict, no_space,
                     say_damaged)
 
 TORCH_PATHS = ("fp32", "bf16")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import SegreportError
-from .store import atomic_write_bytes, atomic_write_json
+from .. import SegreportError
+from ..core.store import atomic_write_bytes, atomic_write_json
 
 DEMO_MARKER_SUFFIX = ".demo.json"
 
@@ -108,7 +108,7 @@ def write_demo(out: str | Path, rows: int = 5000, seed: int = 0) -> Path:
     import hashlib
 
     atomic_write_json(Path(str(out) + DEMO_MARKER_SUFFIX),
-                      {"generator": "segreport.demo", "rows": rows, "seed": seed,
+                      {"generator": "segreport.lib.demo", "rows": rows, "seed": seed,
                        "sha256": hashlib.sha256(data).hexdigest()})
     return out
 
@@ -211,7 +211,7 @@ def generate_snapshots(rows: int = 5000, seed: int = 0, snapshots: int = 3,
                       "moved_to": moved_to, "age_shift_years": t, "balance_factor": round(factor ** t, 6),
                       "blue_collar_to_technician": int(len(blue)),
                       "unseen": {"job": {NEW_JOB: int(gig.sum())}}})
-    planted = {"generator": "segreport.demo.generate_snapshots", "rows": rows, "seed": seed,
+    planted = {"generator": "segreport.lib.demo.generate_snapshots", "rows": rows, "seed": seed,
                "snapshots": snapshots, "drift": drift, "id_column": "customer_id", "steps": steps}
     return frames, planted
 

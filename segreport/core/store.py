@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import SegreportError
+from .. import SegreportError
 
 # --------------------------------------------------------------------------- the names, once
 

@@ -18,7 +18,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from . import SegreportError
+from .. import SegreportError
 from .schema import ColumnSpec
 from .schema import Strict as _Strict
 
@@ -34,7 +34,7 @@ class ScaleParams(_Strict):
 
 
 class TrackingParams(_Strict):
-    """`segreport track`'s thresholds (see segreport/drift.py and docs/tracking.md; the defaults are
+    """`segreport track`'s thresholds (see segreport/lib/drift.py and docs/tracking.md; the defaults are
     calibrated by bench/bench_drift.py on the bank data)."""
 
     # a column's distribution drifted when its effect size reaches the threshold and its test says so

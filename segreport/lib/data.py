@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import SegreportError
-from .schema import DEFAULT_SCHEMA, PRESET_LEFT_OUT, PRESET_OUTCOME_LABELS, ColumnSpec
+from .. import SegreportError
+from ..core.schema import DEFAULT_SCHEMA, PRESET_LEFT_OUT, PRESET_OUTCOME_LABELS, ColumnSpec
 
 MISSING_LEVEL = "missing"
 OTHER_LEVEL = "other"

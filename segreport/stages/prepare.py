@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import SegreportError, __version__
-from .config import params_to_dict
-from .data import Table, check_k, load_table, sample_rows
-from .demo import is_demo, write_demo
-from .methods import BuildEnv, Params, Space, get
-from .store import (OUTLIER_MODEL, OUTLIERS, SPACE_INFO, TRANSFORMER, RunLayout, atomic_write_joblib,
+from .. import SegreportError, __version__
+from ..core.config import params_to_dict
+from ..lib.data import Table, check_k, load_table, sample_rows
+from ..lib.demo import is_demo, write_demo
+from ..methods import BuildEnv, Params, Space, get
+from ..core.store import (OUTLIER_MODEL, OUTLIERS, SPACE_INFO, TRANSFORMER, RunLayout, atomic_write_joblib,
                     atomic_write_json, atomic_write_npy, atomic_write_parquet, damage, file_record, key, make_folder,
                     read_json, read_json_or_empty, say_damaged, verify)
 
@@ -220,7 +220,7 @@ def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: 
         if bad is None:
             return old
         say_damaged(*bad, "rebuilding that feature space")
-    from . import features  # scikit-learn: only where a space is built
+    from ..lib import features  # scikit-learn: only where a space is built
 
     t0 = time.perf_counter()
     if name == COMMON:
@@ -277,7 +277,7 @@ def build_projection(name: str, params: Params, table: Table, layout: RunLayout,
         if why is None:
             return old
         say_damaged(layout.projection(name), why, "rebuilding that projection")
-    from .project import mca, project_space  # scikit-learn, prince, openTSNE: only where one is computed
+    from ..lib.projections import mca, project_space  # scikit-learn, prince, openTSNE: only where one is computed
 
     t0 = time.perf_counter()
     if name == "mca":

@@ -29,16 +29,18 @@ import pandas as pd
 import yaml
 from markupsafe import Markup
 
-from . import SegreportError, __version__, personas, tracking_page
+from .. import SegreportError, __version__
+from ..lib import personas
+from . import tracking_page
 from . import figures as F
-from .compare import segment_rates
-from .config import params_to_dict
+from ..stages.compare import segment_rates
+from ..core.config import params_to_dict
 from .downloads import csv_text, run_ref, write_downloads
-from .methods import REGISTRY, get
-from .number_format import num
-from .prepare import projection_space, run_dir
-from .resources import QUARTO_PROJECT, TEMPLATES
-from .store import (DONE, LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_folder,
+from ..methods import REGISTRY, get
+from ..core.number_format import num
+from ..stages.prepare import projection_space, run_dir
+from ..core.resources import QUARTO_PROJECT, TEMPLATES
+from ..core.store import (DONE, LABELS, METRICS, NOTEBOOK, PERSONAS, PROFILE, SHAP, RunLayout, atomic_copy, atomic_folder,
                     atomic_write_bytes, atomic_write_json, atomic_write_text, cell_id, copy_tree, file_record, key,
                     make_folder, read_json, read_json_or_empty, say_damaged, sha256_file, verify, writing)
 
@@ -911,7 +913,7 @@ def site_key(params, layout: RunLayout, project: Path, site: Path, engine: str) 
     cells' files (the sha256 their done.json recorded), the outcome, identifiers and tracking files,
     the engine and where the site goes."""
     h = hashlib.sha256()
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     for f in sorted(package.rglob("*.py")):
         if "__pycache__" not in f.parts:
             h.update(f"code/{f.relative_to(package).as_posix()}\0".encode())
@@ -1022,7 +1024,7 @@ def stub_text(page: str) -> str:
     """The committed chapter report/<page>.qmd: its title, and a cell that shows report/_pages/<page>.qmd."""
     title = page_title(page).replace("\\", "\\\\").replace('"', '\\"')
     return (f'---\ntitle: "{title}"\n'
-            "# a fixed chapter (segreport.render.stub_text): Quarto needs it before its pre-render writes the page\n"
+            "# a fixed chapter (segreport.report.render.stub_text): Quarto needs it before its pre-render writes the page\n"
             f"---\n\n{_STUB_CODE.format(pages=PAGES_DIR, page=page)}")
 
 
@@ -1079,7 +1081,7 @@ def local_paths(layout: RunLayout, report_dir: Path) -> list[tuple[str, str]]:
         run_name = run.relative_to(project).as_posix()
     except ValueError:
         run_name = f"<run folder {run.name}>"
-    pairs = {str(run): run_name, str(project): ".", str(Path(__file__).resolve().parent): "segreport",
+    pairs = {str(run): run_name, str(project): ".", str(Path(__file__).resolve().parent.parent): "segreport",
              sys.prefix: "<python environment>", sys.base_prefix: "<python>"}
     for path, name in list(pairs.items()):  # the same folders as the kernel may have spelled them
         real = os.path.realpath(path)

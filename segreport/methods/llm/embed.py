@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import SegreportError
+from ... import SegreportError
 from . import embed_fast as ef
 from .sentence_model import load_model
 from .sentence_model import LOADS as _LOADS
 from .sentence_model import encode as _encode
-from .store import atomic_output, embedding_part, say_damaged, sweep_orphans
+from ...core.store import atomic_output, embedding_part, say_damaged, sweep_orphans
 
 
 

@@ -12,9 +12,9 @@ import pandas as pd
 from markupsafe import Markup
 
 from . import figures as F
-from .methods import REGISTRY, get
-from .store import MODEL, RunLayout, atomic_write_text, read_json_or_empty, sha256_file
-from .track import SNAPSHOTS, name_list
+from ..methods import REGISTRY, get
+from ..core.store import MODEL, RunLayout, atomic_write_text, read_json_or_empty, sha256_file
+from ..stages.track import SNAPSHOTS, name_list
 
 
 def write_page(layout: RunLayout, page: Path, env, fig) -> bool:

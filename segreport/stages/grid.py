@@ -25,19 +25,19 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from . import SegreportError, __version__
-from .methods import get
-from .resources import ANALYSIS, SEGMENT
-from .store import (CELL_HASHED, CELL_RECORDS, CELL_VERIFIED, DONE, KERNEL_LOG, NOTEBOOK, NoSpaceError,
+from .. import SegreportError, __version__
+from ..methods import get
+from ..core.resources import ANALYSIS, SEGMENT
+from ..core.store import (CELL_HASHED, CELL_RECORDS, CELL_VERIFIED, DONE, KERNEL_LOG, NOTEBOOK, NoSpaceError,
                     RunLayout, atomic_output, atomic_write_json, cell_name, file_record, key, make_folder, no_space,
                     read_json_or_empty, say_damaged, sha256_file, sweep_partial, verify, writing)
 
 KERNEL = "segreport"
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent
 # the modules a grid cell runs (besides its method's module): a change elsewhere (the renderer,
 # the CLI, ...) does not invalidate the cells
-CELL_MODULES = ("cell.py", "evaluate.py", "explain.py", "personas.py", "features.py", "store.py", "schema.py",
-                "config.py", "data.py", "prepare.py", "notebook.py", "number_format.py", "verdict.py",
+CELL_MODULES = ("stages/cell.py", "lib/evaluate.py", "lib/explain.py", "lib/personas.py", "lib/features.py", "core/store.py", "core/schema.py",
+                "core/config.py", "lib/data.py", "stages/prepare.py", "report/notebook.py", "core/number_format.py", "lib/verdict.py",
                 "methods/__init__.py", "methods/base.py")
 
 
@@ -71,7 +71,7 @@ def code_hash(method: str) -> str:
 
     h = hashlib.sha256()
     own = Path(inspect.getsourcefile(type(get(method)))).resolve()
-    files = {PACKAGE / f for f in CELL_MODULES} | {own} | set((PACKAGE / "methods").glob("*.py"))
+    files = {PACKAGE / f for f in CELL_MODULES} | {own} | set((PACKAGE / "methods").rglob("*.py"))
     for f in sorted(files):
         h.update(f.name.encode())
         h.update(f.read_bytes())

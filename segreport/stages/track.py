@@ -20,7 +20,7 @@ tracking page reads:
   sampling noise (two-proportion z-test, 95 %);
 - where an identifier column is in both periods, who moved from which segment to which, and who
   is new or gone (between consecutive periods);
-- drift per input column, by type with an effect size and a decision (segreport/drift.py: normed
+- drift per input column, by type with an effect size and a decision (segreport/lib/drift.py: normed
   Wasserstein + K-S for numbers, Jensen-Shannon + chi-square for categories, the missing share and
   levels never seen on their own; the PSI kept as a number), as a whole and within each segment;
 - whether the drift changes the segments: the segmentation refitted on the snapshot (same method,
@@ -47,15 +47,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import SegreportError
+from .. import SegreportError
 from .assign import _Run, normalise_new, score_frame
-from .config import TrackingParams
+from ..core.config import TrackingParams
 from .dask_grid import DaskSession
-from .data import MISSING_LEVEL, infer_schema, read_raw, to_binary
-from .drift import CATEGORICAL, MEASURES, NUMERIC, TESTS, agreement, by_segment, decide, measure_table
-from .drift import bin_counts, decile_edges, psi  # noqa: F401  (this module's names before drift.py)
-from .methods.base import fit_rows, segments
-from .store import (DRIFT, LABELS, MODEL, PERSONAS, SNAPSHOT, RunLayout, RunLock, atomic_folder, atomic_write_json,
+from ..lib.data import MISSING_LEVEL, infer_schema, read_raw, to_binary
+from ..lib.drift import CATEGORICAL, MEASURES, NUMERIC, TESTS, agreement, by_segment, decide, measure_table
+from ..lib.drift import bin_counts, decile_edges, psi  # noqa: F401  (this module's names before drift.py)
+from ..methods.base import fit_rows, segments
+from ..core.store import (DRIFT, LABELS, MODEL, PERSONAS, SNAPSHOT, RunLayout, RunLock, atomic_folder, atomic_write_json,
                     atomic_write_parquet, chosen_segmentation, read_json, read_json_or_empty, sha256_file, sweep_partial)
 
 SNAPSHOTS = "snapshots"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures as F
-from .methods import get
-from .number_format import num
-from .store import PERSONAS, SHAP, RunLayout
+from ..methods import get
+from ..core.number_format import num
+from ..core.store import PERSONAS, SHAP, RunLayout
 
 
 def quiet() -> None:

@@ -1,0 +1,1 @@
+"""The stages of a run, in order: prepare (data, spaces, projections), grid (one notebook per method and k, locally or on Dask), cell (what one notebook computes), compare (the verdict and the recommendation); then assign and track, which score new customers against a finished run."""
