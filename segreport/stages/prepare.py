@@ -200,10 +200,16 @@ def projection_space(method: str) -> str:
     return COMMON if get(method).projection == "common" else method
 
 
+# a space's pickles (transformer, outlier model) name the modules of their classes: a space pickled before the
+# package had its folders (segreport.features, now segreport.lib.features) is built again, never unpickled
+PICKLED_FROM = "segreport.lib"
+
+
 def space_key(name: str, params: Params, fp: str, inputs: dict | None, schema: list,
               ecod_sample: int | None = None) -> str:
     parts = get(name).space_key_parts(params, inputs or {}) if name != COMMON else None
-    return key(__version__, name, fp, [s.model_dump(mode="json") for s in schema], parts, ecod_sample, params.seed)
+    return key(__version__, PICKLED_FROM, name, fp, [s.model_dump(mode="json") for s in schema], parts, ecod_sample,
+               params.seed)
 
 
 def build_space(name: str, params: Params, table: Table, layout: RunLayout, fp: str, inputs: dict | None,
