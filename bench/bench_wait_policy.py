@@ -20,19 +20,11 @@ import time
 from pathlib import Path
 
 from segreport.lib.demo import write_demo
+from segreport.methods.llm.embed_fast import cpu_flags
 
 SEGREPORT = [sys.executable, "-m", "segreport", "run", "-q", "--no-render", "--data", "data/demo.csv",
              "--methods", "kmeans", "--k", "2-3", "--workers", "1"]
 LIGHT = "stability_resamples: 10\nnull_references: 1\nnull_sample: 300\nprojection_sample: 200\n"
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    have = set(flags.split(":", 1)[1].split())
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in have) or "none"
 
 
 def one_run(folder: Path, policy: str) -> tuple[float, float]:
@@ -57,7 +49,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rows", type=int, default=300)
     a = ap.parse_args()
-    print(f"cores {os.cpu_count()}, CPU flags: {cpu_flags()}; {a.load} busy processes beside each run; "
+    flags = ", ".join(f for f, on in cpu_flags().items() if on) or "none"
+    print(f"cores {os.cpu_count()}, CPU flags: {flags}; {a.load} busy processes beside each run; "
           f"kmeans k 2-3 on {a.rows} demo rows, one worker")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
