@@ -78,7 +78,7 @@ def main() -> None:
         e = encs[p](sub, a.batch)
         rates[p].append(len(sub) / (time.perf_counter() - t0))
         if p == "fp32":
-            ref, ref_labels = e, ef.kmeans_labels(e, range(2, 9), a.seed, 10)
+            ref, ref_labels = e, {}
             gates[p] = ef.fidelity_gate(ref, e, range(2, 9), a.seed, 10, ref_labels)
         elif len(sub) == len(texts):
             gates[p] = ef.fidelity_gate(ref, e, range(2, 9), a.seed, 10, ref_labels)

@@ -252,7 +252,7 @@ def fp32_embedding(data: Path) -> tuple[int, float]:
     return len(texts), dt
 
 
-def ratio_run(data: Path, rows: int | None, ks: str = "2-8") -> None:
+def ratio_run(data: Path, rows: int | None, ks: str = "2-8", keep: bool = False) -> None:
     """Issue #27's measure: the whole cold run (prepare, grid, comparison, render; empty caches) against the
     fp32 embedding of its distinct texts, both measured in this invocation on this machine."""
     from segreport.methods.llm.embed_fast import cpu_flags
@@ -296,6 +296,12 @@ def ratio_run(data: Path, rows: int | None, ks: str = "2-8") -> None:
     print(f"gate: {plan.get('action')} ({plan.get('reason') or gate.get('reason')}); cost {gate.get('seconds', 0):.1f} s "
           f"= {100 * gate.get('seconds', 0) / t_embed:.1f}% of the fp32 embedding; expected saving "
           f"{plan.get('expected_saving_seconds')} s; measured gain of the path used {gate.get('speedup_vs_baseline', 1.0)}x")
+    if emb.get("precision") != "fp32" and emb.get("embed_seconds"):
+        print(f"ratio cold run / the run's own embedding ({emb.get('precision')}, {emb.get('embed_seconds')} s in the run): "
+              f"{cold / emb['embed_seconds']:.2f}x")
+    if keep:
+        print(f"run folder kept: {wd}")
+        return
     shutil.rmtree(wd, ignore_errors=True)
 
 
@@ -315,9 +321,10 @@ def main():
     ap.add_argument("--ratio", action="store_true", help="only issue #27's ratio: the cold run against the fp32 "
                                                              "embedding of its distinct texts, the stage table, the gate")
     ap.add_argument("--rows", type=int, help="with --ratio: a seeded slice of this many rows")
+    ap.add_argument("--keep", action="store_true", help="with --ratio: keep the run folder (bench/bench_cells.py reads it)")
     ns = ap.parse_args()
     if ns.ratio:
-        return ratio_run(Path(ns.data), ns.rows)
+        return ratio_run(Path(ns.data), ns.rows, keep=ns.keep)
     from segreport.core.config import parse_k
     from segreport.lib.data import load_table
     from segreport.lib.features import fit_encoded
