@@ -299,6 +299,17 @@ def ratio_run(data: Path, rows: int | None, ks: str = "2-8", keep: bool = False)
     if emb.get("precision") != "fp32" and emb.get("embed_seconds"):
         print(f"ratio cold run / the run's own embedding ({emb.get('precision')}, {emb.get('embed_seconds')} s in the run): "
               f"{cold / emb['embed_seconds']:.2f}x")
+    refits = json.loads((run / "comparison" / "comparison.json").read_text()).get("refits") or {}
+    print(f"clusterboot refits: {refits.get('used')} of {refits.get('of')} ({refits.get('stopped_early')} cells stopped "
+          f"early, {refits.get('confirmed')} confirmed to the full count)")
+    base = ["run", "-q", "--data", str(data), "--methods", "kmeans,kprototypes,llm"]
+    again, _ = run_cli(wd, *base, "--k", ks)
+    print(f"rerun, same parameters: {again:.1f} s   (target 5 s)", flush=True)
+    lo, hi = (int(x) for x in ks.split("-"))
+    more, _ = run_cli(wd, *base, "--k", f"{lo}-{hi + 1}")
+    t_more = json.loads((run / "manifest.json").read_text())["timings"]
+    print(f"one more k (k={lo}-{hi + 1}): {more:.1f} s = {more / t_embed:.2f}x the fp32 embedding   (target 0.15x); "
+          f"stages (s): {json.dumps(t_more)}", flush=True)
     if keep:
         print(f"run folder kept: {wd}")
         return

@@ -142,7 +142,9 @@ def call_cells(cells, stab) -> list[dict]:
         out.append({"method": m, "value": k, "k": k, "stopped_early": bool(stop.get("stopped_early")),
                     "intervals": {str(s): v for s, v in (stop.get("intervals") or {}).items()},
                     "jaccards": {int(s): v["mean_jaccard"] for s, v in st["segments"].items()},
-                    "silhouette": c["sil"], "se": (st.get("replicate_score") or {}).get("sd")})
+                    "silhouette": c["sil"], "se": (st.get("replicate_score") or {}).get("sd"),
+                    "ari_mean": st.get("ari_mean"), "ari_sd": st.get("ari_sd"), "refits": st.get("resamples"),
+                    "replicates": st.get("common_silhouette")})
     return out
 
 

@@ -15,7 +15,7 @@ from sklearn.datasets import make_blobs
 from segreport.lib.evaluate import (DEFAULT_RESAMPLES, DISSOLVED_BELOW, bootstrap_stability, replicate_summary,
                                 sample_rows, settled, stability_class, stopping_looks)
 from segreport.methods.kmeans import KMeansSegmenter
-from segreport.lib.verdict import close_calls
+from segreport.lib.verdict import close_calls, verdict_reads
 
 
 def _clusterboot_before(refit, labels, n, n_boot=DEFAULT_RESAMPLES, seed=0, max_rows=5000, score=None):
@@ -217,6 +217,34 @@ def test_close_calls_include_the_cells_a_choice_compares_by_their_bootstrap_numb
     assert close_calls([cells[0], cells[2], rival], solo) == [("kmeans", 2)]
 
 
+def test_a_chosen_cell_is_confirmed_only_where_the_fair_verdict_could_read_it_otherwise():
+    rng = np.random.default_rng(5)
+    table = [_row(2, 0.9, 0.30)]
+    choices = {"kmeans": _choice(table, [2], 2), "llm": _choice([_row(3, 0.9, 0.2)], [3], 3)}
+
+    def cell(method, k, ari, sd, refits, reps, stopped=True):
+        return {**_cell(method, k, [(0.95, 0.99)] * k, stopped=stopped), "ari_mean": ari, "ari_sd": sd,
+                "refits": refits, "replicates": list(reps)}
+
+    # far apart on stability (0.97 against 0.80 from 20 refits) and the replicates ahead in half the pairs:
+    # 80 more refits cannot change which is more stable, who is as stable, or whether a space is won
+    mixed = rng.normal(size=20)
+    a = cell("kmeans", 2, 0.97, 0.02, 20, mixed)
+    b = cell("llm", 3, 0.80, 0.05, 100, -mixed, stopped=False)
+    assert verdict_reads(a, [b]) is False and close_calls([a, b], choices) == []
+    # mean ARIs within the intervals' widths of each other: which is the more stable could change
+    near = cell("kmeans", 2, 0.82, 0.05, 20, mixed)
+    assert verdict_reads(near, [b]) and close_calls([near, b], choices) == [("kmeans", 2)]
+    # ... or of the 0.02 tolerance that decides who counts as stable
+    edge = cell("kmeans", 2, 0.823, 0.005, 20, mixed)
+    assert verdict_reads(edge, [b])
+    # ahead in 19 of 20 paired replicates: whether it is ahead in 95% of them could change
+    ahead = cell("kmeans", 2, 0.97, 0.02, 20, np.r_[np.ones(19), -1.0])
+    assert verdict_reads(ahead, [cell("llm", 3, 0.80, 0.05, 100, np.zeros(20), stopped=False)])
+    # without the numbers (older cells) it is confirmed as before
+    assert verdict_reads(_cell("kmeans", 2, [(0.9, 0.99)] * 2), [b])
+
+
 def _three_groups(rows: int):
     """Customers in three clear-cut groups (ages, balances and jobs far apart)."""
     import pandas as pd
@@ -241,8 +269,8 @@ def test_a_run_records_its_refits_and_confirms_close_calls_to_what_the_full_coun
     from .conftest import make_workdir, run_inline
 
     real = compare.close_calls
-    monkeypatch.setattr(compare, "close_calls", lambda cells, choices: sorted(
-        set(real(cells, choices)) | {(c["method"], c["value"]) for c in cells if c["stopped_early"]}))
+    monkeypatch.setattr(compare, "close_calls", lambda cells, choices, **kw: sorted(
+        set(real(cells, choices, **kw)) | {(c["method"], c["value"]) for c in cells if c["stopped_early"]}))
     runs = {}
     for mode in ("sequential", "fixed"):
         wd = make_workdir(tmp_path / mode)

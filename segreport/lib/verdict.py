@@ -593,10 +593,11 @@ def fair_verdict(scores: dict, spaces: list[str] | None = None, simplicity: list
     if spaces is None:
         spaces = [s for s in scores[methods[0]].get("silhouette", {})
                   if all(scores[m].get("silhouette", {}).get(s) is not None for m in methods)]
-    reasons, table, wins, how_sure = [], [], {}, {}
+    reasons, table, wins, how_sure, leaders = [], [], {}, {}, {}
     for sp in spaces:
         vals = {m: scores[m]["silhouette"].get(sp) for m in methods}
         best = max(methods, key=lambda m: (vals[m], -rank[m]))
+        leaders[sp] = best
         won = best
         reps = {m: (scores[m].get("replicates") or {}).get(sp) for m in methods}
         if len(methods) > 1 and all(reps[m] for m in methods):
@@ -664,14 +665,76 @@ def fair_verdict(scores: dict, spaces: list[str] | None = None, simplicity: list
                        + (f" (mean ARI {ari[rec]:.3f}" + (f"; as stable within {stability_tolerance}: "
                           f"{', '.join(pool)})" if len(pool) > 1 else ")") if ari.get(rec) is not None else ""))
     return {"winner": winner, "recommend": rec, "by_stability": by_stability, "reasons": reasons, "wins": wins,
-            "how_sure": how_sure, "table": table, "spaces": spaces}
+            "how_sure": how_sure, "table": table, "spaces": spaces, "leaders": leaders}
+
+
+def winner_possible(verdict: dict | None) -> bool:
+    """Whether fair_verdict could name a winner with other bootstrap numbers: only where what no refit
+    changes (the highest silhouette in each neutral space at each method's k, and at each equal k) names
+    one method. Where it names two, the paired replicates cannot make a winner, and nothing they say
+    changes the recommendation."""
+    if not verdict:
+        return True
+    fixed = set((verdict.get("leaders") or {}).values())
+    fixed |= {w for c, w in (verdict.get("wins") or {}).items() if " at k = " in c and w is not None}
+    return len(fixed) <= 1
 
 
 CLOSE_MARGIN = 0.02  # of mean Jaccard: an interval this near the bar is a close call
+CLOSE_ALPHA = 0.01  # the error rate of the intervals verdict_reads puts on a chosen cell's bootstrap numbers
+
+
+def _ari_half(c: dict, alpha: float) -> float:
+    """Half the width of a cell's mean-ARI Student-t interval: 0 for a cell that ran every refit."""
+    from scipy.stats import t
+
+    n = int(c.get("refits") or 0)
+    if not c.get("stopped_early"):
+        return 0.0
+    if n < 2:
+        return float("inf")
+    return float(t.ppf(1 - alpha / 2, n - 1) * float(c.get("ari_sd") or 0.0) / np.sqrt(n))
+
+
+def _share_holds(ahead: int, n: int, level: float, alpha: float) -> bool:
+    """Whether the Clopper-Pearson interval (1 - alpha) of a share `ahead` of `n` holds `level`."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return True
+    ci = binomtest(ahead, n).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return ci.low <= level <= ci.high
+
+
+def verdict_reads(cell: dict, rivals: list, tolerance: float = 0.02, sure: float = 0.95,
+                  alpha: float = CLOSE_ALPHA, replicates: bool = True) -> bool:
+    """Whether fair_verdict's reading of a method's chosen cell, stopped early, could change once its refits
+    are taken on to the full count: its mean ARI (ari_mean, ari_sd over `refits`) within the width of the
+    two cells' intervals (level 1 - alpha) of another chosen cell's, which decides the more stable, or of
+    the edge of `tolerance`, which decides who is as stable; or, for the paired replicate silhouettes
+    (`replicates`, per refit), the Clopper-Pearson interval of the share one of the two is ahead in holds
+    `sure` (whether a neutral space is won; `replicates` False: not read, no winner being possible). A rival
+    missing (None) or a cell without these numbers: it could (the cell is confirmed, as before this test)."""
+    if cell.get("ari_mean") is None or cell.get("refits") is None:
+        return True
+    for o in rivals:
+        if o is None or o.get("ari_mean") is None:
+            return True
+        width = _ari_half(cell, alpha) + _ari_half(o, alpha)
+        d = abs(float(cell["ari_mean"]) - float(o["ari_mean"]))
+        if d <= width or abs(d - tolerance) <= width:
+            return True
+        mine, theirs = cell.get("replicates"), o.get("replicates")
+        if replicates and mine and theirs:
+            pairs = [(a, b) for a, b in zip(mine, theirs) if a is not None and b is not None]
+            ahead, behind = sum(a > b for a, b in pairs), sum(b > a for a, b in pairs)
+            if _share_holds(ahead, len(pairs), sure, alpha) or _share_holds(behind, len(pairs), sure, alpha):
+                return True
+    return False
 
 
 def close_calls(cells: list[dict], choices: dict, min_jaccard: float = VALID_JACCARD,
-                margin: float = CLOSE_MARGIN) -> list[tuple[str, int]]:
+                margin: float = CLOSE_MARGIN, winner_possible: bool = True) -> list[tuple[str, int]]:
     """The cells stopped early (sequential refits) whose bootstrap numbers the recommendation reads
     where they come near a threshold or a rival: to be refitted to the full count before it is made.
 
@@ -687,8 +750,11 @@ def close_calls(cells: list[dict], choices: dict, min_jaccard: float = VALID_JAC
       silhouette lies within one SE of the window's edge with the best one (its SE sets that edge);
       where none qualifies, the k whose lowest segment Jaccard lies within `margin` plus its interval's
       width of the highest, with the highest (the most stable partition is the fallback);
-    - it is a method's chosen k and more than one method ran (the fair verdict compares their mean
-      ARI and pairs their replicate silhouettes);
+    - it is a method's chosen k, more than one method ran, and the fair verdict's reading of it could
+      change with the full count (`verdict_reads`): its mean ARI's interval reaches another chosen
+      cell's (which is the most stable) or the edge of the stability tolerance, or the interval of the
+      share of paired replicate silhouettes one is ahead in holds `sure` (read only where
+      `winner_possible`: see the function of that name);
     - the recommendation for use reads its SE: the cells with every segment valid whose silhouette
       lies within one SE of the tie window's edge, with the most distinct (its SE sets that edge).
     Returns sorted (method, value) pairs.
@@ -708,6 +774,7 @@ def close_calls(cells: list[dict], choices: dict, min_jaccard: float = VALID_JAC
         for iv in (c.get("intervals") or {}).values():
             if iv is None or (iv[0] - margin < min_jaccard < iv[1] + margin):
                 out.add(key)
+    chosen_k = {m: (ch.get("k") if ch.get("k") is not None else ch.get("fallback_k")) for m, ch in choices.items()}
     for method, ch in choices.items():
         rows = {int(r["k"]): r for r in ch.get("table") or []}
         qualifying = ch.get("qualifying") or []
@@ -732,7 +799,10 @@ def close_calls(cells: list[dict], choices: dict, min_jaccard: float = VALID_JAC
                     read |= near | {top}
         chosen = ch.get("k") if ch.get("k") is not None else ch.get("fallback_k")
         if chosen is not None and len(choices) > 1:
-            read.add(chosen)
+            mine = by_k.get((method, int(chosen)))
+            rivals = [by_k.get((m, int(k))) for m, k in chosen_k.items() if m != method and k is not None]
+            if mine is None or verdict_reads(mine, rivals, replicates=winner_possible):
+                read.add(chosen)
         for k in read:
             c = by_k.get((method, int(k)))
             if c is not None and (c["method"], int(c["value"])) in early:
@@ -793,4 +863,4 @@ def recommendation(choices: dict, verdict: dict, structure: dict) -> dict:
 
 __all__ = ["choose_k", "gap_term", "gap_statistic", "pca_reference", "within_dispersion", "shuffle_columns",
            "reference_frame", "null_reference", "structure_call", "gower_matrix", "gower_silhouette",
-           "fair_verdict", "recommendation", "close_calls", "STABILITY_CLASSES"]
+           "fair_verdict", "recommendation", "close_calls", "verdict_reads", "winner_possible", "STABILITY_CLASSES"]

@@ -29,7 +29,8 @@ from ..lib.evaluate import STOPPING_ALPHA, STOPPING_BATCH, STOPPING_RULE, stoppi
 from .prepare import COMMON, load_space
 from ..core.store import (DONE, METRICS, STABILITY, RecordError, RunLayout, atomic_write_json, atomic_write_parquet, cell_name,
                     file_record, key, read_json, read_json_or_empty, say_damaged, sha256_file, to_json, verify)
-from ..lib.verdict import choose_k, close_calls, fair_verdict, null_reference, recommendation, structure_call
+from ..lib.verdict import (choose_k, close_calls, fair_verdict, null_reference, recommendation, structure_call,
+                           winner_possible)
 
 PACKAGE = Path(__file__).resolve().parent.parent
 # the modules compare() runs (besides methods/*.py): its null references refit each method's whole
@@ -279,7 +280,10 @@ def settle(layout: RunLayout, ctx: dict, table: pd.DataFrame, stabs: dict) -> tu
         recommended, choices = {}, {}
         for method in ctx["methods"]:
             recommended[method], choices[method] = choose(layout, method, table, ctx, stabs)
-        calls = [c for c in close_calls(_call_cells(table, stabs), choices) if c not in confirmed]
+        # a winner possible (verdict.winner_possible) on what no refit changes: the replicates are read too
+        possible = winner_possible(fair(layout, recommended, table, ctx, stabs)) if len(choices) > 1 else True
+        calls = [c for c in close_calls(_call_cells(table, stabs), choices, winner_possible=possible)
+                 if c not in confirmed]
         if not calls:
             return recommended, choices, confirmed
         for method, v in calls:
@@ -301,7 +305,9 @@ def _call_cells(table: pd.DataFrame, stabs: dict) -> list[dict]:
                     "stopped_early": bool(stop.get("stopped_early")), "intervals": stop.get("intervals") or {},
                     "jaccards": {int(s): x.get("mean_jaccard") for s, x in st["segments"].items()},
                     "silhouette": None if sil is None or pd.isna(sil) else float(sil),
-                    "se": (st.get("replicate_score") or {}).get("sd")})
+                    "se": (st.get("replicate_score") or {}).get("sd"),
+                    "ari_mean": st.get("ari_mean"), "ari_sd": st.get("ari_sd"), "refits": st.get("resamples"),
+                    "replicates": st.get("common_silhouette")})
     return out
 
 
