@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_verdict as bv  # noqa: E402
 from segreport.lib.evaluate import bootstrap_stability, whole_method_refit  # noqa: E402
 from segreport.lib.features import fit_common, sample_rows  # noqa: E402
-from segreport.lib.verdict import (choose_k, close_calls, fair_verdict, gower_silhouette, null_reference,  # noqa: E402
+from segreport.lib.verdict import (choose_k, close_calls, winner_possible, fair_verdict, gower_silhouette, null_reference,  # noqa: E402
                                recommendation, structure_call)
 
 
@@ -107,8 +107,8 @@ def cells_of(pipes, X_of, common, args):
     return out
 
 
-def decide(frame, table, cells, stab, pipes, structures_of, args, outcome):
-    """The verdict as compare makes it, on the stability results `stab` {(method, k): result}."""
+def fair_of(frame, table, cells, stab, pipes, args):
+    """choose_k per method and the fair verdict, as compare makes them, on the stability results `stab`."""
     names = [p.name for p in pipes]
     per_k = {m: {k: entry_of(stab[(m, k)], cells[(m, k)]["sil"]) for (mm, k) in cells if mm == m} for m in names}
     choices = {m: choose_k(per_k[m], grid=list(range(args.k_min, args.k_max + 1))) for m in names}
@@ -122,7 +122,12 @@ def decide(frame, table, cells, stab, pipes, structures_of, args, outcome):
         scores[m] = {"k": k, "silhouette": sil(k), "equal_k": {kk: sil(kk) for kk in set(chosen.values())},
                      "ari_mean": per_k[m][k]["ari_mean"], "ari_sd": per_k[m][k]["ari_sd"],
                      "replicates": {"common": per_k[m][k]["replicates"]}}
-    verdict = fair_verdict(scores, simplicity=names)
+    return per_k, choices, chosen, fair_verdict(scores, simplicity=names)
+
+
+def decide(frame, table, cells, stab, pipes, structures_of, args, outcome):
+    """The verdict as compare makes it, on the stability results `stab` {(method, k): result}."""
+    per_k, choices, chosen, verdict = fair_of(frame, table, cells, stab, pipes, args)
     m0 = verdict["recommend"]
     structures = {m0: structures_of(m0, chosen[m0])}
     if structures[m0]["structure"] == "none" and verdict["by_stability"] != m0:
@@ -175,7 +180,9 @@ def compare_modes(frame, schema, pipes, args, outcome=None) -> dict:
         names = [p.name for p in pipes]
         per_k = {m: {k: entry_of(stab[(m, k)], cells[(m, k)]["sil"]) for (mm, k) in cells if mm == m} for m in names}
         choices = {m: choose_k(per_k[m], grid=list(range(args.k_min, args.k_max + 1))) for m in names}
-        calls = [c for c in close_calls(call_cells(cells, stab), choices) if c not in confirmed]
+        possible = winner_possible(fair_of(frame, table, cells, stab, pipes, args)[3]) if len(names) > 1 else True
+        calls = [c for c in close_calls(call_cells(cells, stab), choices, winner_possible=possible)
+                 if c not in confirmed]
         if not calls:
             break
         for key in calls:
