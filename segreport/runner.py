@@ -205,7 +205,14 @@ def _run(params: Params, progress: bool, root: Path, build_site: bool, workers: 
                f"analysis {manifest['timings']['analysis']:.1f} s)"]
     if failed:
         summary.append(f"failed cells: {', '.join(failed)} (see their notebooks)")
-    summary.append("recommended k: " + ", ".join(f"{m} {k}" for m, k in manifest["recommended"].items()))
+    rec = comparison.get("recommendation") or {}
+    each = ", ".join(f"{m} {k}" for m, k in manifest["recommended"].items())
+    if rec.get("method") and rec.get("k") is not None:  # the Overview's decision first, then each method's own k
+        summary.append(f"recommendation: {rec.get('display') or get(rec['method']).display}, k = {rec['k']}"
+                       + (f" ({rec['label']})" if rec.get("label") and rec["label"] != "recommended" else "")
+                       + f"; each method's own k: {each}")
+    else:
+        summary.append("recommended k: " + each)
     for m, why in ctx["skipped"].items():
         summary.append(f"left out: {get(m).display} ({why})")
     if params.render:
