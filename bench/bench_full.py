@@ -3,11 +3,12 @@
     .venv/bin/python bench/bench_full.py [--data ../shared/data/bank-marketing/train.csv]
                                          [--ref-rows N] [--skip-runs [--cold-seconds S] | --runs-only]
                                          [--kmodes-k 2-8] [--cache DIR]
-    .venv/bin/python bench/bench_full.py --ratio [--rows 5000] [--data FILE]
+    .venv/bin/python bench/bench_full.py --ratio [--rows 5000] [--data FILE] [--keep]
 
 --ratio prints issue #27's measure alone: the cold run (empty caches) divided by the fp32 embedding of
 the data set's distinct texts, both measured in the same invocation, with the stage table, the gate's
-cost and gain and the CPU's flags.
+cost and gain, the CPU's flags and the refits used; then a rerun with the same parameters and one more
+k, the latter against the same embedding. --keep leaves the run folder for bench_cells.py.
 
 Prints, for each stage, the reference implementation's time (kmodes, fp32 embedding,
 scikit-learn t-SNE on every row, SHAP and silhouette on every row) and segreport's,
