@@ -381,6 +381,13 @@ def run_grid(layout: RunLayout, ctx: dict, cells: list[tuple[str, int]], workers
         for proc in procs:  # a terminated worker leaves its cell's temporary files: remove them once it is gone
             proc.join(timeout=10)
         pool.shutdown(wait=False, cancel_futures=True)
+        # let the executor's manager thread finish closing its wake-up pipe now: on Python 3.11, at exit,
+        # concurrent.futures wakes every such thread without its lock, and one closing the pipe meanwhile
+        # prints "Exception ignored ... Bad file descriptor" after the run's one-line error (seen once in
+        # test_a_full_disk_is_one_line_status_4...)
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if manager is not None:
+            manager.join(timeout=10)
         sweep_partial(layout.root / "cells")
         raise
     pool.shutdown(wait=True)
