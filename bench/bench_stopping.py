@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_verdict as bv  # noqa: E402
 from segreport.lib.evaluate import bootstrap_stability, whole_method_refit  # noqa: E402
 from segreport.lib.features import fit_common, sample_rows  # noqa: E402
-from segreport.lib.verdict import (choose_k, close_calls, winner_possible, fair_verdict, gower_silhouette, null_reference,  # noqa: E402
-                               recommendation, structure_call)
+from segreport.lib.verdict import (choose_k, close_calls, fair_verdict, gower_silhouette, null_reference,  # noqa: E402
+                               recommendation, structure_call, winner_possible)
 
 
 class Recorder:

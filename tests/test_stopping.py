@@ -15,7 +15,7 @@ from sklearn.datasets import make_blobs
 from segreport.lib.evaluate import (DEFAULT_RESAMPLES, DISSOLVED_BELOW, bootstrap_stability, replicate_summary,
                                 sample_rows, settled, stability_class, stopping_looks)
 from segreport.methods.kmeans import KMeansSegmenter
-from segreport.lib.verdict import close_calls, verdict_reads
+from segreport.lib.verdict import close_calls, verdict_reads, winner_possible
 
 
 def _clusterboot_before(refit, labels, n, n_boot=DEFAULT_RESAMPLES, seed=0, max_rows=5000, score=None):
@@ -243,6 +243,18 @@ def test_a_chosen_cell_is_confirmed_only_where_the_fair_verdict_could_read_it_ot
     assert verdict_reads(ahead, [cell("llm", 3, 0.80, 0.05, 100, np.zeros(20), stopped=False)])
     # without the numbers (older cells) it is confirmed as before
     assert verdict_reads(_cell("kmeans", 2, [(0.9, 0.99)] * 2), [b])
+
+
+def test_a_winner_is_possible_only_where_what_no_refit_changes_names_one_method():
+    # the highest silhouettes in the neutral spaces at each method's k, and at each equal k
+    one = {"leaders": {"common": "kmeans", "gower": "kmeans"}, "wins": {"common at k = 3": "kmeans",
+                                                                          "stability": "llm"}}
+    assert winner_possible(one)  # stability (mean ARI) may still change: a winner is possible
+    two = {"leaders": {"common": "kprototypes", "gower": "llm"}, "wins": {}}
+    assert not winner_possible(two)
+    at_k = {"leaders": {"common": "kmeans"}, "wins": {"gower at k = 2": "llm"}}
+    assert not winner_possible(at_k)
+    assert winner_possible(None)  # no verdict: nothing is ruled out
 
 
 def _three_groups(rows: int):
