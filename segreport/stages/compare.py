@@ -125,7 +125,7 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
     table = pd.DataFrame(rows)
     stabs = {(r["method"], r["value"]): read_json(f) for r in rows if r["status"] == "done"
              and (f := layout.cell(r["method"], r["value"], r["grid"]) / STABILITY).exists()}
-    recommended, choices, confirmed = settle(layout, ctx, table, stabs)
+    recommended, choices, confirmed, verdict = settle(layout, ctx, table, stabs)
     if confirmed:  # the table's stability: the numbers the comparison rests on, and their refits
         for i, (m, v) in enumerate(zip(table.method, table.value)):
             if (m, int(v)) in confirmed:
@@ -156,7 +156,6 @@ def _compare(layout: RunLayout, ctx: dict, statuses: dict) -> dict:
             if k is not None and get(method).null_reference:
                 nulls[method], structure[method] = _memo(layout, ctx, f"null-{method}", [method, k],
                                                          lambda: list(null_check(layout, ctx, method, k)))
-    verdict = fair(layout, recommended, table, ctx, stabs)
     rec = None
     if verdict is not None and choices:
         rec = recommendation(choices, verdict, structure or {m: {} for m in choices})
@@ -268,24 +267,25 @@ def _value_of(table: pd.DataFrame, method: str, k: int) -> int | None:
     return int(sub.value.iloc[0]) if len(sub) else None
 
 
-def settle(layout: RunLayout, ctx: dict, table: pd.DataFrame, stabs: dict) -> tuple[dict, dict, dict]:
+def settle(layout: RunLayout, ctx: dict, table: pd.DataFrame, stabs: dict) -> tuple[dict, dict, dict, dict | None]:
     """Each method's k (`choose`), after the close calls are confirmed: a cell whose refits stopped early
     (sequential stopping) and whose numbers the recommendation reads near a threshold or a rival
     (verdict.close_calls) is refitted to the full count (`confirm`) and the choice made again, until no
     close call is left, so the recommendation is the one the full count of refits gives. `stabs`
     ({(method, value): stability}) is updated in place. Returns (recommended, choices, confirmed
-    {(method, value): {from, refits}})."""
+    {(method, value): {from, refits}}, the fair verdict (`fair`) on the numbers settled)."""
     confirmed = {}
     while True:
         recommended, choices = {}, {}
         for method in ctx["methods"]:
             recommended[method], choices[method] = choose(layout, method, table, ctx, stabs)
+        verdict = fair(layout, recommended, table, ctx, stabs)
         # a winner possible (verdict.winner_possible) on what no refit changes: the replicates are read too
-        possible = winner_possible(fair(layout, recommended, table, ctx, stabs)) if len(choices) > 1 else True
+        possible = winner_possible(verdict) if len(choices) > 1 else True
         calls = [c for c in close_calls(_call_cells(table, stabs), choices, winner_possible=possible)
                  if c not in confirmed]
         if not calls:
-            return recommended, choices, confirmed
+            return recommended, choices, confirmed, verdict
         for method, v in calls:
             held = stabs[(method, v)]
             stabs[(method, v)] = confirm(layout, ctx, method, v, held)

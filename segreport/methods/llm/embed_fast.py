@@ -609,6 +609,14 @@ def gate_plan(n_texts: int, candidates: list[str], base: str, verdict: dict | No
                                f"texts would cost {check_cost:.1f} s, over {budget:.1f} s)", best, g, saving, 0.0)
         return done("skip", f"{best} would save {saving:.1f} s; building it costs {use_cost:.1f} s; {base} stays",
                     gain=g, saving=saving, cost=use_cost)
+    def cost_of(cands: list[str], s: int) -> float:
+        """Measuring fp32, `cands` and the default path where it is not fp32 (choose_path measures it too)
+        on `s` texts: the exports, loading each path, the sample and the K-means fits."""
+        measured = ["fp32"] + cands + ([base] if base != "fp32" and base not in cands else [])
+        return (_export_cost(cands, exports_left) + LOAD_SECONDS * len(measured)
+                + s / r_base * sum(1 / PRIOR_GAIN.get(c, 1.0) for c in measured)
+                + len(measured) * GATE_SEEDS * n_k * KMEANS_SECONDS)
+
     order = sorted(candidates, key=lambda c: -PRIOR_GAIN.get(c, 1.0))
     g = max(PRIOR_GAIN.get(c, 1.0) for c in order)
     saving = embed_s * (1 - 1 / g)
@@ -616,22 +624,15 @@ def gate_plan(n_texts: int, candidates: list[str], base: str, verdict: dict | No
     steps = sorted({min(s, sample_max, n_texts) for s in SAMPLE_STEPS}, reverse=True)
     for m in range(len(order), 0, -1):
         cands = order[:m]
-        # fp32, the candidates, and the default path where it is not fp32 (choose_path measures it too)
-        measured = ["fp32"] + cands + ([base] if base != "fp32" and base not in cands else [])
         for s in steps:
             if s < MIN_SAMPLE:
                 continue
-            cost = (_export_cost(cands, exports_left) + LOAD_SECONDS * len(measured)
-                    + s / r_base * sum(1 / PRIOR_GAIN.get(c, 1.0) for c in measured)
-                    + len(measured) * GATE_SEEDS * n_k * KMEANS_SECONDS)
+            cost = cost_of(cands, s)
             if cost <= limit:
                 return done("gate", f"not measured on this CPU yet: {', '.join(cands)} on {s} sampled texts "
                                     f"(about {cost:.0f} s, against up to {saving:.0f} s saved)",
                             None, g, saving, cost, candidates=cands, sample=s)
-    measured = ["fp32", order[0]] + ([base] if base != "fp32" and base != order[0] else [])
-    cheapest = (_export_cost(order[:1], exports_left) + LOAD_SECONDS * len(measured)
-                + min(MIN_SAMPLE, n_texts) / r_base * sum(1 / PRIOR_GAIN.get(c, 1.0) for c in measured)
-                + len(measured) * GATE_SEEDS * n_k * KMEANS_SECONDS)
+    cheapest = cost_of(order[:1], min(MIN_SAMPLE, n_texts))
     return done("skip", f"{n_texts} distinct texts: the gate would cost about {cheapest:.0f} s, more than the "
                         f"{limit:.1f} s it may spend ({GATE_BUDGET:.0%} of the embedding less a margin, and no more "
                         f"than the {saving:.1f} s a faster path could save); {base} stays",
