@@ -350,13 +350,52 @@ def _online_epoch(start, Xnum, Xcat, cnum, ccat, gamma, member, attr_sum,
 # --------------------------------------------------------------------------
 
 
+@njit(cache=True)
+def _mismatches(Xcat, proto):
+    """Per row, the attributes that differ from ``proto`` (kmodes' ``matching_dissim``), as int64."""
+    n, q = Xcat.shape
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        c = 0
+        for a in range(q):
+            if Xcat[i, a] != proto[a]:
+                c += 1
+        out[i] = c
+    return out
+
+
+@njit(cache=True)
+def _first_free(Xcat, ndx, cent):
+    """The first row in ``ndx`` order, short of the last, that equals no prototype row; else the last."""
+    n = ndx.shape[0]
+    k, q = cent.shape
+    for j in range(n - 1):
+        i = ndx[j]
+        dup = False
+        for c in range(k):
+            same = True
+            for a in range(q):
+                if Xcat[i, a] != cent[c, a]:
+                    same = False
+                    break
+            if same:
+                dup = True
+                break
+        if not dup:
+            return i
+    return ndx[n - 1]
+
+
 def _init_huang(Xcat, n_clusters, rs):
     """Categorical prototypes as in kmodes' ``init_huang``.
 
     Each attribute of each prototype is drawn from that attribute's empirical
     distribution (``rs.choice`` on the sorted column, exactly kmodes' draw),
     then each prototype is replaced by the closest row that is not already a
-    prototype, scanning rows in kmodes' ``np.argsort`` order.
+    prototype, scanning rows in kmodes' ``np.argsort`` order. The mismatch
+    counts (the same int64 array kmodes sorts, so the same order) and the scan
+    are numba kernels: numpy's reductions over a few columns per row took most
+    of a clusterboot refit's time.
     """
     n, q = Xcat.shape
     cent = np.empty((n_clusters, q), dtype=np.int64)
@@ -364,18 +403,10 @@ def _init_huang(Xcat, n_clusters, rs):
         cent[:, a] = rs.choice(np.sort(Xcat[:, a]), n_clusters)
     for ik in range(n_clusters):
         # Same integer array as kmodes' matching_dissim -> same argsort order.
-        ndx = np.argsort(np.sum(Xcat != cent[ik], axis=1))
+        ndx = np.argsort(_mismatches(Xcat, cent[ik]))
         # kmodes drops leading candidates equal to any current prototype row
         # but never the last one, which it keeps even if it is a duplicate.
-        chosen = ndx[-1]
-        for lo in range(0, n - 1, 4096):
-            cand = ndx[lo:min(lo + 4096, n - 1)]
-            dup = (Xcat[cand][:, None, :] == cent[None, :, :]).all(axis=2).any(axis=1)
-            free = np.flatnonzero(~dup)
-            if free.size:
-                chosen = cand[free[0]]
-                break
-        cent[ik] = Xcat[chosen]
+        cent[ik] = Xcat[_first_free(Xcat, ndx, cent)]
     return cent
 
 
