@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 from sklearn.cluster._kmeans import _kmeans_plusplus
+from sklearn.metrics.pairwise import _euclidean_distances
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import row_norms
 
@@ -32,6 +33,18 @@ def test_seeds_are_scikit_learns(n, d, k):
         ref, _ = _kmeans_plusplus(X, k, row_norms(X, squared=True), w, check_random_state(seed))
         assert ours.dtype == np.float32
         np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("n,d", [(1300, 384), (45_000, 384), (2500, 17)])
+def test_candidate_distances_are_scikit_learns_bit_for_bit(n, d):
+    """The distances behind every draw: the float64 products of the same batches, cast to float32."""
+    X = _unit_rows(n, d, 5, seed=d)
+    X -= X.mean(axis=0)
+    seeding = PlusPlusFloat32(np.ones(n, np.float32))
+    X64, norms = seeding._upcast(X)
+    for rows in (np.array([7]), np.array([3, 900, 1200, 11])):
+        ref = _euclidean_distances(X[rows], X, Y_norm_squared=row_norms(X, squared=True), squared=True)
+        np.testing.assert_array_equal(seeding._distances(rows, X64, norms), ref)
 
 
 def test_segmenter_fits_as_scikit_learns_kmeans_and_saves_no_data():
