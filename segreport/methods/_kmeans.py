@@ -22,8 +22,8 @@ class PlusPlusFloat32:
     Written here for speed only. On float32 rows scikit-learn computes every candidate's distances
     through `_euclidean_distances_upcast`, which converts each batch of the data to float64 and
     recomputes its row norms for every batch of 2 + log(k) candidates: at k = 9 that is 9 copies of
-    the data per start, and 10 starts per fit. On the bank's 384-dimensional embeddings, the copies
-    and norms were half of each clusterboot refit's time. Here the data are upcast once, their norms
+    the data per start, and 10 starts per fit. On the bank's 384-dimensional embeddings the seeding
+    was half of each clusterboot refit's time (k = 9), most of it those copies and norms. Here the data are upcast once, their norms
     taken once, and the same batches of the same products are formed (`batch_size` as scikit-learn
     sizes them), so every distance, candidate and centre is scikit-learn's bit for bit
     (tests/test_kmeans_init.py compares them).

