@@ -177,10 +177,8 @@ def compare_modes(frame, schema, pipes, args, outcome=None) -> dict:
     stab = {key: c["seq"] for key, c in cells.items()}
     confirm_s, confirmed = 0.0, set()
     while True:  # compare.settle: confirm the close calls, choose again, until none is left
-        names = [p.name for p in pipes]
-        per_k = {m: {k: entry_of(stab[(m, k)], cells[(m, k)]["sil"]) for (mm, k) in cells if mm == m} for m in names}
-        choices = {m: choose_k(per_k[m], grid=list(range(args.k_min, args.k_max + 1))) for m in names}
-        possible = winner_possible(fair_of(frame, table, cells, stab, pipes, args)[3]) if len(names) > 1 else True
+        _, choices, _, verdict = fair_of(frame, table, cells, stab, pipes, args)
+        possible = winner_possible(verdict) if len(choices) > 1 else True
         calls = [c for c in close_calls(call_cells(cells, stab), choices, winner_possible=possible)
                  if c not in confirmed]
         if not calls:

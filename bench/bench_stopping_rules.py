@@ -30,25 +30,27 @@ from scipy.stats import t
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segreport.lib.evaluate import (STABILITY_CLASSES, STOPPING_ALPHA, jaccard_interval,  # noqa: E402
-                                    stability_class, stopping_looks)
+from segreport.lib.evaluate import (STABILITY_CLASSES, STOPPING_ALPHA, settled, stability_class,  # noqa: E402
+                                    stopping_looks)
 
 THRESHOLDS = [lo for lo, _ in STABILITY_CLASSES if np.isfinite(lo)]
 
 
 def settled_by(rule: str, width: float, jac: dict, b: int, n_looks: int, full: int) -> bool:
-    each = STOPPING_ALPHA / (len(jac) * n_looks)
-    for v in jac.values():
-        v = np.asarray(v[:b], dtype=float)
-        ci = jaccard_interval(v, each)
-        if ci is None:
+    done, intervals = settled({s: v[:b] for s, v in jac.items()}, n_looks)  # the rule in use
+    if done or rule == "sequential":
+        return done
+    each = STOPPING_ALPHA / (len(jac) * n_looks)  # each interval's error rate, as `settled` splits it
+    for s, iv in intervals.items():
+        if iv is None:
             return False
-        lo, hi = ci
+        lo, hi = iv
         if stability_class(lo) == stability_class(hi):
             continue
         if rule == "narrow" and (hi - lo) / 2 <= width:
             continue
         if rule == "futility":
+            v = np.asarray(jac[s][:b], dtype=float)
             half = float(t.ppf(1 - each / 2, full - 1) * np.std(v, ddof=1) / np.sqrt(full))
             if any(v.mean() - half < th < v.mean() + half for th in THRESHOLDS):
                 continue

@@ -797,7 +797,7 @@ def close_calls(cells: list[dict], choices: dict, min_jaccard: float = VALID_JAC
                         and v >= lows[top] - margin - weakest_width(by_k[(method, k)])}
                 if near:
                     read |= near | {top}
-        chosen = ch.get("k") if ch.get("k") is not None else ch.get("fallback_k")
+        chosen = chosen_k[method]
         if chosen is not None and len(choices) > 1:
             mine = by_k.get((method, int(chosen)))
             rivals = [by_k.get((m, int(k))) for m, k in chosen_k.items() if m != method and k is not None]

@@ -48,7 +48,7 @@ class PlusPlusFloat32:
         n_x, (n, d) = len(rows), X64.shape
         maxmem = max(((n_x + n) * d + n_x * n) / 10, 10 * 2**17)
         batch = max(int((-2 * d + np.sqrt((2 * d) ** 2 + 4 * maxmem)) / 2), 1)
-        if n_x > batch:  # never for k-means++ (2 + log(k) candidates); scikit-learn's own path then
+        if n_x > batch:  # never in k-means++: 2 + log(k) candidates, far below one batch
             raise ValueError("PlusPlusFloat32 scores at most one batch of candidates at a time")
         Xc = X64[rows]
         cc = row_norms(Xc, squared=True)[:, None]

@@ -445,8 +445,12 @@ def kmeans_labels(X: np.ndarray, ks, seed: int, n_init: int) -> dict[int, np.nda
     from sklearn.cluster import KMeans
 
     Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    return {int(k): KMeans(int(k), n_init=n_init, random_state=seed).fit_predict(Xn)
-            for k in ks if 1 < int(k) < len(Xn)}
+    return {k: KMeans(k, n_init=n_init, random_state=seed).fit_predict(Xn) for k in gate_ks(ks, len(Xn))}
+
+
+def gate_ks(ks, n: int) -> list[int]:
+    """The k of `ks` that K-means can fit on `n` sampled texts (2 <= k < n), sorted."""
+    return sorted({int(k) for k in ks if 1 < int(k) < n})
 
 
 def gate_seeds(seed: int) -> list[int]:
@@ -486,7 +490,7 @@ def fidelity_gate(ref: np.ndarray, cand: np.ndarray, ks, seed: int = 0, n_init: 
     ref_labels = ref_labels if ref_labels is not None else {}
     got: dict = {}
     ari, floor = {}, {}
-    for k in sorted({int(k) for k in ks if 1 < int(k) < len(a)}):
+    for k in gate_ks(ks, len(a)):
         first = adjusted_rand_score(_labels_at(ref_labels, ref, k, seed, n_init), _labels_at(got, cand, k, seed, n_init))
         floor[str(k)] = min_ari
         if first >= min_ari:
@@ -574,6 +578,7 @@ def gate_plan(n_texts: int, candidates: list[str], base: str, verdict: dict | No
     """
     rates = (verdict or {}).get("rows_per_second") or {}
     r_base = float(rates.get(base) or rates.get("fp32") or PRIOR_FP32_ROWS_PER_SECOND)
+    fits = GATE_SEEDS * n_k * KMEANS_SECONDS  # the gate's K-means per measured path
     embed_s = n_texts / r_base
     budget = GATE_BUDGET * embed_s
     plan = {"texts": int(n_texts), "baseline": base, "baseline_rows_per_second": round(r_base, 1),
@@ -600,7 +605,7 @@ def gate_plan(n_texts: int, candidates: list[str], base: str, verdict: dict | No
         saving = embed_s * (1 - 1 / g)
         use_cost = _export_cost([best], exports_left)
         s = min(CHECK_SAMPLE, n_texts)
-        check_cost = LOAD_SECONDS + s / r_base + s / (r_base * g) + 2 * GATE_SEEDS * n_k * KMEANS_SECONDS
+        check_cost = LOAD_SECONDS + s / r_base + s / (r_base * g) + 2 * fits  # fp32 and the path
         if use_cost + check_cost < saving and check_cost <= budget:
             return done("check", f"measured on this CPU before: {best} ran {g:.2f}x {base}; checked on "
                                  f"{s} of this run's texts", best, g, saving, check_cost, sample=s)
@@ -615,7 +620,7 @@ def gate_plan(n_texts: int, candidates: list[str], base: str, verdict: dict | No
         measured = ["fp32"] + cands + ([base] if base != "fp32" and base not in cands else [])
         return (_export_cost(cands, exports_left) + LOAD_SECONDS * len(measured)
                 + s / r_base * sum(1 / PRIOR_GAIN.get(c, 1.0) for c in measured)
-                + len(measured) * GATE_SEEDS * n_k * KMEANS_SECONDS)
+                + len(measured) * fits)
 
     order = sorted(candidates, key=lambda c: -PRIOR_GAIN.get(c, 1.0))
     g = max(PRIOR_GAIN.get(c, 1.0) for c in order)
@@ -737,7 +742,7 @@ def choose_path(texts: list[str], model_name: str, ks, seed: int, n_init: int, c
     embs, rates = _measure(encs, texts_s, batch_size)
     ref = embs["fp32"]
     ref_labels: dict = {}  # fp32's K-means labels, shared by the candidates
-    gk = [k for k in ks if 1 < k < len(ref)]
+    gk = gate_ks(ks, len(ref))
     results["fp32"] = {"reference": True, "passed": True, "min_cosine": 1.0, "ari": {str(k): 1.0 for k in gk},
                        "min_ari": 1.0 if gk else None}
     for c in encs:
