@@ -253,9 +253,11 @@ def fp32_embedding(data: Path) -> tuple[int, float]:
     return len(texts), dt
 
 
-def ratio_run(data: Path, rows: int | None, ks: str = "2-8", keep: bool = False) -> None:
+def ratio_run(data: Path, rows: int | None, ks: str = "2-8", keep: bool = False, precision: str = "auto") -> None:
     """Issue #27's measure: the whole cold run (prepare, grid, comparison, render; empty caches) against the
-    fp32 embedding of its distinct texts, both measured in this invocation on this machine."""
+    fp32 embedding of its distinct texts, both measured in this invocation on this machine. precision: the
+    runs' embedding path (`auto`: the gate's choice; `fp32`: what a CPU without a faster path that passes
+    the gate gets, so a bf16 machine can show the ratio of one without bf16)."""
     from segreport.methods.llm.embed_fast import cpu_flags
 
     wd = Path(tempfile.mkdtemp(prefix="segreport-ratio-"))
@@ -274,7 +276,9 @@ def ratio_run(data: Path, rows: int | None, ks: str = "2-8", keep: bool = False)
           f"load average before {os.getloadavg()[0]:.2f}", flush=True)
     n, t_embed = fp32_embedding(data)
     print(f"fp32 embedding of the distinct texts: {n:,} texts in {t_embed:.1f} s ({n / t_embed:.1f} rows/s)", flush=True)
-    cold, peak = run_cli(wd, "run", "-q", "--data", str(data), "--methods", "kmeans,kprototypes,llm", "--k", ks)
+    base = ["run", "-q", "--data", str(data), "--methods", "kmeans,kprototypes,llm", "--precision", precision]
+    print(f"the runs' embedding path: --precision {precision}", flush=True)
+    cold, peak = run_cli(wd, *base, "--k", ks)
     print(f"cold run (empty caches), k={ks}: {cold:.1f} s, peak {peak:.2f} GiB; load average after "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     print(f"ratio cold run / fp32 embedding: {cold / t_embed:.2f}x   (target 1.8x)", flush=True)
@@ -303,7 +307,6 @@ def ratio_run(data: Path, rows: int | None, ks: str = "2-8", keep: bool = False)
     refits = json.loads((run / "comparison" / "comparison.json").read_text()).get("refits") or {}
     print(f"clusterboot refits: {refits.get('used')} of {refits.get('of')} ({refits.get('stopped_early')} cells stopped "
           f"early, {refits.get('confirmed')} confirmed to the full count)")
-    base = ["run", "-q", "--data", str(data), "--methods", "kmeans,kprototypes,llm"]
     again, _ = run_cli(wd, *base, "--k", ks)
     print(f"rerun, same parameters: {again:.1f} s   (target 5 s)", flush=True)
     lo, hi = (int(x) for x in ks.split("-"))
@@ -334,9 +337,11 @@ def main():
                                                              "embedding of its distinct texts, the stage table, the gate")
     ap.add_argument("--rows", type=int, help="with --ratio: a seeded slice of this many rows")
     ap.add_argument("--keep", action="store_true", help="with --ratio: keep the run folder (bench/bench_cells.py reads it)")
+    ap.add_argument("--precision", default="auto", help="with --ratio: the runs' embedding path (default auto, the "
+                                                        "gate's choice; fp32 shows a CPU without bf16)")
     ns = ap.parse_args()
     if ns.ratio:
-        return ratio_run(Path(ns.data), ns.rows, keep=ns.keep)
+        return ratio_run(Path(ns.data), ns.rows, keep=ns.keep, precision=ns.precision)
     from segreport.core.config import parse_k
     from segreport.lib.data import load_table
     from segreport.lib.features import fit_encoded
