@@ -321,6 +321,8 @@ def ratio_run(data: Path, rows: int | None, ks: str = "2-8", keep: bool = False,
 
 
 def main():
+    from segreport.methods.llm.embed_fast import PATHS  # the embedding paths `segreport run --precision` takes
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(BANK))
     ap.add_argument("--ref-rows", type=int, default=0,
@@ -337,7 +339,7 @@ def main():
                                                              "embedding of its distinct texts, the stage table, the gate")
     ap.add_argument("--rows", type=int, help="with --ratio: a seeded slice of this many rows")
     ap.add_argument("--keep", action="store_true", help="with --ratio: keep the run folder (bench/bench_cells.py reads it)")
-    ap.add_argument("--precision", default="auto", help="with --ratio: the runs' embedding path (default auto, the "
+    ap.add_argument("--precision", default="auto", choices=("auto",) + PATHS, help="with --ratio: the runs' embedding path (default auto, the "
                                                         "gate's choice; fp32 shows a CPU without bf16)")
     ns = ap.parse_args()
     if ns.ratio:
